@@ -1,0 +1,20 @@
+# Quick start: `make demo` (sets up .venv and runs the CPU PPO demo), `make test` (sets up and runs the tests).
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test test-fast clean
+
+setup:
+	@bash scripts/bootstrap.sh
+
+demo: setup
+	$(BIN)/rlhf-dist train configs/demo_cpu.yaml
+
+test: setup
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -ra -m "not slow"
+
+clean:
+	rm -rf $(VENV) .cache runs .pytest_cache

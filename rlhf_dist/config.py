@@ -1,0 +1,339 @@
+"""Typed configuration: YAML + dotted CLI overrides, validated once, derived values computed in one place.
+
+Workers receive the validated config (a frozen pydantic model) and never change it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config problem, worded for the user: names the field and what is wrong."""
+
+
+class Strict(BaseModel):
+    # Unknown keys are errors (a typo must not silently fall back to a default); configs are immutable.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RunConfig(Strict):
+    name: str = "run"
+    output_dir: str = "runs/run"
+    seed: int = 1
+    steps: int = Field(10, ge=1)
+    save_final: bool = True
+    tensorboard: bool = True
+    progress_bar: bool = True
+
+
+class ModelConfig(Strict):
+    policy: str  # local directory (or hub id) of the SFT/initial policy, HF format
+    make_tiny: bool = False  # create a tiny random model + tokenizer at `policy` if the directory is missing
+    critic: str | None = None  # defaults to the policy weights (value head freshly initialised)
+    reference: str | None = None  # defaults to the policy weights
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    gradient_checkpointing: bool = False
+
+
+class DataConfig(Strict):
+    prompts: str  # JSONL file, one object per line
+    prompt_key: str = "prompt"
+    apply_chat_template: bool = False
+    max_prompt_tokens: int = Field(64, ge=1)
+
+
+class RolloutConfig(Strict):
+    max_new_tokens: int = Field(32, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    n_samples_per_prompt: int = Field(1, ge=1)
+    kv_cache_gb: int = Field(1, ge=1)  # CPU only: KV cache size per engine
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)  # GPU only
+    enforce_eager: bool = True
+
+
+class RewardFunction(Strict):
+    name: str  # "package.module:function", called as fn(prompt: str, response: str, **kwargs) -> float
+    weight: float = 1.0
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class RewardConfig(Strict):
+    model: str | None = None  # HF sequence-classification model (score at the last token)
+    model_weight: float = 1.0
+    functions: list[RewardFunction] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _some_reward(self):
+        if self.model is None and not self.functions:
+            raise ValueError("set reward.model and/or reward.functions: there is nothing to score rollouts with")
+        for f in self.functions:
+            if ":" not in f.name:
+                raise ValueError(f"reward.functions name {f.name!r} must look like 'package.module:function'")
+        return self
+
+
+class PPOConfig(Strict):
+    rollout_batch_size: int = Field(8, ge=1)  # prompts per step
+    mini_batch_size: int = Field(8, ge=1)  # samples per optimizer step, across all data-parallel ranks
+    micro_batch_size: int = Field(4, ge=1)  # samples per forward/backward on one rank
+    epochs: int = Field(1, ge=1)  # passes over each step's samples
+    advantage_estimator: Literal["gae"] = "gae"
+    clip_eps: float = Field(0.2, gt=0)
+    value_clip_eps: float = Field(0.2, gt=0)
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)
+    kl_coef: float = Field(0.05, ge=0)
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    whiten_advantages: bool = True
+    entropy_coef: float = 0.0
+    policy_lr: float = Field(1e-5, gt=0)
+    critic_lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+
+
+class PoolConfig(Strict):
+    nodes: int = Field(1, ge=1)
+    gpus_per_node: int = Field(1, ge=1)
+
+    @property
+    def gpus(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+
+class LearnerRole(Strict):
+    pool: str
+    num_gpus: int = Field(1, ge=1)  # one data-parallel rank per GPU
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload: bool = False  # ZeRO optimizer (and, at stage 3, parameter) offload to CPU
+
+
+class InferenceRole(Strict):
+    pool: str
+    num_gpus: int = Field(1, ge=1)  # one data-parallel replica per GPU
+
+
+class RolloutRole(Strict):
+    pool: str
+    num_engines: int = Field(1, ge=1)
+    tensor_parallel_size: int = Field(1, ge=1)
+
+
+class PlacementConfig(Strict):
+    pools: dict[str, PoolConfig]
+    policy: LearnerRole
+    critic: LearnerRole
+    reference: InferenceRole
+    reward: InferenceRole | None = None  # needed only when reward.model is set
+    rollout: RolloutRole
+
+
+class SyncConfig(Strict):
+    bucket_mb: float = Field(64, gt=0)
+    verify_every: int = Field(1, ge=0)  # hash-check engines against the learner every N syncs; 0 = off
+
+
+class ClusterConfig(Strict):
+    address: str | None = None  # Ray address of an existing cluster; None starts a local one
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads_per_actor: int = Field(1, ge=1)  # CPU only: torch threads in each worker process
+    # CPU only: DeepSpeed's shared-memory all-reduce kernel is JIT-compiled with g++ (30-50 s); gloo is enough.
+    deepspeed_shm_comm: bool = False
+
+
+class TimeoutConfig(Strict):
+    actor_start_s: float = Field(300, gt=0)  # placement groups ready, actors constructed, models loaded
+    rendezvous_s: float = Field(120, gt=0)  # process-group rendezvous
+    collective_s: float = Field(600, gt=0)  # one collective (all-reduce, broadcast) inside a group
+    call_s: float = Field(1800, gt=0)  # one remote call (generate, update, sync, ...)
+
+
+class Config(Strict):
+    run: RunConfig = RunConfig()
+    model: ModelConfig
+    data: DataConfig
+    rollout: RolloutConfig = RolloutConfig()
+    reward: RewardConfig
+    ppo: PPOConfig = PPOConfig()
+    placement: PlacementConfig
+    sync: SyncConfig = SyncConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    timeouts: TimeoutConfig = TimeoutConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class Derived:
+    """Every value computed from the config, in one place, printed at start."""
+
+    samples_per_step: int
+    policy_ranks: int
+    critic_ranks: int
+    samples_per_policy_rank: int
+    grad_accum_policy: int
+    grad_accum_critic: int
+    optimizer_steps_per_step: int
+    rollout_gpus: int
+    gpus_per_pool: dict[str, int]
+    roles_per_pool: dict[str, list[str]]
+    total_gpus: int
+
+    def table(self) -> str:
+        rows = [
+            ("samples per step (prompts x samples/prompt)", self.samples_per_step),
+            ("policy ranks / critic ranks", f"{self.policy_ranks} / {self.critic_ranks}"),
+            ("samples per policy rank per step", self.samples_per_policy_rank),
+            ("grad accumulation (policy / critic)", f"{self.grad_accum_policy} / {self.grad_accum_critic}"),
+            ("optimizer steps per PPO step", self.optimizer_steps_per_step),
+            ("rollout GPUs (engines x TP)", self.rollout_gpus),
+        ]
+        rows += [
+            (f"pool {p}: GPUs reserved / roles", f"{self.gpus_per_pool[p]} / {', '.join(self.roles_per_pool[p])}")
+            for p in self.gpus_per_pool
+        ]
+        rows.append(("GPUs in all pools", self.total_gpus))
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+def role_gpus(cfg: Config) -> dict[str, tuple[str, int]]:
+    """role -> (pool, GPUs it needs). The reward role counts only when a reward model is configured."""
+    p = cfg.placement
+    out = {
+        "policy": (p.policy.pool, p.policy.num_gpus),
+        "critic": (p.critic.pool, p.critic.num_gpus),
+        "reference": (p.reference.pool, p.reference.num_gpus),
+        "rollout": (p.rollout.pool, p.rollout.num_engines * p.rollout.tensor_parallel_size),
+    }
+    if cfg.reward.model is not None:
+        if p.reward is None:
+            raise ConfigError("placement.reward: reward.model is set, so the reward role needs a pool")
+        out["reward"] = (p.reward.pool, p.reward.num_gpus)
+    return out
+
+
+def derive(cfg: Config) -> Derived:
+    """Check the arithmetic between fields and compute derived values; raises ConfigError naming the fields."""
+    ppo, p = cfg.ppo, cfg.placement
+    samples = ppo.rollout_batch_size * cfg.rollout.n_samples_per_prompt
+    roles = role_gpus(cfg)
+    roles_per_pool: dict[str, list[str]] = {name: [] for name in p.pools}
+    for role, (pool, n) in roles.items():
+        if pool not in p.pools:
+            raise ConfigError(f"placement.{role}.pool: {pool!r} is not one of placement.pools ({', '.join(p.pools)})")
+        size = p.pools[pool].gpus
+        if n > size:
+            raise ConfigError(
+                f"placement.{role}: needs {n} GPUs but pool {pool!r} has {size} "
+                f"({p.pools[pool].nodes} nodes x {p.pools[pool].gpus_per_node} GPUs); short by {n - size}"
+            )
+        roles_per_pool[pool].append(role)
+    # A used pool is reserved whole (nodes x gpus_per_node); colocated roles share its GPUs.
+    gpus_per_pool = {name: p.pools[name].gpus if roles_per_pool[name] else 0 for name in p.pools}
+    tp = p.rollout.tensor_parallel_size
+    if tp > p.pools[p.rollout.pool].gpus_per_node:
+        raise ConfigError(
+            f"placement.rollout.tensor_parallel_size: {tp} exceeds the GPUs per node of pool {p.rollout.pool!r} "
+            f"({p.pools[p.rollout.pool].gpus_per_node}); a tensor-parallel engine must fit on one node"
+        )
+
+    def batch_check(role: str, ranks: int) -> int:
+        if samples % ppo.mini_batch_size:
+            raise ConfigError(
+                f"ppo.mini_batch_size: {ppo.mini_batch_size} does not divide the samples per step "
+                f"({ppo.rollout_batch_size} prompts x {cfg.rollout.n_samples_per_prompt} samples = {samples})"
+            )
+        per_update = ppo.micro_batch_size * ranks
+        if ppo.mini_batch_size % per_update:
+            raise ConfigError(
+                f"ppo.mini_batch_size: {ppo.mini_batch_size} is not a multiple of micro_batch_size x {role} ranks "
+                f"({ppo.micro_batch_size} x {ranks} = {per_update})"
+            )
+        return ppo.mini_batch_size // per_update
+
+    ga_policy = batch_check("policy", p.policy.num_gpus)
+    ga_critic = batch_check("critic", p.critic.num_gpus)
+    for role, ranks in (("reference", p.reference.num_gpus), ("rollout", p.rollout.num_engines)):
+        if samples % ranks:
+            raise ConfigError(f"placement.{role}: {samples} samples per step do not split evenly over {ranks} ranks")
+    return Derived(
+        samples_per_step=samples,
+        policy_ranks=p.policy.num_gpus,
+        critic_ranks=p.critic.num_gpus,
+        samples_per_policy_rank=samples // p.policy.num_gpus,
+        grad_accum_policy=ga_policy,
+        grad_accum_critic=ga_critic,
+        optimizer_steps_per_step=ppo.epochs * samples // ppo.mini_batch_size,
+        rollout_gpus=p.rollout.num_engines * tp,
+        gpus_per_pool=gpus_per_pool,
+        roles_per_pool=roles_per_pool,
+        total_gpus=sum(gpus_per_pool.values()),
+    )
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like dotted.key=value")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw != "" else ""
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            nxt = node.get(k)
+            if nxt is None:
+                nxt = node[k] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {text!r}: {'.'.join(keys[:-1])} is not a section")
+            node = nxt
+        node[keys[-1]] = value
+    return data
+
+
+def format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling against the README's config reference)"
+        lines.append(f"{loc}: {msg}")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None) -> Config:
+    """Read YAML (or start from `base`), apply dotted overrides, validate. Raises ConfigError with field names."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of sections")
+    if base is not None:
+        data = {**base, **data}
+    data = apply_overrides(data, overrides or [])
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e)) from None
+    derive(cfg)  # arithmetic errors surface here, before anything starts
+    return cfg
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,44 @@
+"""Assembling [prompt | response] batches and splitting them across data-parallel ranks."""
+from __future__ import annotations
+
+import torch
+
+
+def build_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Prompts left-padded to the longest prompt, responses right-padded to the longest response."""
+    P = max(len(p) for p in prompts)
+    R = max(1, max(len(r) for r in responses))
+    B = len(prompts)
+    input_ids = torch.full((B, P + R), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((B, P + R), dtype=torch.long)
+    mask = torch.zeros((B, R), dtype=torch.float32)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        input_ids[i, P - len(p) : P] = torch.tensor(p)
+        attention_mask[i, P - len(p) : P] = 1
+        if r:
+            input_ids[i, P : P + len(r)] = torch.tensor(r)
+            attention_mask[i, P : P + len(r)] = 1
+            mask[i, : len(r)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "mask": mask}
+
+
+def pad_rows(rows: list[list[float]], width: int) -> torch.Tensor:
+    out = torch.zeros((len(rows), width), dtype=torch.float32)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=torch.float32)
+    return out
+
+
+def split(batch: dict[str, torch.Tensor], n: int) -> list[dict[str, torch.Tensor]]:
+    """n equal contiguous shards (the config check guarantees divisibility)."""
+    size = batch["input_ids"].shape[0] // n
+    return [{k: v[i * size : (i + 1) * size] for k, v in batch.items()} for i in range(n)]
+
+
+def split_list(items: list, n: int) -> list[list]:
+    size = len(items) // n
+    return [items[i * size : (i + 1) * size] for i in range(n)]
+
+
+def concat(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}

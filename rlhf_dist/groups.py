@@ -1,0 +1,69 @@
+"""An actor group: N ranks of one role placed on pool bundles, called together with one deadline."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from rlhf_dist.errors import wait_all
+from rlhf_dist.placement import Slot
+
+
+def worker_env(device: str, threads: int) -> dict[str, str]:
+    env = {
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONUNBUFFERED": "1",
+        # Workers' own progress bars and load reports would bury the driver's output.
+        "TRANSFORMERS_VERBOSITY": "error",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "VLLM_LOGGING_LEVEL": "WARNING",
+    }
+    if device != "cuda":
+        # On CPU DeepSpeed would otherwise probe for accelerators; threads are capped so roles share cores.
+        env.update({"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": str(threads)})
+    return env
+
+
+class ActorGroup:
+    def __init__(self, role: str, worker_cls: type, slots: Sequence[Slot], pools: dict, args: tuple, env: dict[str, str]):
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        self.role = role
+        remote_cls = ray.remote(worker_cls)
+        self.actors = []
+        for rank, slot in enumerate(slots):
+            strategy = PlacementGroupSchedulingStrategy(pools[slot.pool], placement_group_bundle_index=slot.bundle)
+            self.actors.append(
+                remote_cls.options(
+                    # CPUs are not reserved: on small machines roles share cores (threads are capped instead).
+                    num_cpus=0,
+                    num_gpus=slot.gpu_fraction,
+                    scheduling_strategy=strategy,
+                    runtime_env={"env_vars": env},
+                    max_restarts=0,
+                ).remote(*args, rank, len(slots))
+            )
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def labels(self, ranks: Sequence[int] | None = None) -> list[str]:
+        return [f"{self.role} rank {r}" for r in (ranks if ranks is not None else range(len(self.actors)))]
+
+    def submit(self, method: str, *args: Any, ranks: Sequence[int] | None = None, per_rank: Sequence[tuple] | None = None):
+        """Start `method` on the given ranks (all by default); per_rank gives each rank its own arguments."""
+        ranks = list(ranks if ranks is not None else range(len(self.actors)))
+        refs = []
+        for i, r in enumerate(ranks):
+            a = per_rank[i] if per_rank is not None else args
+            refs.append(getattr(self.actors[r], method).remote(*a))
+        return refs, self.labels(ranks)
+
+    def call(self, method: str, *args: Any, timeout_s: float, ranks=None, per_rank=None) -> list:
+        refs, labels = self.submit(method, *args, ranks=ranks, per_rank=per_rank)
+        return wait_all(refs, labels, f"{self.role}.{method}", timeout_s)
+
+    def kill(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a, no_restart=True)

@@ -1,0 +1,67 @@
+"""DeepSpeed engine construction for a learner role (ZeRO 0-3, optional CPU offload)."""
+from __future__ import annotations
+
+import torch
+
+from rlhf_dist.config import Config, LearnerRole
+
+
+def ds_config(cfg: Config, role: LearnerRole, grad_accum: int) -> dict:
+    zero: dict = {"stage": role.zero_stage}
+    if role.offload and role.zero_stage > 0:
+        zero["offload_optimizer"] = {"device": "cpu"}
+        if role.zero_stage == 3:
+            zero["offload_param"] = {"device": "cpu"}
+    return {
+        "train_micro_batch_size_per_gpu": cfg.ppo.micro_batch_size,
+        "gradient_accumulation_steps": grad_accum,
+        "train_batch_size": cfg.ppo.micro_batch_size * grad_accum * role.num_gpus,
+        "gradient_clipping": cfg.ppo.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": cfg.model.dtype == "bfloat16"},
+        "fp16": {"enabled": cfg.model.dtype == "float16"},
+        # A torch optimizer is used everywhere: DeepSpeed's own Adam kernels are JIT-compiled (about a minute).
+        "zero_force_ds_cpu_optimizer": False,
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+
+
+def skip_shm_comm() -> None:
+    """Keep DeepSpeed from JIT-compiling its shared-memory all-reduce on CPU (30-50 s of g++); gloo is used.
+
+    DeepSpeed caches its op-compatibility table in the module and documents that edits to it persist.
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def init_distributed(backend: str, master_addr: str, port: int, rank: int, world_size: int, timeout) -> None:
+    import os
+
+    import deepspeed
+
+    # Ray gives each actor its own visible device(s), so the local device index is always 0.
+    os.environ.update(
+        {"LOCAL_RANK": "0", "RANK": str(rank), "WORLD_SIZE": str(world_size), "MASTER_ADDR": master_addr, "MASTER_PORT": str(port)}
+    )
+    deepspeed.init_distributed(
+        dist_backend=backend,
+        init_method=f"tcp://{master_addr}:{port}",
+        rank=rank,
+        world_size=world_size,
+        timeout=timeout,
+        auto_mpi_discovery=False,
+        verbose=False,
+    )
+
+
+def make_engine(model, cfg: Config, role: LearnerRole, grad_accum: int, lr: float):
+    import deepspeed
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.ppo.weight_decay)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config(cfg, role, grad_accum))
+    return engine

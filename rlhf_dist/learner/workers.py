@@ -1,0 +1,280 @@
+"""Learner and inference workers: plain classes that Ray wraps (`ray.remote(cls)`), testable in one process.
+
+A learner worker is one data-parallel rank of a DeepSpeed engine. It computes model outputs for micro-batches
+and minimises the loss it is handed; it knows nothing else of the algorithm.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import defaultdict
+
+import torch
+
+from rlhf_dist import dist as D
+from rlhf_dist.config import Config
+from rlhf_dist.learner import models
+from rlhf_dist.sync.buckets import Bucket, checksum, pack, plan_buckets
+
+
+def _micro_batches(batch: dict[str, torch.Tensor], size: int):
+    n = batch["input_ids"].shape[0]
+    for i in range(0, n, size):
+        yield {k: v[i : i + size] for k, v in batch.items()}
+
+
+class _Base:
+    role = "base"
+
+    def __init__(self, cfg: Config, rank: int, world_size: int):
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.device = D.torch_device(cfg.cluster.device)
+        if self.device.type == "cpu":
+            D.set_threads(cfg.cluster.threads_per_actor)
+        torch.manual_seed(cfg.run.seed + 1000 * rank)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+    def ready(self) -> dict:
+        return {"role": self.role, "rank": self.rank, "ip": D.node_ip(), "device": str(self.device)}
+
+    def master_endpoint(self) -> tuple[str, int]:
+        return D.node_ip(), D.free_port()
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+
+class LearnerWorker(_Base):
+    """One rank of a DeepSpeed-trained model. Subclasses say how to load the model and what it outputs."""
+
+    def setup(self, master_addr: str, port: int) -> dict:
+        cfg = self.cfg
+        role_cfg = getattr(cfg.placement, self.role)
+        if self.device.type == "cpu" and not cfg.cluster.deepspeed_shm_comm:
+            from rlhf_dist.learner.deepspeed_setup import skip_shm_comm
+
+            skip_shm_comm()
+        from rlhf_dist.learner.deepspeed_setup import ds_config, init_distributed, make_engine
+
+        t0 = time.perf_counter()
+        init_distributed(
+            D.backend_for(cfg.cluster.device), master_addr, port, self.rank, self.world_size,
+            D.timedelta(cfg.timeouts.collective_s),
+        )
+        ga = cfg.ppo.mini_batch_size // (cfg.ppo.micro_batch_size * self.world_size)
+        self._hf_ds = None
+        if role_cfg.zero_stage == 3:
+            # Makes from_pretrained build the model already partitioned (zero.Init), as large models need.
+            from transformers.integrations import HfDeepSpeedConfig
+
+            self._hf_ds = HfDeepSpeedConfig(ds_config(cfg, role_cfg, ga))
+        model = self.load_model()
+        if cfg.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        self.engine = make_engine(model, cfg, role_cfg, ga, self.learning_rate())
+        self.zero3 = role_cfg.zero_stage == 3
+        return {"rank": self.rank, "seconds": time.perf_counter() - t0, "params": self.num_params()}
+
+    # --- what subclasses provide ---
+    def load_model(self):
+        raise NotImplementedError
+
+    def learning_rate(self) -> float:
+        raise NotImplementedError
+
+    def outputs(self, batch: dict[str, torch.Tensor], with_entropy: bool) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    # --- shared mechanics ---
+    def num_params(self) -> int:
+        return sum(getattr(p, "ds_numel", p.numel()) for p in self.engine.module.parameters())
+
+    @torch.no_grad()
+    def infer(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Outputs for a whole shard, in micro-batches, without gradients (e.g. old log-probs, old values)."""
+        self.engine.eval()
+        parts = defaultdict(list)
+        for mb in _micro_batches(self._to_device(batch), self.cfg.ppo.micro_batch_size):
+            for k, v in self.outputs(mb, with_entropy=False).items():
+                parts[k].append(v.float().cpu())
+        return {k: torch.cat(v) for k, v in parts.items()}
+
+    def train(self, batch: dict[str, torch.Tensor], loss_fn, seed: int) -> dict[str, float]:
+        """Epochs x mini-batches x micro-batches over this rank's shard; DeepSpeed steps at each mini-batch end."""
+        cfg = self.cfg.ppo
+        self.engine.train()
+        batch = self._to_device(batch)
+        n = batch["input_ids"].shape[0]
+        mini = cfg.mini_batch_size // self.world_size
+        gen = torch.Generator().manual_seed(seed)
+        sums: dict[str, float] = defaultdict(float)
+        count = 0
+        grad_norms = []
+        for _ in range(cfg.epochs):
+            order = torch.randperm(n, generator=gen).to(self.device)
+            for start in range(0, n, mini):
+                idx = order[start : start + mini]
+                for mb in _micro_batches({k: v[idx] for k, v in batch.items()}, cfg.micro_batch_size):
+                    out = self.outputs(mb, with_entropy=loss_fn.needs_entropy)
+                    loss, metrics = loss_fn(out, mb)
+                    self.engine.backward(loss)
+                    self.engine.step()
+                    for k, v in metrics.items():
+                        sums[k] += v
+                    count += 1
+                norm = self.engine.get_global_grad_norm()
+                if norm is not None:
+                    grad_norms.append(float(norm))
+        result = {k: v / max(count, 1) for k, v in sums.items()}
+        if grad_norms:
+            result[f"{self.role}/grad_norm"] = sum(grad_norms) / len(grad_norms)
+        return result
+
+    def _gathered(self, params):
+        if self.zero3:
+            import deepspeed
+
+            return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+        return contextlib.nullcontext()
+
+    def named_full_params(self):
+        return [(n, tuple(getattr(p, "ds_shape", p.shape)), p.dtype) for n, p in self.engine.module.named_parameters()]
+
+    def iter_full_buckets(self, buckets: list[Bucket]):
+        """Yield (bucket, [full tensors]) with each bucket gathered in turn (all ranks must iterate together)."""
+        params = dict(self.engine.module.named_parameters())
+        for bucket in buckets:
+            ps = [params[n] for n in bucket.names]
+            with self._gathered(ps):
+                yield bucket, [p.data for p in ps]
+
+    def save_hf(self, path: str) -> str | None:
+        """Gather the full weights bucket by bucket and write a HuggingFace directory (rank 0 writes)."""
+        buckets = plan_buckets(self.named_full_params(), int(self.cfg.sync.bucket_mb * 2**20))
+        state = {}
+        for bucket, tensors in self.iter_full_buckets(buckets):
+            if self.rank == 0:
+                for name, t in zip(bucket.names, tensors):
+                    state[name] = t.detach().to("cpu", copy=True)
+        if self.rank != 0:
+            return None
+        self.engine.module.save_pretrained(path, state_dict=state, safe_serialization=True)
+        return path
+
+
+class PolicyWorker(LearnerWorker):
+    role = "policy"
+
+    def load_model(self):
+        m = self.cfg.model
+        return models.load_causal_lm(m.policy, m.dtype, m.attn_implementation)
+
+    def learning_rate(self) -> float:
+        return self.cfg.ppo.policy_lr
+
+    def outputs(self, batch, with_entropy):
+        logits = models.response_logits(self.engine, batch)
+        tokens = batch["input_ids"][:, -batch["mask"].shape[1] :]
+        out = {"logprobs": models.token_logprobs(logits, tokens, self.cfg.rollout.temperature)}
+        if with_entropy:
+            from rlhf_dist.algorithms import entropy_from_logits
+
+            out["entropy"] = entropy_from_logits(logits / self.cfg.rollout.temperature)
+        return out
+
+    # --- weight sync (rank 0 broadcasts; every rank joins the ZeRO-3 gathers) ---
+    def sync_plan(self) -> list[Bucket]:
+        self._buckets = plan_buckets(self.named_full_params(), int(self.cfg.sync.bucket_mb * 2**20))
+        return self._buckets
+
+    def init_weight_sync(self, master_addr: str, port: int, world_size: int) -> bool:
+        from rlhf_dist.sync.group import SyncGroup
+
+        if self.rank == 0:
+            self._sync = SyncGroup(
+                master_addr, port, 0, world_size, D.backend_for(self.cfg.cluster.device), self.cfg.timeouts.rendezvous_s
+            )
+        return True
+
+    def broadcast_weights(self, verify: bool) -> dict:
+        t0 = time.perf_counter()
+        sums, nbytes = [], 0
+        for bucket, tensors in self.iter_full_buckets(self._buckets):
+            if self.rank != 0:
+                continue
+            flat = pack(tensors, bucket.empty(self._sync.device))
+            self._sync.broadcast(flat)
+            nbytes += bucket.nbytes
+            if verify:
+                sums.append(checksum(flat))
+        return {"seconds": time.perf_counter() - t0, "bytes": nbytes, "checksums": sums}
+
+
+class CriticWorker(LearnerWorker):
+    role = "critic"
+
+    def load_model(self):
+        m = self.cfg.model
+        return models.load_value_model(m.critic or m.policy, m.dtype, m.attn_implementation)
+
+    def learning_rate(self) -> float:
+        return self.cfg.ppo.critic_lr
+
+    def outputs(self, batch, with_entropy):
+        R = batch["mask"].shape[1]
+        out = self.engine(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=models.position_ids(batch["attention_mask"]),
+        )
+        return {"values": out.logits[:, -R - 1 : -1, 0].float()}
+
+
+class ReferenceWorker(_Base):
+    """Frozen reference policy: log-probs of the sampled tokens, one full replica per rank."""
+
+    role = "reference"
+
+    def setup(self) -> dict:
+        m = self.cfg.model
+        self.model = models.load_causal_lm(m.reference or m.policy, m.dtype, m.attn_implementation).to(self.device)
+        self.model.eval().requires_grad_(False)
+        return {"rank": self.rank}
+
+    @torch.no_grad()
+    def infer(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = []
+        for mb in _micro_batches(self._to_device(batch), self.cfg.ppo.micro_batch_size):
+            logits = models.response_logits(self.model, mb)
+            tokens = mb["input_ids"][:, -mb["mask"].shape[1] :]
+            out.append(models.token_logprobs(logits, tokens, self.cfg.rollout.temperature).cpu())
+        return {"logprobs": torch.cat(out)}
+
+
+class RewardModelWorker(_Base):
+    """Sequence-classification reward model, scored at the last token; tokenizes text with its own tokenizer."""
+
+    role = "reward"
+
+    def setup(self) -> dict:
+        from transformers import AutoTokenizer
+
+        m = self.cfg.model
+        path = self.cfg.reward.model
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer.padding_side = "right"
+        self.model = models.load_reward_model(path, m.dtype, m.attn_implementation).to(self.device).eval()
+        if self.model.config.pad_token_id is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        return {"rank": self.rank}
+
+    @torch.no_grad()
+    def score(self, texts: list[str]) -> list[float]:
+        out = []
+        for i in range(0, len(texts), self.cfg.ppo.micro_batch_size):
+            enc = self.tokenizer(texts[i : i + self.cfg.ppo.micro_batch_size], return_tensors="pt", padding=True)
+            logits = self.model(**{k: v.to(self.device) for k, v in enc.items()}).logits
+            out.extend(logits[:, 0].float().cpu().tolist())
+        return out

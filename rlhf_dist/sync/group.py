@@ -1,0 +1,32 @@
+"""A dedicated process group for weight sync, separate from DeepSpeed's default group and vLLM's own.
+
+Rank 0 is the policy learner's rank 0; engines' workers take ranks 1..N. Built from a TCPStore and the
+backend's ProcessGroup class directly, so it never touches either side's default process group. The only
+difference between CPU and GPU is the backend (gloo or NCCL).
+"""
+from __future__ import annotations
+
+import datetime
+
+import torch
+import torch.distributed as dist
+
+
+class SyncGroup:
+    def __init__(self, master_addr: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float):
+        timeout = datetime.timedelta(seconds=timeout_s)
+        # The store must outlive the group: keep a reference.
+        self.store = dist.TCPStore(master_addr, port, world_size, is_master=(rank == 0), timeout=timeout)
+        prefixed = dist.PrefixStore("rlhf_dist/weight_sync", self.store)
+        self.rank, self.world_size, self.backend = rank, world_size, backend
+        if backend == "nccl":
+            opts = dist.ProcessGroupNCCL.Options()
+            opts._timeout = timeout
+            self.pg = dist.ProcessGroupNCCL(prefixed, rank, world_size, opts)
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        else:
+            self.pg = dist.ProcessGroupGloo(prefixed, rank, world_size, timeout)
+            self.device = torch.device("cpu")
+
+    def broadcast(self, tensor: torch.Tensor) -> None:
+        self.pg.broadcast(tensor, 0).wait()
