@@ -52,15 +52,16 @@ class Cluster:
         slots = role_slots(cfg, derived)
         env = worker_env(cfg.cluster.device, cfg.cluster.threads_per_actor)
         self.groups: dict[str, ActorGroup] = {}
-        classes = {"policy": PolicyWorker, "critic": CriticWorker, "reference": ReferenceWorker}
-        if "reward" in slots:
-            classes["reward"] = RewardModelWorker
+        classes = {"policy": PolicyWorker, "critic": CriticWorker, "reference": ReferenceWorker, "reward": RewardModelWorker}
+        # Only the roles this job uses get actors: no critic for critic-free estimators, no reward model
+        # worker without reward.model.
+        classes = {role: cls for role, cls in classes.items() if role in slots}
         for role, cls in classes.items():
             self.groups[role] = ActorGroup(role, cls, slots[role], self.pools, (cfg,), env)
         self.groups["rollout"] = ActorGroup(
             "rollout", RolloutEngine, slots["rollout"], self.pools, (cfg,), {**env, **engine_env(cfg)}
         )
-        self.policy, self.critic = self.groups["policy"], self.groups["critic"]
+        self.policy, self.critic = self.groups["policy"], self.groups.get("critic")
         self.reference, self.rollout = self.groups["reference"], self.groups["rollout"]
         self.reward = self.groups.get("reward")
         self._start()
@@ -78,7 +79,7 @@ class Cluster:
         self.device = infos[0]["device"]
         # Learners rendezvous (DeepSpeed's default group); the others load their models meanwhile.
         refs, labels = [], []
-        for g in (self.policy, self.critic):
+        for g in (g for g in (self.policy, self.critic) if g is not None):
             addr, port = g.call("master_endpoint", ranks=[0], timeout_s=t.call_s)[0]
             r, lab = g.submit("setup", addr, port)
             refs += r

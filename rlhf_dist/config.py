@@ -44,6 +44,7 @@ class ModelConfig(Strict):
 class DataConfig(Strict):
     prompts: str  # JSONL file, one object per line
     prompt_key: str = "prompt"
+    label_key: str | None = None  # a field passed to reward functions as `label` (e.g. the reference answer)
     apply_chat_template: bool = False
     max_prompt_tokens: int = Field(64, ge=1)
 
@@ -80,19 +81,33 @@ class RewardConfig(Strict):
 
 
 class PPOConfig(Strict):
+    """The RL algorithm: batch sizes, advantage estimator, policy loss, KL handling, optimiser."""
+
     rollout_batch_size: int = Field(8, ge=1)  # prompts per step
     mini_batch_size: int = Field(8, ge=1)  # samples per optimizer step, across all data-parallel ranks
     micro_batch_size: int = Field(4, ge=1)  # samples per forward/backward on one rank
     epochs: int = Field(1, ge=1)  # passes over each step's samples
-    advantage_estimator: Literal["gae"] = "gae"
-    clip_eps: float = Field(0.2, gt=0)
+    advantage_estimator: Literal["gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"] = "gae"
+    policy_loss: Literal["ppo", "dual_clip", "clip_higher", "gspo"] = "ppo"
+    loss_aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
+    clip_eps: float = Field(0.2, gt=0)  # lower clip (and upper, unless clip_eps_high is set)
+    clip_eps_high: float | None = Field(None, gt=0)  # DAPO clip-higher
+    dual_clip_c: float = Field(3.0, gt=1)
     value_clip_eps: float = Field(0.2, gt=0)
     gamma: float = Field(1.0, ge=0, le=1)
     lam: float = Field(0.95, ge=0, le=1)
-    kl_coef: float = Field(0.05, ge=0)
-    kl_estimator: Literal["k1", "k3"] = "k1"
-    whiten_advantages: bool = True
+    kl_coef: float = Field(0.0, ge=0)  # KL penalty put in the per-token rewards (gae, reinforce_pp*)
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    kl_target: float | None = Field(None, gt=0)  # adaptive kl_coef toward this KL; None keeps it fixed
+    kl_horizon: int = Field(10000, ge=1)
+    kl_loss_coef: float = Field(0.0, ge=0)  # KL to the reference as a loss term (GRPO style)
+    kl_loss_estimator: Literal["k1", "k2", "k3"] = "k3"
+    whiten_advantages: bool = True  # gae only; the others normalise as their definition says
     entropy_coef: float = 0.0
+    dynamic_sampling: bool = False  # DAPO: drop prompt groups whose scores are all equal, refill
+    max_sampling_rounds: int = Field(4, ge=1)
+    overlong_buffer: int | None = Field(None, ge=1)  # DAPO soft overlong penalty over the last N tokens
+    overlong_penalty: float = Field(1.0, ge=0)
     policy_lr: float = Field(1e-5, gt=0)
     critic_lr: float = Field(1e-5, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -129,7 +144,7 @@ class RolloutRole(Strict):
 class PlacementConfig(Strict):
     pools: dict[str, PoolConfig]
     policy: LearnerRole
-    critic: LearnerRole
+    critic: LearnerRole | None = None  # needed only by estimators with a critic (gae)
     reference: InferenceRole
     reward: InferenceRole | None = None  # needed only when reward.model is set
     rollout: RolloutRole
@@ -187,7 +202,7 @@ class Derived:
     def table(self) -> str:
         rows = [
             ("samples per step (prompts x samples/prompt)", self.samples_per_step),
-            ("policy ranks / critic ranks", f"{self.policy_ranks} / {self.critic_ranks}"),
+            ("policy ranks / critic ranks", f"{self.policy_ranks} / {self.critic_ranks or 'none (critic-free)'}"),
             ("samples per policy rank per step", self.samples_per_policy_rank),
             ("grad accumulation (policy / critic)", f"{self.grad_accum_policy} / {self.grad_accum_critic}"),
             ("optimizer steps per PPO step", self.optimizer_steps_per_step),
@@ -202,15 +217,29 @@ class Derived:
         return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
 
 
+CRITIC_ESTIMATORS = {"gae"}
+GROUP_ESTIMATORS = {"grpo", "dr_grpo", "rloo", "reinforce_pp_baseline"}
+# Estimators whose advantages come from sequence scores alone: a per-token KL reward would be ignored.
+SCORE_ONLY_ESTIMATORS = {"grpo", "dr_grpo", "rloo"}
+
+
+def uses_critic(cfg: Config) -> bool:
+    return cfg.ppo.advantage_estimator in CRITIC_ESTIMATORS
+
+
 def role_gpus(cfg: Config) -> dict[str, tuple[str, int]]:
     """role -> (pool, GPUs it needs). The reward role counts only when a reward model is configured."""
     p = cfg.placement
-    out = {
-        "policy": (p.policy.pool, p.policy.num_gpus),
-        "critic": (p.critic.pool, p.critic.num_gpus),
-        "reference": (p.reference.pool, p.reference.num_gpus),
-        "rollout": (p.rollout.pool, p.rollout.num_engines * p.rollout.tensor_parallel_size),
-    }
+    out = {"policy": (p.policy.pool, p.policy.num_gpus)}
+    if uses_critic(cfg):
+        if p.critic is None:
+            raise ConfigError(
+                f"placement.critic: advantage estimator {cfg.ppo.advantage_estimator!r} trains a critic, so the "
+                "critic role needs a pool"
+            )
+        out["critic"] = (p.critic.pool, p.critic.num_gpus)
+    out["reference"] = (p.reference.pool, p.reference.num_gpus)
+    out["rollout"] = (p.rollout.pool, p.rollout.num_engines * p.rollout.tensor_parallel_size)
     if cfg.reward.model is not None:
         if p.reward is None:
             raise ConfigError("placement.reward: reward.model is set, so the reward role needs a pool")
@@ -257,15 +286,17 @@ def derive(cfg: Config) -> Derived:
             )
         return ppo.mini_batch_size // per_update
 
+    check_algorithm(cfg)
     ga_policy = batch_check("policy", p.policy.num_gpus)
-    ga_critic = batch_check("critic", p.critic.num_gpus)
+    critic_ranks = p.critic.num_gpus if "critic" in roles else 0
+    ga_critic = batch_check("critic", critic_ranks) if critic_ranks else 0
     for role, ranks in (("reference", p.reference.num_gpus), ("rollout", p.rollout.num_engines)):
         if samples % ranks:
             raise ConfigError(f"placement.{role}: {samples} samples per step do not split evenly over {ranks} ranks")
     return Derived(
         samples_per_step=samples,
         policy_ranks=p.policy.num_gpus,
-        critic_ranks=p.critic.num_gpus,
+        critic_ranks=critic_ranks,
         samples_per_policy_rank=samples // p.policy.num_gpus,
         grad_accum_policy=ga_policy,
         grad_accum_critic=ga_critic,
@@ -275,6 +306,31 @@ def derive(cfg: Config) -> Derived:
         roles_per_pool=roles_per_pool,
         total_gpus=sum(gpus_per_pool.values()),
     )
+
+
+def check_algorithm(cfg: Config) -> None:
+    ppo, n = cfg.ppo, cfg.rollout.n_samples_per_prompt
+    est = ppo.advantage_estimator
+    if est in GROUP_ESTIMATORS and n < 2:
+        raise ConfigError(
+            f"rollout.n_samples_per_prompt: advantage estimator {est!r} compares samples of the same prompt, "
+            f"so it needs at least 2 (got {n})"
+        )
+    if ppo.dynamic_sampling and n < 2:
+        raise ConfigError("ppo.dynamic_sampling: drops prompts whose samples all score the same; needs rollout.n_samples_per_prompt >= 2")
+    if est in SCORE_ONLY_ESTIMATORS and ppo.kl_coef > 0:
+        raise ConfigError(
+            f"ppo.kl_coef: {est!r} computes advantages from sequence scores only, so a KL reward penalty would be "
+            "ignored; use ppo.kl_loss_coef for a KL term in the loss"
+        )
+    if ppo.kl_target is not None and ppo.kl_coef == 0:
+        raise ConfigError("ppo.kl_target: the adaptive controller scales ppo.kl_coef, which is 0; set an initial kl_coef")
+    if ppo.policy_loss == "clip_higher" and ppo.clip_eps_high is None:
+        raise ConfigError("ppo.clip_eps_high: policy_loss 'clip_higher' needs an upper clip (e.g. 0.28 with clip_eps 0.2)")
+    if ppo.overlong_buffer is not None and ppo.overlong_buffer >= cfg.rollout.max_new_tokens:
+        raise ConfigError(
+            f"ppo.overlong_buffer: {ppo.overlong_buffer} must be smaller than rollout.max_new_tokens ({cfg.rollout.max_new_tokens})"
+        )
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -25,6 +25,10 @@ class WeightSyncError(RLHFError):
     pass
 
 
+class RewardError(RLHFError):
+    pass
+
+
 def wait_all(refs: Sequence[Any], labels: Sequence[str], what: str, timeout_s: float) -> list[Any]:
     """ray.get on every ref with one deadline; on expiry or failure, the error names each unfinished label."""
     import ray

@@ -4,13 +4,13 @@ import math
 import pytest
 import torch
 
+from rlhf_dist.algorithms.policy_losses import aggregate, ppo_clip
 from rlhf_dist.algorithms import (
     compute_gae,
     entropy_from_logits,
     kl_estimate,
     masked_mean,
     masked_whiten,
-    policy_loss_ppo,
     shape_token_rewards,
     value_loss_clipped,
 )
@@ -125,7 +125,8 @@ def test_policy_loss_matches_loop(seed):
     logp = torch.randn(mask.shape, generator=g, dtype=torch.float64) * 0.3 - 1
     old = logp + torch.randn(mask.shape, generator=g, dtype=torch.float64) * 0.3
     adv = torch.randn(mask.shape, generator=g, dtype=torch.float64)
-    loss, metrics = policy_loss_ppo(logp, old, adv, mask, 0.2)
+    per_token, metrics = ppo_clip(logp, old, adv, mask, 0.2)
+    loss = aggregate(per_token, mask, "token_mean")
     assert loss.item() == pytest.approx(ppo_loss_loop(logp.tolist(), old.tolist(), adv.tolist(), mask.tolist(), 0.2), abs=1e-12)
     assert 0 <= metrics["policy/clipfrac"] <= 1
 
@@ -136,12 +137,12 @@ def test_policy_loss_hand_worked_clipping():
     logp = torch.tensor([[math.log(1.5), math.log(0.5)]], dtype=torch.float64)
     adv = torch.tensor([[1.0, -1.0]], dtype=torch.float64)
     # token 0: ratio 1.5 > 1.2 with A>0 -> clipped: -1.2; token 1: ratio 0.5 < 0.8 with A<0 -> clipped: 0.8
-    loss, m = policy_loss_ppo(logp, old, adv, mask, 0.2)
-    assert loss.item() == pytest.approx((-1.2 + 0.8) / 2)
+    per_token, m = ppo_clip(logp, old, adv, mask, 0.2)
+    assert aggregate(per_token, mask, "token_mean").item() == pytest.approx((-1.2 + 0.8) / 2)
     assert m["policy/clipfrac"] == 1.0
     # Gradient is zero where clipped.
     logp.requires_grad_(True)
-    policy_loss_ppo(logp, old, adv, mask, 0.2)[0].backward()
+    aggregate(ppo_clip(logp, old, adv, mask, 0.2)[0], mask, "token_mean").backward()
     assert torch.all(logp.grad == 0)
 
 

@@ -1,26 +1,22 @@
 """Algorithm math as pure tensor functions: no Ray, no DeepSpeed, no model code."""
 from rlhf_dist.algorithms.core import (
-    ADVANTAGE_ESTIMATORS,
     KL_ESTIMATORS,
     compute_gae,
     entropy_from_logits,
     kl_estimate,
     masked_mean,
     masked_whiten,
-    policy_loss_ppo,
     shape_token_rewards,
     value_loss_clipped,
 )
 
 __all__ = [
-    "ADVANTAGE_ESTIMATORS",
     "KL_ESTIMATORS",
     "compute_gae",
     "entropy_from_logits",
     "kl_estimate",
     "masked_mean",
     "masked_whiten",
-    "policy_loss_ppo",
     "shape_token_rewards",
     "value_loss_clipped",
 ]

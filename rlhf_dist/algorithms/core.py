@@ -89,27 +89,6 @@ def compute_gae(
     return adv, returns
 
 
-ADVANTAGE_ESTIMATORS = {"gae": compute_gae}
-
-
-def policy_loss_ppo(
-    logp: torch.Tensor,
-    old_logp: torch.Tensor,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    clip_eps: float,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Clipped surrogate objective (PPO), token-mean over the masked entries."""
-    log_ratio = logp - old_logp
-    ratio = torch.exp(log_ratio)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
-    with torch.no_grad():
-        clipfrac = masked_mean((clipped > unclipped).float(), mask)
-        approx_kl = masked_mean(0.5 * log_ratio**2, mask)
-    return loss, {"policy/clipfrac": float(clipfrac), "policy/approx_kl": float(approx_kl)}
-
 
 def value_loss_clipped(
     values: torch.Tensor,

@@ -1,24 +1,44 @@
 """The losses handed to learner workers. A worker calls `loss(outputs, batch)` on a micro-batch and knows
 nothing else of the algorithm: `outputs` is what its model produced, `batch` the per-token tensors the
-controller computed (advantages, returns, old log-probs, masks)."""
+controller computed (advantages, returns, old and reference log-probs, masks)."""
 from __future__ import annotations
 
 import dataclasses
 
 import torch
 
-from rlhf_dist.algorithms.core import masked_mean, policy_loss_ppo, value_loss_clipped
+from rlhf_dist.algorithms.core import kl_estimate, masked_mean, value_loss_clipped
+from rlhf_dist.algorithms.policy_losses import POLICY_LOSSES, aggregate
 
 
 @dataclasses.dataclass(frozen=True)
-class PPOPolicyLoss:
-    clip_eps: float
+class PolicyLoss:
+    name: str = "ppo"
+    clip_eps: float = 0.2
+    clip_eps_high: float | None = None
+    dual_clip_c: float = 3.0
+    aggregation: str = "token_mean"
+    norm_constant: float | None = None  # seq_mean_token_sum_norm only
     entropy_coef: float = 0.0
+    kl_loss_coef: float = 0.0
+    kl_loss_estimator: str = "k3"
     needs_entropy: bool = True
 
+    @property
+    def needs_reference(self) -> bool:
+        return self.kl_loss_coef > 0
+
     def __call__(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]):
-        mask = batch["mask"]
-        loss, metrics = policy_loss_ppo(outputs["logprobs"], batch["old_logprobs"], batch["advantages"], mask, self.clip_eps)
+        mask, logp = batch["mask"], outputs["logprobs"]
+        per_token, metrics = POLICY_LOSSES[self.name](
+            logp, batch["old_logprobs"], batch["advantages"], mask,
+            clip_eps_low=self.clip_eps, clip_eps_high=self.clip_eps_high, dual_clip_c=self.dual_clip_c,
+        )
+        if self.kl_loss_coef:
+            kl = kl_estimate(logp, batch["ref_logprobs"], self.kl_loss_estimator)
+            per_token = per_token + self.kl_loss_coef * kl
+            metrics["policy/kl_loss"] = float(masked_mean(kl.detach(), mask))
+        loss = aggregate(per_token, mask, self.aggregation, self.norm_constant)
         entropy = masked_mean(outputs["entropy"], mask)
         if self.entropy_coef:
             loss = loss - self.entropy_coef * entropy

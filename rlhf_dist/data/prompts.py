@@ -13,11 +13,12 @@ class DataError(ConfigError):
     pass
 
 
-def read_prompts(cfg: DataConfig) -> list[str]:
+def read_prompts(cfg: DataConfig) -> tuple[list[str], list | None]:
+    """(prompts, labels); labels is None unless data.label_key is set, and then every line must have it."""
     path = Path(cfg.prompts)
     if not path.is_file():
         raise DataError(f"data.prompts: {str(path)!r} does not exist")
-    prompts = []
+    prompts, labels = [], []
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:
@@ -35,10 +36,14 @@ def read_prompts(cfg: DataConfig) -> list[str]:
             value = obj[cfg.prompt_key]
             if not isinstance(value, str) or not value.strip():
                 raise DataError(f"{path}:{lineno}: field {cfg.prompt_key!r} must be a non-empty string")
+            if cfg.label_key is not None:
+                if cfg.label_key not in obj:
+                    raise DataError(f"{path}:{lineno}: missing field {cfg.label_key!r} (data.label_key)")
+                labels.append(obj[cfg.label_key])
             prompts.append(value)
     if not prompts:
         raise DataError(f"data.prompts: {path} has no prompts")
-    return prompts
+    return prompts, (labels if cfg.label_key is not None else None)
 
 
 def tokenize_prompts(prompts: list[str], tokenizer, cfg: DataConfig, path: str) -> list[list[int]]:

@@ -90,3 +90,18 @@ def make_tiny_model(
     model.save_pretrained(str(out), safe_serialization=True)
     (out / "rlhf_dist_tiny.json").write_text(json.dumps({"seed": seed, "params": model.num_parameters()}))
     return out
+
+
+def make_tiny_reward_model(out_dir: str | Path, base_dir: str | Path, seed: int = 0) -> Path:
+    """A randomly initialised sequence-classification reward model on the tiny base's config and tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, LlamaForSequenceClassification
+
+    out = Path(out_dir)
+    config = AutoConfig.from_pretrained(base_dir)
+    config.num_labels = 1
+    torch.manual_seed(seed)
+    model = LlamaForSequenceClassification(config)
+    model.save_pretrained(str(out), safe_serialization=True)
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(str(out))
+    return out

@@ -1,4 +1,4 @@
-"""PPO: the top-level loop. Reads top to bottom; the math lives in rlhf_dist.algorithms."""
+"""The RL loop (PPO and the critic-free family). Reads top to bottom; the math lives in rlhf_dist.algorithms."""
 from __future__ import annotations
 
 import time
@@ -6,8 +6,10 @@ from pathlib import Path
 
 import torch
 
-from rlhf_dist.algorithms import compute_gae, kl_estimate, masked_mean, masked_whiten, shape_token_rewards
-from rlhf_dist.algorithms.losses import ClippedValueLoss, PPOPolicyLoss
+from rlhf_dist.algorithms import kl_estimate, masked_mean, masked_whiten
+from rlhf_dist.algorithms.advantages import AdvantageInputs, estimate_advantages, informative_groups, overlong_penalty
+from rlhf_dist.algorithms.losses import ClippedValueLoss, PolicyLoss
+from rlhf_dist.algorithms.policy_losses import AdaptiveKLController, FixedKLController
 from rlhf_dist.cluster import Cluster, init_ray
 from rlhf_dist.config import Config, derive, to_yaml
 from rlhf_dist.data.batch import build_batch, pad_rows
@@ -22,9 +24,9 @@ def train(cfg: Config, log=print) -> Path:
     # 1. Everything that can be checked without actors is checked first.
     derived = derive(cfg)
     tokenizer = prepare_model(cfg, log)
-    prompt_texts = read_prompts(cfg.data)
+    prompt_texts, labels = read_prompts(cfg.data)
     prompt_ids = tokenize_prompts(prompt_texts, tokenizer, cfg.data, cfg.data.prompts)
-    rules = RuleRewards(cfg.reward.functions)
+    rules = RuleRewards(cfg.reward.functions, has_labels=labels is not None)
     run_dir = fresh_run_dir(cfg.run.output_dir)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     log(f"run directory: {run_dir}\nderived values:\n{derived.table()}")
@@ -36,11 +38,11 @@ def train(cfg: Config, log=print) -> Path:
         cluster = Cluster(cfg, derived, log)
         # Version 0 proves the sync path (and that engines serve the learner's weights) before step 1.
         log(f"initial weight sync: {cluster.sync_weights(0, verify=cfg.sync.verify_every > 0)['sync/seconds']:.2f} s")
-        loader = PromptLoader(len(prompt_ids), cfg.ppo.rollout_batch_size, cfg.run.seed)
+        state = LoopState(cfg, prompt_ids, prompt_texts, labels, tokenizer, rules)
         steps = range(1, cfg.run.steps + 1)
         bar = _progress(steps, cfg.run.progress_bar)
         for step in bar:
-            metrics = ppo_step(cfg, cluster, loader, prompt_ids, prompt_texts, tokenizer, rules, step)
+            metrics = rl_step(cfg, cluster, state, step)
             writer.write(step, metrics)
             _show(bar, log, step, metrics)
         if cfg.run.save_final:
@@ -59,53 +61,65 @@ def train(cfg: Config, log=print) -> Path:
     return run_dir
 
 
-def ppo_step(cfg: Config, cluster: Cluster, loader, prompt_ids, prompt_texts, tokenizer, rules, step: int) -> dict:
-    ppo, n = cfg.ppo, cfg.rollout.n_samples_per_prompt
+class LoopState:
+    """What the loop carries from step to step: data position, reward functions, the KL coefficient."""
+
+    def __init__(self, cfg: Config, prompt_ids, prompt_texts, labels, tokenizer, rules):
+        self.prompt_ids, self.prompt_texts, self.labels = prompt_ids, prompt_texts, labels
+        self.tokenizer, self.rules = tokenizer, rules
+        self.loader = PromptLoader(len(prompt_ids), cfg.ppo.rollout_batch_size, cfg.run.seed)
+        p = cfg.ppo
+        self.kl_ctl = AdaptiveKLController(p.kl_coef, p.kl_target, p.kl_horizon) if p.kl_target else FixedKLController(p.kl_coef)
+        self.policy_loss = PolicyLoss(
+            name=p.policy_loss, clip_eps=p.clip_eps, clip_eps_high=p.clip_eps_high, dual_clip_c=p.dual_clip_c,
+            aggregation=p.loss_aggregation, norm_constant=float(cfg.rollout.max_new_tokens),
+            entropy_coef=p.entropy_coef, kl_loss_coef=p.kl_loss_coef, kl_loss_estimator=p.kl_loss_estimator,
+        )
+
+
+def rl_step(cfg: Config, cluster: Cluster, state: LoopState, step: int) -> dict:
+    ppo = cfg.ppo
     t_step = time.perf_counter()
     timing = {}
 
-    # 2. Rollouts: each prompt n times, spread over the engines.
-    idx = [i for i in loader.next_batch() for _ in range(n)]
-    t0 = time.perf_counter()
-    gen = cluster.generate([prompt_ids[i] for i in idx], seed=cfg.run.seed * 1_000_003 + step * 10_007)
-    timing["generate"] = time.perf_counter() - t0
-    batch = build_batch([prompt_ids[i] for i in idx], gen["responses"], tokenizer.pad_token_id)
+    # 2-3a. Rollouts and their scores (with DAPO dynamic sampling, more rounds until enough groups differ).
+    roll, roll_metrics = collect_rollouts(cfg, cluster, state, step, timing)
+    batch = build_batch(roll["prompt_ids"], roll["responses"], state.tokenizer.pad_token_id)
     mask = batch["mask"]
-    engine_logprobs = pad_rows(gen["logprobs"], mask.shape[1])
+    scores = roll["scores"]
 
-    # 3. Scores (reward model and/or rules), then reference, critic and policy passes, all in parallel.
+    # 3b. Reference, critic and policy passes, in parallel.
     t0 = time.perf_counter()
-    infer = {
-        "reference": cluster.submit_infer(cluster.reference, batch),
-        "critic": cluster.submit_infer(cluster.critic, batch),
-        "policy": cluster.submit_infer(cluster.policy, batch),
-    }
-    responses = tokenizer.batch_decode(gen["responses"], skip_special_tokens=True)
-    prompts = [prompt_texts[i] for i in idx]
-    scores = torch.zeros(len(idx))
-    if rules:
-        scores += torch.tensor(rules(prompts, responses))
-    if cluster.reward is not None:
-        scores += cfg.reward.model_weight * torch.tensor(cluster.reward_scores([p + r for p, r in zip(prompts, responses)]))
-    timing["score"] = time.perf_counter() - t0
+    infer = {"reference": cluster.submit_infer(cluster.reference, batch), "policy": cluster.submit_infer(cluster.policy, batch)}
+    if cluster.critic is not None:
+        infer["critic"] = cluster.submit_infer(cluster.critic, batch)
     ref_lp = cluster.gather_infer(infer["reference"], "reference log-probs")["logprobs"]
-    values = cluster.gather_infer(infer["critic"], "critic values")["values"]
     old_lp = cluster.gather_infer(infer["policy"], "policy log-probs")["logprobs"]
-    timing["infer"] = time.perf_counter() - t0 - timing["score"]
+    values = cluster.gather_infer(infer["critic"], "critic values")["values"] if "critic" in infer else None
+    timing["infer"] = time.perf_counter() - t0
 
-    # 4. KL-shaped rewards, advantages, returns: pure tensor math.
+    # 4. Advantages and returns: pure tensor math, chosen by name.
     kl = kl_estimate(old_lp, ref_lp, ppo.kl_estimator) * mask
-    token_rewards = shape_token_rewards(scores, kl, mask, ppo.kl_coef)
-    advantages, returns = compute_gae(token_rewards, values, mask, ppo.gamma, ppo.lam)
-    if ppo.whiten_advantages:
+    inputs = AdvantageInputs(
+        scores=scores, mask=mask, kl=kl, kl_coef=state.kl_ctl.value,
+        group_size=cfg.rollout.n_samples_per_prompt, values=values,
+    )
+    advantages, returns = estimate_advantages(ppo.advantage_estimator, inputs, gamma=ppo.gamma, lam=ppo.lam)
+    if ppo.advantage_estimator == "gae" and ppo.whiten_advantages:
         advantages = masked_whiten(advantages, mask)
 
-    # 5. Policy and critic updates, concurrently on their own ranks.
+    # 5. Policy (and critic) updates, concurrently on their own ranks.
     t0 = time.perf_counter()
-    batch.update(old_logprobs=old_lp, advantages=advantages, returns=returns, old_values=values)
-    refs_p, lab_p = cluster.submit_train(cluster.policy, batch, PPOPolicyLoss(ppo.clip_eps, ppo.entropy_coef), seed=step)
-    refs_c, lab_c = cluster.submit_train(cluster.critic, batch, ClippedValueLoss(ppo.value_clip_eps), seed=step)
-    results = wait_all(refs_p + refs_c, lab_p + lab_c, f"PPO update (step {step})", cfg.timeouts.call_s)
+    batch.update(old_logprobs=old_lp, advantages=advantages)
+    if state.policy_loss.needs_reference:
+        batch["ref_logprobs"] = ref_lp
+    refs, labels = cluster.submit_train(cluster.policy, batch, state.policy_loss, seed=step)
+    n_policy = len(refs)
+    if cluster.critic is not None:
+        critic_batch = {**batch, "returns": returns, "old_values": values}
+        r, lab = cluster.submit_train(cluster.critic, critic_batch, ClippedValueLoss(ppo.value_clip_eps), seed=step)
+        refs, labels = refs + r, labels + lab
+    results = wait_all(refs, labels, f"policy update (step {step})", cfg.timeouts.call_s)
     timing["update"] = time.perf_counter() - t0
 
     # 6. New weights to the engines, verified every `verify_every` syncs.
@@ -114,27 +128,104 @@ def ppo_step(cfg: Config, cluster: Cluster, loader, prompt_ids, prompt_texts, to
     timing["sync"] = sync["sync/seconds"]
     timing["step"] = time.perf_counter() - t_step
 
-    # 7. Metrics.
-    n_tokens = float(mask.sum())
-    lengths = mask.sum(1)
+    # 7. Metrics; the adaptive KL controller moves after the step.
+    kl_mean = float(masked_mean(kl, mask, dim=1).mean())
     metrics = {
         "reward/mean": float(scores.mean()),
         "reward/std": float(scores.std()) if len(scores) > 1 else 0.0,
-        "kl/mean": float(masked_mean(kl, mask, dim=1).mean()),
+        "kl/mean": kl_mean,
         "kl/sum_mean": float(kl.sum(1).mean()),
+        "kl/coef": state.kl_ctl.value,
         "advantages/mean": float(masked_mean(advantages, mask)),
         "returns/mean": float(masked_mean(returns, mask)),
-        "values/mean": float(masked_mean(values, mask)),
-        "response/length_mean": float(lengths.mean()),
-        "rollout/tokens": n_tokens,
-        "rollout/tokens_per_s": n_tokens / max(timing["generate"], 1e-9),
-        "rollout/engine_learner_logprob_diff_max": float(((engine_logprobs - old_lp).abs() * mask).max()),
+        "response/length_mean": float(mask.sum(1).mean()),
+        "rollout/engine_learner_logprob_diff_max": float(((roll["engine_logprobs"] - old_lp).abs() * mask).max()),
+        **roll_metrics,
     }
-    metrics.update(_mean(results[: len(refs_p)]))
-    metrics.update(_mean(results[len(refs_p) :]))
+    if values is not None:
+        metrics["values/mean"] = float(masked_mean(values, mask))
+    state.kl_ctl.update(kl_mean, len(scores))
+    metrics.update(_mean(results[:n_policy]))
+    if len(results) > n_policy:
+        metrics.update(_mean(results[n_policy:]))
     metrics.update(sync)
     metrics.update({f"timing/{k}": v for k, v in timing.items()})
     return metrics
+
+
+def collect_rollouts(cfg: Config, cluster: Cluster, state: LoopState, step: int, timing: dict) -> tuple[dict, dict]:
+    """Generate and score `rollout_batch_size` prompt groups. With dynamic sampling, groups whose samples all
+    score the same are dropped and more prompts are drawn, up to `max_sampling_rounds` rounds; if still short,
+    the batch is filled with dropped groups and the shortfall is reported in the metrics."""
+    ppo, n = cfg.ppo, cfg.rollout.n_samples_per_prompt
+    want = ppo.rollout_batch_size
+    kept, spare = [], []
+    gen_s = score_s = 0.0
+    tokens = 0
+    rounds = 0
+    while len(kept) < want and rounds < (ppo.max_sampling_rounds if ppo.dynamic_sampling else 1):
+        rounds += 1
+        idx = [i for i in state.loader.next_batch() for _ in range(n)]
+        t0 = time.perf_counter()
+        gen = cluster.generate([state.prompt_ids[i] for i in idx], seed=cfg.run.seed * 1_000_003 + step * 10_007 + rounds)
+        gen_s += time.perf_counter() - t0
+        tokens += sum(len(r) for r in gen["responses"])
+        t0 = time.perf_counter()
+        scores, parts = score(cfg, cluster, state, idx, gen["responses"])
+        score_s += time.perf_counter() - t0
+        groups = [
+            {"idx": idx[g * n : (g + 1) * n], "responses": gen["responses"][g * n : (g + 1) * n],
+             "logprobs": gen["logprobs"][g * n : (g + 1) * n], "scores": scores[g * n : (g + 1) * n],
+             "parts": {k: v[g * n : (g + 1) * n] for k, v in parts.items()}}
+            for g in range(len(idx) // n)
+        ]
+        if ppo.dynamic_sampling:
+            useful = informative_groups(scores, n).tolist()
+            kept += [g for g, u in zip(groups, useful) if u]
+            spare += [g for g, u in zip(groups, useful) if not u]
+        else:
+            kept += groups
+    filled = max(0, want - len(kept))
+    chosen = (kept + spare)[:want]
+    timing["generate"], timing["score"] = gen_s, score_s
+    R = max(1, max(len(r) for g in chosen for r in g["responses"]))
+    roll = {
+        "prompt_ids": [state.prompt_ids[i] for g in chosen for i in g["idx"]],
+        "responses": [r for g in chosen for r in g["responses"]],
+        "engine_logprobs": pad_rows([lp for g in chosen for lp in g["logprobs"]], R),
+        "scores": torch.cat([g["scores"] for g in chosen]),
+    }
+    metrics = {"rollout/tokens": float(tokens), "rollout/tokens_per_s": tokens / max(gen_s, 1e-9)}
+    for name in chosen[0]["parts"]:
+        # Unweighted mean of each reward component over the trained samples (e.g. accuracy).
+        metrics[f"reward/{name}"] = float(torch.cat([g["parts"][name] for g in chosen]).mean())
+    if ppo.dynamic_sampling:
+        metrics.update({"dynamic_sampling/rounds": rounds, "dynamic_sampling/filled_with_uninformative": filled})
+    return roll, metrics
+
+
+def score(cfg: Config, cluster: Cluster, state: LoopState, idx: list[int], responses: list[list[int]]):
+    """Rule functions + weighted reward model + optional overlong penalty: (scores [N], unweighted parts)."""
+    texts = state.tokenizer.batch_decode(responses, skip_special_tokens=True)
+    prompts = [state.prompt_texts[i] for i in idx]
+    labels = None if state.labels is None else [state.labels[i] for i in idx]
+    scores = torch.zeros(len(idx), dtype=torch.float32)
+    parts: dict[str, torch.Tensor] = {}
+    if state.rules:
+        table = torch.tensor(state.rules.per_function(prompts, texts, labels), dtype=torch.float32)
+        scores += table.sum(1)
+        for j, (name, spec) in enumerate(zip(state.rules.names, state.rules.specs)):
+            parts[name] = table[:, j] / spec.weight if spec.weight else table[:, j]
+    if cluster.reward is not None:
+        rm = torch.tensor(cluster.reward_scores([p + r for p, r in zip(prompts, texts)]), dtype=torch.float32)
+        scores += cfg.reward.model_weight * rm
+        parts["reward_model"] = rm
+    if cfg.ppo.overlong_buffer is not None:
+        lengths = torch.tensor([len(r) for r in responses])
+        penalty = overlong_penalty(lengths, cfg.rollout.max_new_tokens, cfg.ppo.overlong_buffer, cfg.ppo.overlong_penalty).float()
+        scores += penalty
+        parts["overlong_penalty"] = penalty
+    return scores, parts
 
 
 def _mean(rows: list[dict]) -> dict:
@@ -143,11 +234,14 @@ def _mean(rows: list[dict]) -> dict:
 
 
 def _progress(steps, enabled: bool):
-    if not enabled:
+    import sys
+
+    # A bar only makes sense on a terminal; logs get one plain line per step.
+    if not enabled or not sys.stderr.isatty():
         return steps
     from tqdm import tqdm
 
-    return tqdm(steps, desc="ppo", unit="step", dynamic_ncols=True)
+    return tqdm(steps, desc="train", unit="step", dynamic_ncols=True)
 
 
 def _show(bar, log, step: int, m: dict) -> None:

@@ -1,0 +1,18 @@
+"""Verifiable rewards for math answers, through the maintained `math-verify` parser."""
+from __future__ import annotations
+
+import re
+
+
+def math_verify_reward(prompt: str, response: str, label) -> float:
+    """1.0 if the answer math-verify extracts from the response equals the label, else 0.0."""
+    from math_verify import parse, verify
+
+    gold = parse(str(label))
+    answer = parse(response)
+    return 1.0 if answer and verify(gold, answer) else 0.0
+
+
+def starts_with_number(prompt: str, response: str) -> float:
+    """1.0 if the response opens with a number: a format reward that gives a random policy a first signal."""
+    return 1.0 if re.match(r"\s*-?\d", response) else 0.0

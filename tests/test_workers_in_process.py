@@ -1,0 +1,90 @@
+"""Workers are plain classes: run them in this process, without Ray, against transformers directly."""
+import pytest
+import torch
+
+from rlhf_dist.config import load_config
+from rlhf_dist.data.batch import build_batch
+from rlhf_dist.rewards.functions import RuleRewards
+
+from tests.conftest import demo_config_dict
+
+
+@pytest.fixture(scope="module")
+def reward_model(tiny_model, tmp_path_factory):
+    from rlhf_dist.data.tiny import make_tiny_reward_model
+
+    return str(make_tiny_reward_model(tmp_path_factory.mktemp("rm") / "rm", tiny_model))
+
+
+def config(tiny_model, tmp_path, **reward):
+    d = demo_config_dict(tiny_model, str(tmp_path / "p.jsonl"), str(tmp_path / "run"))
+    d["reward"].update(reward)
+    d["placement"]["reward"] = {"pool": "main", "num_gpus": 1}
+    return load_config(None, base=d)
+
+
+def test_reward_model_scores_at_last_token(tiny_model, reward_model, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rlhf_dist.learner.workers import RewardModelWorker
+
+    worker = RewardModelWorker(config(tiny_model, tmp_path, model=reward_model), rank=0, world_size=1)
+    worker.setup()
+    texts = ["the red cat", "a dog runs fast and the sun is hot", "yes"]
+    scores = worker.score(texts)
+    # Independent: each text alone, no padding, score of the last token.
+    tok = AutoTokenizer.from_pretrained(reward_model)
+    model = AutoModelForSequenceClassification.from_pretrained(reward_model).eval()
+    with torch.no_grad():
+        for text, got in zip(texts, scores):
+            ids = tok(text, return_tensors="pt")["input_ids"]
+            assert got == pytest.approx(model(input_ids=ids).logits[0, 0].item(), abs=1e-5)
+
+
+def test_reference_logprobs_match_transformers(tiny_model, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from rlhf_dist.learner.workers import ReferenceWorker
+
+    worker = ReferenceWorker(config(tiny_model, tmp_path, model=None), rank=0, world_size=1)
+    worker.setup()
+    prompts, responses = [[5, 6, 7], [8, 9]], [[10, 11], [12, 13, 14, 15]]
+    got = worker.infer(build_batch(prompts, responses, pad_id=2))["logprobs"]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    with torch.no_grad():
+        for i, (p, r) in enumerate(zip(prompts, responses)):
+            logits = model(input_ids=torch.tensor([p + r])).logits[0, len(p) - 1 : -1]
+            want = torch.log_softmax(logits, -1).gather(-1, torch.tensor(r)[:, None])[:, 0]
+            assert torch.allclose(got[i, : len(r)], want, atol=1e-5)
+
+
+def test_rule_rewards_combine_and_fail_loudly(tiny_model, tmp_path):
+    cfg = config(
+        tiny_model,
+        tmp_path,
+        functions=[
+            {"name": "rlhf_dist.rewards.rules:char_fraction", "weight": 2.0, "kwargs": {"chars": "a"}},
+            {"name": "rlhf_dist.rewards.rules:length_penalty", "weight": 1.0, "kwargs": {"target": 4}},
+        ],
+    )
+    rules = RuleRewards(cfg.reward.functions)
+    assert rules(["p"], ["aab "]) == [pytest.approx(2 * 2 / 3 + 0.0)]
+    from rlhf_dist.config import ConfigError, RewardFunction
+
+    with pytest.raises(ConfigError, match="has no function 'nope'"):
+        RuleRewards([RewardFunction(name="rlhf_dist.rewards.rules:nope")])
+    broken = RuleRewards([RewardFunction(name="rlhf_dist.rewards.rules:length_penalty", kwargs={"target": 0})])
+    from rlhf_dist.errors import RewardError
+
+    with pytest.raises(RewardError, match="length_penalty failed on sample 0: ZeroDivisionError"):
+        broken(["p"], ["x"])
+
+
+def test_labels_go_only_to_functions_that_take_them():
+    from rlhf_dist.config import ConfigError, RewardFunction
+
+    specs = [RewardFunction(name="rlhf_dist.rewards.math:math_verify_reward"), RewardFunction(name="rlhf_dist.rewards.math:starts_with_number", weight=0.5)]
+    rules = RuleRewards(specs, has_labels=True)
+    assert rules.per_function(["3+4=", "1+1="], ["7", "x 2"], labels=["7", "3"]) == [[1.0, 0.5], [0.0, 0.0]]
+    with pytest.raises(ConfigError, match="needs a `label`: set data.label_key"):
+        RuleRewards(specs, has_labels=False)
