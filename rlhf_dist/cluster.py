@@ -79,7 +79,7 @@ class Cluster:
         self.device = infos[0]["device"]
         # Learners rendezvous (DeepSpeed's default group); the others load their models meanwhile.
         refs, labels = [], []
-        for g in (g for g in (self.policy, self.critic) if g is not None):
+        for g in self.learner_groups():
             addr, port = g.call("master_endpoint", ranks=[0], timeout_s=t.call_s)[0]
             r, lab = g.submit("setup", addr, port)
             refs += r
@@ -168,6 +168,24 @@ class Cluster:
             "sync/verified": bool(verify),
             "sync/version": version,
         }
+
+    def learner_groups(self) -> list[ActorGroup]:
+        return [g for g in (self.policy, self.critic) if g is not None]
+
+    def save_checkpoint(self, path: str) -> None:
+        """Every learner rank writes its own partitions (all ranks must join DeepSpeed's save)."""
+        refs, labels = [], []
+        for g in self.learner_groups():
+            r, lab = g.submit("save_checkpoint", f"{path}/{g.role}")
+            refs, labels = refs + r, labels + lab
+        wait_all(refs, labels, "checkpoint save", self.cfg.timeouts.call_s)
+
+    def load_checkpoint(self, path: str) -> None:
+        refs, labels = [], []
+        for g in self.learner_groups():
+            r, lab = g.submit("load_checkpoint", f"{path}/{g.role}")
+            refs, labels = refs + r, labels + lab
+        wait_all(refs, labels, "checkpoint load", self.cfg.timeouts.call_s)
 
     def save_policy(self, path: str) -> None:
         self.policy.call("save_hf", path, timeout_s=self.cfg.timeouts.call_s)

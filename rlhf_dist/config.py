@@ -98,7 +98,7 @@ class PPOConfig(Strict):
     lam: float = Field(0.95, ge=0, le=1)
     kl_coef: float = Field(0.0, ge=0)  # KL penalty put in the per-token rewards (gae, reinforce_pp*)
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
-    kl_target: float | None = Field(None, gt=0)  # adaptive kl_coef toward this KL; None keeps it fixed
+    kl_target: float | None = Field(None, gt=0)  # adaptive kl_coef toward this per-token KL; None: fixed
     kl_horizon: int = Field(10000, ge=1)
     kl_loss_coef: float = Field(0.0, ge=0)  # KL to the reference as a loss term (GRPO style)
     kl_loss_estimator: Literal["k1", "k2", "k3"] = "k3"
@@ -170,6 +170,16 @@ class TimeoutConfig(Strict):
     call_s: float = Field(1800, gt=0)  # one remote call (generate, update, sync, ...)
 
 
+class CheckpointConfig(Strict):
+    every_n_steps: int = Field(0, ge=0)  # 0 = no checkpoints
+    keep_last: int = Field(2, ge=1)
+
+
+class FaultToleranceConfig(Strict):
+    # After a worker dies: restart all actor groups and resume from the last checkpoint, at most this often.
+    max_restarts: int = Field(0, ge=0)
+
+
 class Config(Strict):
     run: RunConfig = RunConfig()
     model: ModelConfig
@@ -181,6 +191,19 @@ class Config(Strict):
     sync: SyncConfig = SyncConfig()
     cluster: ClusterConfig = ClusterConfig()
     timeouts: TimeoutConfig = TimeoutConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    fault_tolerance: FaultToleranceConfig = FaultToleranceConfig()
+    # "auto": continue from the newest complete checkpoint of this run.output_dir (or its -2, -3, ... siblings);
+    # or the path of one checkpoint directory.
+    resume: str | None = None
+
+    @model_validator(mode="after")
+    def _restarts_need_checkpoints(self):
+        if self.fault_tolerance.max_restarts and not self.checkpoint.every_n_steps:
+            raise ValueError(
+                "fault_tolerance.max_restarts: restarts resume from the last checkpoint; set checkpoint.every_n_steps"
+            )
+        return self
 
 
 @dataclasses.dataclass(frozen=True)

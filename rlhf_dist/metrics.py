@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 
@@ -42,3 +43,38 @@ class MetricsWriter:
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+class RunLog:
+    """Prints and appends to RUN_DIR/train.log, so what happened (restarts, resumes) stays with the run."""
+
+    def __init__(self, run_dir: Path, echo=print):
+        self.path, self.echo = run_dir / "train.log", echo
+
+    def __call__(self, text: str) -> None:
+        self.echo(text)
+        with self.path.open("a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+
+
+def write_config(run_dir: Path, cfg, resume) -> None:
+    """config.yaml for a new run; a resumed run keeps it and writes its own config beside it."""
+    from rlhf_dist.config import to_yaml
+
+    name = "config.yaml" if resume is None else f"config.resume-step{resume.step}.yaml"
+    (run_dir / name).write_text(to_yaml(cfg))
+
+
+def set_aside_metrics_after(run_dir: Path, step: int) -> None:
+    """Rows past the checkpoint belong to steps that will run again: move them to metrics.discarded.jsonl."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return
+    keep, drop = [], []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            (keep if json.loads(line)["step"] <= step else drop).append(line)
+    if drop:
+        with (run_dir / "metrics.discarded.jsonl").open("a") as f:
+            f.write("\n".join(drop) + "\n")
+    path.write_text("".join(line + "\n" for line in keep))

@@ -230,3 +230,18 @@ def test_overlong_penalty_and_informative_groups():
     assert got.tolist() == pytest.approx([0.0, 0.0, -0.5, -1.0, -1.0])
     scores = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0])
     assert informative_groups(scores, 2).tolist() == [False, True, False]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_kl_estimators_match_loops(seed):
+    g = torch.Generator().manual_seed(seed)
+    logp = -torch.rand(3, 5, generator=g, dtype=torch.float64) * 4
+    ref = -torch.rand(3, 5, generator=g, dtype=torch.float64) * 4
+    loops = {
+        "k1": lambda a, b: a - b,
+        "k2": lambda a, b: 0.5 * (a - b) ** 2,
+        "k3": lambda a, b: math.exp(b - a) - (b - a) - 1,
+    }
+    for kind, f in loops.items():
+        want = [[f(a, b) for a, b in zip(ra, rb)] for ra, rb in zip(logp.tolist(), ref.tolist())]
+        assert torch.allclose(kl_estimate(logp, ref, kind), torch.tensor(want, dtype=torch.float64), atol=1e-12), kind

@@ -9,8 +9,6 @@ from rlhf_dist.config import load_config
 from rlhf_dist.metrics import read_metrics
 
 from tests.conftest import demo_config_dict
-
-PROMPTS = str(Path(__file__).resolve().parents[1] / "configs" / "data" / "demo_prompts.jsonl")
 REQUIRED = [
     "step", "reward/mean", "kl/mean", "sync/verified", "sync/seconds", "sync/bytes", "rollout/tokens_per_s",
     "timing/generate", "timing/score", "timing/update", "timing/sync", "timing/step",
@@ -20,12 +18,29 @@ REQUIRED = [
 LOGPROB_TOLERANCE = 1e-4
 
 
+def long_repeated_prompts(path: Path) -> str:
+    """8 prompts of about 30 tokens (a full 16-token KV block each): every step uses all of them, so step 2
+    repeats step 1's prompts. GPU vLLM would serve step 1's cached prefix KV, computed with the old weights,
+    unless the engine resets its prefix cache after a sync (it does). The CPU build used here was measured
+    not to hit its prefix cache (num_cached_tokens stays 0), so on CPU this guards the path, not the bug."""
+    import json
+    import random
+
+    from rlhf_dist.data.tiny import WORDS
+
+    rng = random.Random(0)
+    path.write_text("".join(json.dumps({"prompt": " ".join(rng.choice(WORDS) for _ in range(30))}) + "\n" for _ in range(8)))
+    return str(path)
+
+
 @pytest.fixture(scope="module")
 def ppo_run(ray_session, tiny_model, tmp_path_factory):
     from rlhf_dist.trainers.ppo import train
 
-    out = tmp_path_factory.mktemp("ppo") / "run"
-    cfg = load_config(None, base=demo_config_dict(tiny_model, PROMPTS, str(out)))
+    tmp = tmp_path_factory.mktemp("ppo")
+    d = demo_config_dict(tiny_model, long_repeated_prompts(tmp / "prompts.jsonl"), str(tmp / "run"))
+    d["data"]["max_prompt_tokens"] = 64
+    cfg = load_config(None, base=d)
     return cfg, train(cfg)
 
 

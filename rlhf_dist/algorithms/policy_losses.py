@@ -91,6 +91,9 @@ class AdaptiveKLController:
     def state_dict(self) -> dict:
         return {"value": self.value}
 
+    def load_state_dict(self, state: dict) -> None:
+        self.value = state["value"]
+
 
 class FixedKLController:
     def __init__(self, init_coef: float):
@@ -101,3 +104,6 @@ class FixedKLController:
 
     def state_dict(self) -> dict:
         return {"value": self.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = state["value"]

@@ -71,6 +71,13 @@ class PromptLoader:
         self.gen = torch.Generator().manual_seed(seed)
         self.epoch, self._order, self._pos = 0, torch.randperm(n, generator=self.gen).tolist(), 0
 
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "order": self._order, "pos": self._pos, "gen": self.gen.get_state().tolist()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self._order, self._pos = state["epoch"], list(state["order"]), state["pos"]
+        self.gen.set_state(torch.tensor(state["gen"], dtype=torch.uint8))
+
     def next_batch(self) -> list[int]:
         out = []
         while len(out) < self.batch_size:

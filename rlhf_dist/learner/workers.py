@@ -150,6 +150,28 @@ class LearnerWorker(_Base):
             with self._gathered(ps):
                 yield bucket, [p.data for p in ps]
 
+    # --- checkpoints: DeepSpeed writes each rank's partitions; RNG states are saved per rank ---
+    def save_checkpoint(self, path: str) -> bool:
+        import os
+        import random
+
+        self.engine.save_checkpoint(path, tag="state")
+        rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        torch.save(rng, os.path.join(path, f"rng_rank{self.rank}.pt"))
+        return True
+
+    def load_checkpoint(self, path: str) -> bool:
+        import os
+        import random
+
+        load_path, _ = self.engine.load_checkpoint(path, tag="state", load_optimizer_states=True, load_lr_scheduler_states=True)
+        if load_path is None:
+            raise FileNotFoundError(f"{self.role} rank {self.rank}: no DeepSpeed checkpoint under {path}")
+        rng = torch.load(os.path.join(path, f"rng_rank{self.rank}.pt"), weights_only=False)
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        return True
+
     def save_hf(self, path: str) -> str | None:
         """Gather the full weights bucket by bucket and write a HuggingFace directory (rank 0 writes)."""
         buckets = plan_buckets(self.named_full_params(), int(self.cfg.sync.bucket_mb * 2**20))

@@ -103,7 +103,10 @@ class RolloutEngine:
         )
 
     def receive_weights(self, buckets, version: int, verify: bool) -> list[dict]:
-        return self.llm.collective_rpc("rlhf_receive", args=(buckets, version, verify))
+        out = self.llm.collective_rpc("rlhf_receive", args=(buckets, version, verify))
+        # Cached prefix KV was computed with the old weights; reload_weights does not drop it.
+        self.llm.reset_prefix_cache()
+        return out
 
     def weights_version(self) -> list[int]:
         return self.llm.collective_rpc("rlhf_version")

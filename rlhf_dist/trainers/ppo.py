@@ -10,12 +10,14 @@ from rlhf_dist.algorithms import kl_estimate, masked_mean, masked_whiten
 from rlhf_dist.algorithms.advantages import AdvantageInputs, estimate_advantages, informative_groups, overlong_penalty
 from rlhf_dist.algorithms.losses import ClippedValueLoss, PolicyLoss
 from rlhf_dist.algorithms.policy_losses import AdaptiveKLController, FixedKLController
+from rlhf_dist import checkpoint
+from rlhf_dist.checkpoint import Checkpoint, complete_checkpoints, find_resume, load_trainer_state
 from rlhf_dist.cluster import Cluster, init_ray
-from rlhf_dist.config import Config, derive, to_yaml
+from rlhf_dist.config import Config, derive
 from rlhf_dist.data.batch import build_batch, pad_rows
 from rlhf_dist.data.prompts import PromptLoader, read_prompts, tokenize_prompts
-from rlhf_dist.errors import wait_all
-from rlhf_dist.metrics import MetricsWriter, fresh_run_dir
+from rlhf_dist.errors import WorkerDied, wait_all
+from rlhf_dist.metrics import MetricsWriter, RunLog, fresh_run_dir, set_aside_metrics_after, write_config
 from rlhf_dist.preflight import prepare_model
 from rlhf_dist.rewards.functions import RuleRewards
 
@@ -27,38 +29,75 @@ def train(cfg: Config, log=print) -> Path:
     prompt_texts, labels = read_prompts(cfg.data)
     prompt_ids = tokenize_prompts(prompt_texts, tokenizer, cfg.data, cfg.data.prompts)
     rules = RuleRewards(cfg.reward.functions, has_labels=labels is not None)
-    run_dir = fresh_run_dir(cfg.run.output_dir)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    resume = find_resume(cfg)
+    run_dir = resume.run_dir if resume else fresh_run_dir(cfg.run.output_dir)
+    log = RunLog(run_dir, log)
+    write_config(run_dir, cfg, resume)
     log(f"run directory: {run_dir}\nderived values:\n{derived.table()}")
+    data = (prompt_ids, prompt_texts, labels, tokenizer, rules)
 
     started_ray = init_ray(cfg, derived, log)
-    cluster = None
-    writer = MetricsWriter(run_dir, cfg.run.tensorboard)
+    restarts = 0
     try:
-        cluster = Cluster(cfg, derived, log)
-        # Version 0 proves the sync path (and that engines serve the learner's weights) before step 1.
-        log(f"initial weight sync: {cluster.sync_weights(0, verify=cfg.sync.verify_every > 0)['sync/seconds']:.2f} s")
-        state = LoopState(cfg, prompt_ids, prompt_texts, labels, tokenizer, rules)
-        steps = range(1, cfg.run.steps + 1)
-        bar = _progress(steps, cfg.run.progress_bar)
-        for step in bar:
-            metrics = rl_step(cfg, cluster, state, step)
-            writer.write(step, metrics)
-            _show(bar, log, step, metrics)
-        if cfg.run.save_final:
-            t0 = time.perf_counter()
-            cluster.save_policy(str(run_dir / "final"))
-            tokenizer.save_pretrained(str(run_dir / "final"))
-            log(f"saved HuggingFace policy to {run_dir / 'final'} in {time.perf_counter() - t0:.1f} s")
+        while True:
+            try:
+                run_session(cfg, derived, run_dir, resume, data, log)
+                break
+            except WorkerDied as e:
+                # A dead worker stops the step; with restarts allowed, every group restarts from the last checkpoint.
+                log(f"worker died: {e}")
+                if restarts >= cfg.fault_tolerance.max_restarts:
+                    raise
+                restarts += 1
+                done = complete_checkpoints(run_dir)
+                resume = done[-1] if done else None
+                where = f"checkpoint step {resume.step}" if resume else "the start (no checkpoint yet)"
+                log(f"restart {restarts}/{cfg.fault_tolerance.max_restarts}: restarting all actor groups, resuming from {where}")
     finally:
-        writer.close()
-        if cluster is not None:
-            cluster.shutdown()
         if started_ray:
             import ray
 
             ray.shutdown()
     return run_dir
+
+
+def run_session(cfg: Config, derived, run_dir: Path, resume: Checkpoint | None, data, log) -> None:
+    """One life of the actor groups: start, optionally resume, train to the last step, save."""
+    cluster = writer = None
+    try:
+        cluster = Cluster(cfg, derived, log)
+        state = LoopState(cfg, *data)
+        start = 0
+        if resume is not None:
+            cluster.load_checkpoint(str(resume.path))
+            state.load_state_dict(load_trainer_state(resume))
+            start = resume.step
+            set_aside_metrics_after(run_dir, start)
+            log(f"resumed from {resume.path} (step {start})")
+        writer = MetricsWriter(run_dir, cfg.run.tensorboard)
+        # Version `start` pushes the learner's (possibly restored) weights to the engines and proves the path.
+        log(f"initial weight sync: {cluster.sync_weights(start, verify=cfg.sync.verify_every > 0)['sync/seconds']:.2f} s")
+        steps = range(start + 1, cfg.run.steps + 1)
+        bar = _progress(steps, cfg.run.progress_bar)
+        for step in bar:
+            metrics = rl_step(cfg, cluster, state, step)
+            writer.write(step, metrics)
+            _show(bar, log, step, metrics)
+            every = cfg.checkpoint.every_n_steps
+            if every and (step % every == 0 or step == cfg.run.steps):
+                t0 = time.perf_counter()
+                path = checkpoint.save(cluster, state.state_dict(step), run_dir, step, cfg.checkpoint.keep_last)
+                log(f"checkpoint {path} in {time.perf_counter() - t0:.1f} s")
+        if cfg.run.save_final:
+            t0 = time.perf_counter()
+            cluster.save_policy(str(run_dir / "final"))
+            state.tokenizer.save_pretrained(str(run_dir / "final"))
+            log(f"saved HuggingFace policy to {run_dir / 'final'} in {time.perf_counter() - t0:.1f} s")
+    finally:
+        if writer is not None:
+            writer.close()
+        if cluster is not None:
+            cluster.shutdown()
 
 
 class LoopState:
@@ -75,6 +114,13 @@ class LoopState:
             aggregation=p.loss_aggregation, norm_constant=float(cfg.rollout.max_new_tokens),
             entropy_coef=p.entropy_coef, kl_loss_coef=p.kl_loss_coef, kl_loss_estimator=p.kl_loss_estimator,
         )
+
+    def state_dict(self, step: int) -> dict:
+        return {"step": step, "sync_version": step, "loader": self.loader.state_dict(), "kl_ctl": self.kl_ctl.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loader.load_state_dict(state["loader"])
+        self.kl_ctl.load_state_dict(state["kl_ctl"])
 
 
 def rl_step(cfg: Config, cluster: Cluster, state: LoopState, step: int) -> dict:

@@ -1,0 +1,77 @@
+"""Checkpoints of a run: atomic (written to a temporary directory, then renamed), the last N kept.
+
+    RUN_DIR/checkpoints/step_00000010/
+        policy/, critic/      DeepSpeed checkpoints (weights, ZeRO-partitioned optimizer states, per-rank RNG)
+        trainer.json          step, data-loader position, KL controller, weight-sync version
+        COMPLETE              written last; a directory without it is never resumed from
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+from rlhf_dist.config import Config, ConfigError
+
+MARKER = "COMPLETE"
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    run_dir: Path
+    path: Path
+    step: int
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"step_{step:08d}"
+
+
+def complete_checkpoints(run_dir: Path) -> list[Checkpoint]:
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        if p.is_dir() and p.name.startswith("step_") and (p / MARKER).is_file():
+            found.append(Checkpoint(run_dir, p, int(p.name.removeprefix("step_"))))
+    return sorted(found, key=lambda c: c.step)
+
+
+def find_resume(cfg: Config) -> Checkpoint | None:
+    """The checkpoint `cfg.resume` asks for; None if no resume was asked. Raises naming what was searched."""
+    if cfg.resume is None:
+        return None
+    if cfg.resume != "auto":
+        path = Path(cfg.resume)
+        if not (path / MARKER).is_file():
+            raise ConfigError(f"resume: {str(path)!r} is not a complete checkpoint directory (no {MARKER} file)")
+        return Checkpoint(path.parent.parent, path, int(path.name.removeprefix("step_")))
+    base = Path(cfg.run.output_dir)
+    candidates = [base] + sorted(base.parent.glob(f"{base.name}-*")) if base.parent.is_dir() else []
+    newest = [c[-1] for c in (complete_checkpoints(d) for d in candidates) if c]
+    if not newest:
+        raise ConfigError(f"resume=auto: no complete checkpoint under {base} (or {base.name}-N beside it)")
+    return max(newest, key=lambda c: (c.path / MARKER).stat().st_mtime)
+
+
+def save(cluster, trainer_state: dict, run_dir: Path, step: int, keep_last: int) -> Path:
+    final = checkpoint_dir(run_dir, step)
+    tmp = final.with_name(final.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    cluster.save_checkpoint(str(tmp))
+    (tmp / "trainer.json").write_text(json.dumps(trainer_state))
+    (tmp / MARKER).write_text(str(step))
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    for old in complete_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(old.path)
+    return final
+
+
+def load_trainer_state(ckpt: Checkpoint) -> dict:
+    return json.loads((ckpt.path / "trainer.json").read_text())

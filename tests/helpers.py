@@ -1,0 +1,10 @@
+"""Reward functions used by tests (importable by name from configs)."""
+import time
+
+from rlhf_dist.rewards.rules import char_fraction
+
+
+def slow_char_fraction(prompt: str, response: str) -> float:
+    """char_fraction after 50 ms: widens each step so a test can act in the middle of a run."""
+    time.sleep(0.05)
+    return char_fraction(prompt, response)
