@@ -9,6 +9,7 @@ import os
 import time
 
 from rlhf_dist.config import Config, ConfigError, Derived
+from rlhf_dist.dist import local_cluster_env
 from rlhf_dist.data.batch import concat, split, split_list
 from rlhf_dist.errors import WeightSyncError, wait_all
 from rlhf_dist.groups import ActorGroup, worker_env
@@ -31,7 +32,8 @@ def init_ray(cfg: Config, derived: Derived, log=print) -> bool:
         # No GPUs here: Ray's logical GPUs stand in, so the placement code runs unchanged.
         kwargs["num_gpus"] = derived.total_gpus
         log(f"no CUDA device: local Ray with {derived.total_gpus} logical GPUs")
-    # A local cluster listens on loopback only.
+    # A local cluster listens on loopback only, and so do the job's own process groups.
+    os.environ.update(local_cluster_env())
     ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=True, **kwargs)
     return True
 
@@ -77,6 +79,9 @@ class Cluster:
             labels += lab
         infos = wait_all(refs, labels, "actor start", t.actor_start_s)
         self.device = infos[0]["device"]
+        for role in self.groups:
+            where = ", ".join(f"rank {i['rank']} pid {i['pid']} on {i['ip']}" for i in infos if i["role"] == role)
+            self.log(f"{role}: {where}")
         # Learners rendezvous (DeepSpeed's default group); the others load their models meanwhile.
         refs, labels = [], []
         for g in self.learner_groups():

@@ -47,6 +47,9 @@ class DataConfig(Strict):
     label_key: str | None = None  # a field passed to reward functions as `label` (e.g. the reference answer)
     apply_chat_template: bool = False
     max_prompt_tokens: int = Field(64, ge=1)
+    # Bad lines (malformed JSON, missing fields, non-UTF-8, too long) stop the run with file:line, or, when
+    # true, are skipped and counted in the log (never silently).
+    skip_bad_lines: bool = False
 
 
 class RolloutConfig(Strict):
@@ -63,6 +66,9 @@ class RewardFunction(Strict):
     name: str  # "package.module:function", called as fn(prompt: str, response: str, **kwargs) -> float
     weight: float = 1.0
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    timeout_s: float = Field(60, gt=0)  # per call; a call past it is an error (after retries), never a 0 reward
+    retries: int = Field(0, ge=0)
+    concurrency: int = Field(8, ge=1)  # calls in flight at once (remote reward servers)
 
 
 class RewardConfig(Strict):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import sys
 
 import torch
 
@@ -25,10 +26,24 @@ def torch_device(device: str) -> torch.device:
     return torch.device("cuda", 0) if use_cuda(device) else torch.device("cpu")
 
 
+# Set for every worker of a local cluster started by rlhf_dist: rendezvous then stays on loopback.
+LOCAL_IP_ENV = "RLHF_DIST_NODE_IP"
+
+
 def node_ip() -> str:
+    if os.environ.get(LOCAL_IP_ENV):
+        return os.environ[LOCAL_IP_ENV]
     import ray
 
     return ray.util.get_node_ip_address()
+
+
+def local_cluster_env() -> dict[str, str]:
+    """Environment that keeps a single-machine job's process groups on the loopback interface."""
+    env = {LOCAL_IP_ENV: "127.0.0.1"}
+    if sys.platform.startswith("linux"):
+        env["GLOO_SOCKET_IFNAME"] = "lo"
+    return env
 
 
 def free_port() -> int:

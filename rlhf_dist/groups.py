@@ -8,6 +8,10 @@ from rlhf_dist.placement import Slot
 
 
 def worker_env(device: str, threads: int) -> dict[str, str]:
+    import os
+
+    from rlhf_dist.dist import LOCAL_IP_ENV
+
     env = {
         "TOKENIZERS_PARALLELISM": "false",
         "PYTHONUNBUFFERED": "1",
@@ -16,6 +20,10 @@ def worker_env(device: str, threads: int) -> dict[str, str]:
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",
         "VLLM_LOGGING_LEVEL": "WARNING",
     }
+    # A local cluster's workers rendezvous on loopback (see rlhf_dist.dist.local_cluster_env).
+    for key in (LOCAL_IP_ENV, "GLOO_SOCKET_IFNAME"):
+        if os.environ.get(key):
+            env[key] = os.environ[key]
     if device != "cuda":
         # On CPU DeepSpeed would otherwise probe for accelerators; threads are capped so roles share cores.
         env.update({"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": str(threads)})

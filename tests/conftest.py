@@ -13,6 +13,9 @@ LOGICAL_GPUS = 4
 def ray_session():
     import ray
 
+    from rlhf_dist.dist import local_cluster_env
+
+    os.environ.update(local_cluster_env())
     # ray.init costs about 4 s and shutdown 1.5 s: start it once. Logical GPUs let placement run on CPU.
     ray.init(num_gpus=LOGICAL_GPUS, num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
     yield ray

@@ -8,3 +8,12 @@ def slow_char_fraction(prompt: str, response: str) -> float:
     """char_fraction after 50 ms: widens each step so a test can act in the middle of a run."""
     time.sleep(0.05)
     return char_fraction(prompt, response)
+
+
+def sleepy(prompt: str, response: str) -> float:
+    time.sleep(2)
+    return 1.0
+
+
+def not_a_number(prompt: str, response: str) -> float:
+    return float("nan")

@@ -1,5 +1,6 @@
 """Checkpoint/resume equivalence and surviving a killed worker, with real Ray, DeepSpeed and vLLM on CPU."""
 import os
+import re
 import signal
 import threading
 import time
@@ -50,18 +51,16 @@ def test_resumed_run_matches_uninterrupted_run(ray_session, tiny_model, tmp_path
     assert (resumed_dir / "config.resume-step2.yaml").is_file()
 
 
-def kill_a_policy_worker_after(metrics: Path, rows: int, killed: dict) -> None:
-    import psutil
-
+def kill_a_policy_worker_after(run_dir: Path, rows: int, killed: dict) -> None:
+    """Once `rows` steps are logged, SIGKILL policy rank 1 of this run (its pid is in the run's train.log)."""
     deadline = time.monotonic() + 300
+    metrics, log = run_dir / "metrics.jsonl", run_dir / "train.log"
     while time.monotonic() < deadline:
         if metrics.is_file() and len(metrics.read_text().splitlines()) >= rows:
-            for p in psutil.process_iter(["cmdline"]):
-                cmd = " ".join(p.info["cmdline"] or [])
-                if cmd.startswith("ray::PolicyWorker"):
-                    killed["pid"] = p.pid
-                    os.kill(p.pid, signal.SIGKILL)
-                    return
+            match = re.search(r"policy: .*rank 1 pid (\d+)", log.read_text())
+            killed["pid"] = int(match.group(1))
+            os.kill(killed["pid"], signal.SIGKILL)
+            return
         time.sleep(0.05)
 
 
@@ -76,13 +75,13 @@ def test_killed_worker_is_reported_and_the_run_restarts_from_checkpoint(ray_sess
         "reward.functions=[{name: 'tests.helpers:slow_char_fraction'}]", steps=7,
     )
     killed: dict = {}
-    killer = threading.Thread(target=kill_a_policy_worker_after, args=(out / "metrics.jsonl", 3, killed), daemon=True)
+    killer = threading.Thread(target=kill_a_policy_worker_after, args=(out, 3, killed), daemon=True)
     killer.start()
     run_dir = train(cfg)
     killer.join(timeout=5)
     assert "pid" in killed, "the test never found a policy worker to kill"
     log = (run_dir / "train.log").read_text()
-    assert "worker died: policy rank" in log and "died during" in log
+    assert "worker died: policy rank 1 died during" in log
     assert "restart 1/1: restarting all actor groups, resuming from checkpoint step" in log
     assert [r["step"] for r in read_metrics(run_dir)] == list(range(1, 8))
     assert (run_dir / "final" / "model.safetensors").is_file()

@@ -76,7 +76,7 @@ def test_rule_rewards_combine_and_fail_loudly(tiny_model, tmp_path):
     broken = RuleRewards([RewardFunction(name="rlhf_dist.rewards.rules:length_penalty", kwargs={"target": 0})])
     from rlhf_dist.errors import RewardError
 
-    with pytest.raises(RewardError, match="length_penalty failed on sample 0: ZeroDivisionError"):
+    with pytest.raises(RewardError, match=r"length_penalty failed on sample 0 after 1 attempt\(s\): ZeroDivisionError"):
         broken(["p"], ["x"])
 
 

@@ -1,6 +1,7 @@
 """Prompt datasets: local JSONL, validated line by line before any actor starts."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,53 +14,75 @@ class DataError(ConfigError):
     pass
 
 
-def read_prompts(cfg: DataConfig) -> tuple[list[str], list | None]:
-    """(prompts, labels); labels is None unless data.label_key is set, and then every line must have it."""
+@dataclasses.dataclass
+class PromptSet:
+    texts: list[str]
+    ids: list[list[int]]
+    labels: list | None  # None unless data.label_key is set
+    skipped: list[str]  # "file:line: reason" for each skipped line
+
+
+def _records(cfg: DataConfig):
+    """Yield (lineno, record or None, problem or None) for each non-blank line."""
     path = Path(cfg.prompts)
-    if not path.is_file():
-        raise DataError(f"data.prompts: {str(path)!r} does not exist")
-    prompts, labels = [], []
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not UTF-8 ({e.reason} at byte {e.start})") from None
+                yield lineno, None, f"not UTF-8 ({e.reason} at byte {e.start})"
+                continue
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: malformed JSON: {e.msg} (column {e.colno})") from None
+                yield lineno, None, f"malformed JSON: {e.msg} (column {e.colno})"
+                continue
             if not isinstance(obj, dict) or cfg.prompt_key not in obj:
-                raise DataError(f"{path}:{lineno}: missing field {cfg.prompt_key!r} (data.prompt_key)")
+                yield lineno, None, f"missing field {cfg.prompt_key!r} (data.prompt_key)"
+                continue
             value = obj[cfg.prompt_key]
             if not isinstance(value, str) or not value.strip():
-                raise DataError(f"{path}:{lineno}: field {cfg.prompt_key!r} must be a non-empty string")
-            if cfg.label_key is not None:
-                if cfg.label_key not in obj:
-                    raise DataError(f"{path}:{lineno}: missing field {cfg.label_key!r} (data.label_key)")
-                labels.append(obj[cfg.label_key])
-            prompts.append(value)
-    if not prompts:
-        raise DataError(f"data.prompts: {path} has no prompts")
-    return prompts, (labels if cfg.label_key is not None else None)
+                yield lineno, None, f"field {cfg.prompt_key!r} must be a non-empty string"
+                continue
+            if cfg.label_key is not None and cfg.label_key not in obj:
+                yield lineno, None, f"missing field {cfg.label_key!r} (data.label_key)"
+                continue
+            yield lineno, obj, None
 
 
-def tokenize_prompts(prompts: list[str], tokenizer, cfg: DataConfig, path: str) -> list[list[int]]:
-    out = []
-    for i, text in enumerate(prompts):
-        if cfg.apply_chat_template:
-            ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
-            if isinstance(ids, dict):
-                ids = ids["input_ids"]
-        else:
-            ids = tokenizer(text, add_special_tokens=True)["input_ids"]
-        if len(ids) > cfg.max_prompt_tokens:
-            raise DataError(
-                f"{path}: prompt {i + 1} has {len(ids)} tokens, more than data.max_prompt_tokens={cfg.max_prompt_tokens}"
-            )
-        out.append(list(ids))
+def _tokenize(text: str, tokenizer, cfg: DataConfig) -> list[int]:
+    if cfg.apply_chat_template:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
+        return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+    return list(tokenizer(text, add_special_tokens=True)["input_ids"])
+
+
+def load_prompts(cfg: DataConfig, tokenizer) -> PromptSet:
+    """Read, check and tokenize every line. The first bad line is an error naming file and line, unless
+    data.skip_bad_lines is set, in which case bad lines are skipped and listed in `skipped`."""
+    path = Path(cfg.prompts)
+    if not path.is_file():
+        raise DataError(f"data.prompts: {str(path)!r} does not exist")
+    out = PromptSet([], [], [] if cfg.label_key is not None else None, [])
+    for lineno, obj, problem in _records(cfg):
+        if obj is not None:
+            ids = _tokenize(obj[cfg.prompt_key], tokenizer, cfg)
+            if len(ids) > cfg.max_prompt_tokens:
+                problem = f"prompt has {len(ids)} tokens, more than data.max_prompt_tokens={cfg.max_prompt_tokens}"
+        if problem is not None:
+            where = f"{path}:{lineno}: {problem}"
+            if not cfg.skip_bad_lines:
+                raise DataError(where + " (set data.skip_bad_lines=true to skip and count such lines)")
+            out.skipped.append(where)
+            continue
+        out.texts.append(obj[cfg.prompt_key])
+        out.ids.append(ids)
+        if out.labels is not None:
+            out.labels.append(obj[cfg.label_key])
+    if not out.texts:
+        raise DataError(f"data.prompts: {path} has no usable prompts" + (f" ({len(out.skipped)} skipped)" if out.skipped else ""))
     return out
 
 

@@ -37,7 +37,9 @@ class _Base:
         hf_logging.disable_progress_bar()
 
     def ready(self) -> dict:
-        return {"role": self.role, "rank": self.rank, "ip": D.node_ip(), "device": str(self.device)}
+        import os
+
+        return {"role": self.role, "rank": self.rank, "ip": D.node_ip(), "device": str(self.device), "pid": os.getpid()}
 
     def master_endpoint(self) -> tuple[str, int]:
         return D.node_ip(), D.free_port()
@@ -59,10 +61,18 @@ class LearnerWorker(_Base):
         from rlhf_dist.learner.deepspeed_setup import ds_config, init_distributed, make_engine
 
         t0 = time.perf_counter()
-        init_distributed(
-            D.backend_for(cfg.cluster.device), master_addr, port, self.rank, self.world_size,
-            D.timedelta(cfg.timeouts.collective_s),
-        )
+        try:
+            init_distributed(
+                D.backend_for(cfg.cluster.device), master_addr, port, self.rank, self.world_size,
+                D.timedelta(cfg.timeouts.rendezvous_s),
+            )
+        except (RuntimeError, torch.distributed.DistStoreError) as e:
+            from rlhf_dist.errors import WaitTimeout
+
+            raise WaitTimeout(
+                f"DeepSpeed rendezvous (rank {self.rank} of {self.world_size}) at {master_addr}:{port} gave up "
+                f"after {time.perf_counter() - t0:.0f} s (timeouts.rendezvous_s): {str(e).splitlines()[0]}"
+            ) from None
         ga = cfg.ppo.mini_batch_size // (cfg.ppo.micro_batch_size * self.world_size)
         self._hf_ds = None
         if role_cfg.zero_stage == 3:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Callable
 
 from rlhf_dist.config import ConfigError, RewardFunction
@@ -53,21 +55,50 @@ class RuleRewards:
         return [sum(row) for row in self.per_function(prompts, responses, labels)]
 
     def per_function(self, prompts: list[str], responses: list[str], labels: list | None = None) -> list[list[float]]:
-        """[sample][function] weighted values. `label` is passed only when the data has labels."""
-        out = []
-        for i, (p, r) in enumerate(zip(prompts, responses)):
-            row = []
-            for spec, fn, takes_label in zip(self.specs, self.fns, self.takes_label):
-                extra = {"label": labels[i]} if takes_label and labels is not None else {}
-                try:
-                    value = float(fn(p, r, **extra, **spec.kwargs))
-                except Exception as e:  # noqa: BLE001 - re-raised with the function and sample named
-                    raise RewardError(f"reward function {spec.name} failed on sample {i}: {type(e).__name__}: {e}") from e
-                if not math.isfinite(value):
-                    raise RewardError(f"reward function {spec.name} returned {value} on sample {i}")
-                row.append(spec.weight * value)
-            out.append(row)
-        return out
+        """[sample][function] weighted values. `label` is passed only to functions that take it."""
+        columns = []
+        for spec, fn, takes_label in zip(self.specs, self.fns, self.takes_label):
+            calls = [
+                (p, r, {"label": labels[i]} if takes_label and labels is not None else {})
+                for i, (p, r) in enumerate(zip(prompts, responses))
+            ]
+            columns.append([spec.weight * v for v in self._run(spec, fn, calls)])
+        return [list(row) for row in zip(*columns)]
+
+    def _run(self, spec: RewardFunction, fn: Callable, calls: list[tuple]) -> list[float]:
+        """Each call in a thread with spec.timeout_s; failures retried up to spec.retries times, then an error."""
+        pool = ThreadPoolExecutor(max_workers=spec.concurrency, thread_name_prefix="reward")
+        try:
+            out: list[float | None] = [None] * len(calls)
+            errors: dict[int, str] = {}
+            todo = list(range(len(calls)))
+            for _attempt in range(spec.retries + 1):
+                futures = {i: pool.submit(fn, calls[i][0], calls[i][1], **calls[i][2], **spec.kwargs) for i in todo}
+                errors = {}
+                for i, fut in futures.items():
+                    try:
+                        value = float(fut.result(timeout=spec.timeout_s))
+                    except FutureTimeout:
+                        errors[i] = f"timed out after {spec.timeout_s:g} s (reward.functions timeout_s)"
+                        continue
+                    except Exception as e:  # noqa: BLE001 - reported with the function and sample named
+                        errors[i] = f"{type(e).__name__}: {e}"
+                        continue
+                    if not math.isfinite(value):
+                        errors[i] = f"returned {value}"
+                        continue
+                    out[i] = value
+                todo = sorted(errors)
+                if not todo:
+                    return out  # type: ignore[return-value]
+        finally:
+            # A stuck call's thread cannot be stopped: the pool is not waited on, so errors are raised now.
+            pool.shutdown(wait=False, cancel_futures=True)
+        i = todo[0]
+        raise RewardError(
+            f"reward function {spec.name} failed on sample {i} after {spec.retries + 1} attempt(s): {errors[i]}"
+            + (f" ({len(todo)} samples failed)" if len(todo) > 1 else "")
+        )
 
     @property
     def names(self) -> list[str]:

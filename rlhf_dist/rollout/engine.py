@@ -28,6 +28,12 @@ def engine_env(cfg: Config) -> dict[str, str]:
     return env
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 class RolloutEngine:
     role = "rollout"
 
@@ -50,8 +56,9 @@ class RolloutEngine:
         tp = cfg.placement.rollout.tensor_parallel_size
         kwargs = {}
         if tp > 1:
-            # vLLM starts its TP workers as Ray actors inside this engine's placement group.
-            kwargs["distributed_executor_backend"] = "ray"
+            # GPU: vLLM starts its TP workers as Ray actors inside this engine's placement group. The CPU build
+            # has no Ray executor; there the workers are child processes of this actor.
+            kwargs["distributed_executor_backend"] = "ray" if cfg.cluster.device == "cuda" or _cuda() else "mp"
         self.llm = LLM(
             model=cfg.model.policy,
             # vLLM would silently downcast an fp32 checkpoint to bf16 unless the dtype is explicit.

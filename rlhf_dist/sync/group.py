@@ -7,19 +7,34 @@ difference between CPU and GPU is the backend (gloo or NCCL).
 from __future__ import annotations
 
 import datetime
+import time
 
 import torch
 import torch.distributed as dist
 
+from rlhf_dist.errors import WaitTimeout
+
 
 class SyncGroup:
     def __init__(self, master_addr: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float):
+        self.rank, self.world_size, self.backend = rank, world_size, backend
+        t0 = time.monotonic()
+        try:
+            self._connect(master_addr, port, timeout_s)
+        except (RuntimeError, dist.DistStoreError) as e:
+            raise WaitTimeout(
+                f"weight-sync rendezvous: rank {rank} of {world_size} ({backend}, {master_addr}:{port}) gave up after "
+                f"{time.monotonic() - t0:.0f} s (timeouts.rendezvous_s={timeout_s:g}) waiting for the other ranks: "
+                f"{str(e).splitlines()[0]}"
+            ) from None
+
+    def _connect(self, master_addr: str, port: int, timeout_s: float) -> None:
+        rank, world_size = self.rank, self.world_size
         timeout = datetime.timedelta(seconds=timeout_s)
         # The store must outlive the group: keep a reference.
         self.store = dist.TCPStore(master_addr, port, world_size, is_master=(rank == 0), timeout=timeout)
         prefixed = dist.PrefixStore("rlhf_dist/weight_sync", self.store)
-        self.rank, self.world_size, self.backend = rank, world_size, backend
-        if backend == "nccl":
+        if self.backend == "nccl":
             opts = dist.ProcessGroupNCCL.Options()
             opts._timeout = timeout
             self.pg = dist.ProcessGroupNCCL(prefixed, rank, world_size, opts)

@@ -15,7 +15,7 @@ from rlhf_dist.checkpoint import Checkpoint, complete_checkpoints, find_resume, 
 from rlhf_dist.cluster import Cluster, init_ray
 from rlhf_dist.config import Config, derive
 from rlhf_dist.data.batch import build_batch, pad_rows
-from rlhf_dist.data.prompts import PromptLoader, read_prompts, tokenize_prompts
+from rlhf_dist.data.prompts import PromptLoader, load_prompts
 from rlhf_dist.errors import WorkerDied, wait_all
 from rlhf_dist.metrics import MetricsWriter, RunLog, fresh_run_dir, set_aside_metrics_after, write_config
 from rlhf_dist.preflight import prepare_model
@@ -26,15 +26,18 @@ def train(cfg: Config, log=print) -> Path:
     # 1. Everything that can be checked without actors is checked first.
     derived = derive(cfg)
     tokenizer = prepare_model(cfg, log)
-    prompt_texts, labels = read_prompts(cfg.data)
-    prompt_ids = tokenize_prompts(prompt_texts, tokenizer, cfg.data, cfg.data.prompts)
-    rules = RuleRewards(cfg.reward.functions, has_labels=labels is not None)
+    prompts = load_prompts(cfg.data, tokenizer)
+    rules = RuleRewards(cfg.reward.functions, has_labels=prompts.labels is not None)
     resume = find_resume(cfg)
     run_dir = resume.run_dir if resume else fresh_run_dir(cfg.run.output_dir)
     log = RunLog(run_dir, log)
     write_config(run_dir, cfg, resume)
     log(f"run directory: {run_dir}\nderived values:\n{derived.table()}")
-    data = (prompt_ids, prompt_texts, labels, tokenizer, rules)
+    log(f"prompts: {len(prompts.texts)} from {cfg.data.prompts}")
+    if prompts.skipped:
+        shown = "\n  ".join(prompts.skipped[:5])
+        log(f"skipped {len(prompts.skipped)} bad lines (data.skip_bad_lines), first ones:\n  {shown}")
+    data = (prompts.ids, prompts.texts, prompts.labels, tokenizer, rules)
 
     started_ray = init_ray(cfg, derived, log)
     restarts = 0
