@@ -15,6 +15,14 @@ def _train(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from rlhf_dist.export import export
+
+    out = export(args.checkpoint, args.out_dir, role=args.role)
+    print(f"{args.role} from {args.checkpoint} written to {out} (HuggingFace format)")
+    return 0
+
+
 def _make_tiny(args) -> int:
     from rlhf_dist.data.tiny import make_tiny_model
 
@@ -31,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. run.steps=5")
     p.set_defaults(fn=_train)
+
+    p = sub.add_parser("export", help="write a checkpoint's policy (or critic) as a HuggingFace model directory")
+    p.add_argument("checkpoint", help="a checkpoint directory, e.g. runs/demo/checkpoints/step_00000010")
+    p.add_argument("out_dir")
+    p.add_argument("--role", choices=["policy", "critic"], default="policy")
+    p.set_defaults(fn=_export)
 
     p = sub.add_parser("make-tiny-model", help="write a tiny random Llama-style model and tokenizer (no downloads)")
     p.add_argument("out_dir")

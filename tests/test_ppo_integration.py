@@ -40,6 +40,7 @@ def ppo_run(ray_session, tiny_model, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ppo")
     d = demo_config_dict(tiny_model, long_repeated_prompts(tmp / "prompts.jsonl"), str(tmp / "run"))
     d["data"]["max_prompt_tokens"] = 64
+    d["checkpoint"] = {"every_n_steps": 2}
     cfg = load_config(None, base=d)
     return cfg, train(cfg)
 
@@ -86,3 +87,18 @@ def test_saved_policy_reloads_and_generates(ppo_run, tiny_model):
     changed = [n for n, p in model.named_parameters() if not torch.equal(p, initial.get_parameter(n))]
     assert changed, "the saved policy equals the initial one: the update or the save lost the training"
     assert {n for n, _ in model.named_parameters()} == {n for n, _ in initial.named_parameters()}
+
+
+@pytest.mark.slow
+def test_zero3_checkpoint_exports_the_final_weights(ppo_run, tmp_path):
+    """The ZeRO-3 checkpoint (partitions on 2 ranks) consolidates offline to exactly the saved final policy."""
+    from safetensors.torch import load_file
+
+    from rlhf_dist.cli import main
+
+    _, run_dir = ppo_run
+    assert main(["export", str(run_dir / "checkpoints" / "step_00000002"), str(tmp_path / "hf")]) == 0
+    exported, final = load_file(tmp_path / "hf" / "model.safetensors"), load_file(run_dir / "final" / "model.safetensors")
+    assert sorted(exported) == sorted(final)
+    for name in final:
+        assert torch.equal(exported[name], final[name]), name
