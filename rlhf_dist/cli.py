@@ -15,6 +15,46 @@ def _train(args) -> int:
     return 0
 
 
+def _plan(args) -> int:
+    from rlhf_dist.config import load_config
+    from rlhf_dist.plan import format_plan, plan, plan_json
+
+    result = plan(load_config(args.config, args.overrides))
+    print(plan_json(result) if args.json else format_plan(result))
+    if not result["fits"]:
+        bad = [name for name, p in result["pools"].items() if not p["fits"]]
+        print(f"rlhf-dist plan: pool(s) {', '.join(bad)} do not fit cluster.gpu_memory_gb", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _bench(args) -> int:
+    from rlhf_dist import bench
+    from rlhf_dist.config import load_config
+
+    overrides = list(args.overrides)
+    if args.what == "step":
+        overrides += [f"run.steps={args.steps}", "run.save_final=false", "run.progress_bar=false",
+                      f"run.output_dir={args.run_dir}"]
+    cfg = load_config(args.config, overrides)
+    if args.what == "rollout":
+        result = bench.bench_rollout(cfg, args.prompts, args.prompt_len, args.repeats)
+        columns = ["path", "engines", "repeat", "prompts", "tokens", "seconds", "tokens_per_s", "requests_per_s", "tokens_per_s_per_engine"]
+    elif args.what == "sync":
+        result = bench.bench_sync(cfg, [float(x) for x in args.bucket_mb.split(",")], args.repeats)
+        columns = ["path", "bucket_mb", "buckets", "repeat", "MB", "seconds", "GB_per_s"]
+    else:
+        result = bench.bench_step(cfg)
+        columns = ["step", "generate", "score", "infer", "update", "sync", "other", "step_s", "outside_compute"]
+    print(bench.table(result["rows"], columns))
+    summary_key = {"rollout": ("tokens_per_s", ("path",)), "sync": ("GB_per_s", ("path", "bucket_mb")),
+                   "step": ("step_s", ())}[args.what]
+    result["summary"] = bench.medians(result["rows"], *summary_key)
+    print("\n" + bench.table(result["summary"], list(result["summary"][0])))
+    print(f"written to {bench.write(args.out, args.what, {'config': args.config, 'overrides': args.overrides, **result})}")
+    return 0
+
+
 def _export(args) -> int:
     from rlhf_dist.export import export
 
@@ -39,6 +79,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. run.steps=5")
     p.set_defaults(fn=_train)
+
+    p = sub.add_parser("plan", help="check GPU arithmetic and estimate per-GPU memory for each role (starts nothing)")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    p.set_defaults(fn=_plan)
+
+    p = sub.add_parser("bench", help="benchmarks: rollout throughput, weight-sync bandwidth, step phase breakdown")
+    p.add_argument("what", choices=["rollout", "sync", "step"])
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--out", help="JSON output path (default benchmarks/results/WHAT.json)")
+    p.add_argument("--prompts", type=int, default=64, help="rollout: number of prompts")
+    p.add_argument("--prompt-len", type=int, default=16, help="rollout: prompt tokens")
+    p.add_argument("--repeats", type=int, default=3, help="rollout, sync: timed repeats")
+    p.add_argument("--bucket-mb", default="0.25,1,16", help="sync: comma-separated bucket sizes in MiB")
+    p.add_argument("--steps", type=int, default=5, help="step: steps to run")
+    p.add_argument("--run-dir", default="runs/bench-step", help="step: where the run writes")
+    p.set_defaults(fn=_bench)
 
     p = sub.add_parser("export", help="write a checkpoint's policy (or critic) as a HuggingFace model directory")
     p.add_argument("checkpoint", help="a checkpoint directory, e.g. runs/demo/checkpoints/step_00000010")

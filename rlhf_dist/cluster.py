@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import time
 
-from rlhf_dist.config import Config, ConfigError, Derived
+from rlhf_dist.config import Config, Derived
 from rlhf_dist.dist import local_cluster_env
 from rlhf_dist.data.batch import concat, split, split_list
 from rlhf_dist.errors import WeightSyncError, wait_all
@@ -106,12 +106,11 @@ class Cluster:
         backend = "nccl" if self.device.startswith("cuda") else "gloo"
         pl = self.cfg.placement
         if backend == "nccl" and pl.rollout.pool == pl.policy.pool:
-            # NCCL refuses two ranks on one GPU; colocated sync needs CUDA IPC handles, which is not built yet.
-            raise ConfigError(
-                f"placement.rollout.pool: on GPUs the rollout engines need their own pool (not {pl.policy.pool!r}, "
-                "shared with the policy): colocated weight sync over CUDA IPC is not implemented yet"
-            )
-        refs, labels = self.policy.submit("init_weight_sync", addr, port, world)
+            # NCCL refuses two ranks on one GPU. Until the CUDA-IPC path exists, colocated engines receive over
+            # gloo with the buckets staged in host memory: slower, same protocol and checks.
+            backend = "gloo"
+            self.log("weight sync: policy and rollout share GPUs, so buckets go over gloo through host memory")
+        refs, labels = self.policy.submit("init_weight_sync", addr, port, world, backend)
         r, lab = self.rollout.submit(
             "init_weight_sync", per_rank=[(addr, port, 1 + e * tp, world, backend) for e in range(len(self.rollout))]
         )

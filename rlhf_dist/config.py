@@ -165,6 +165,7 @@ class ClusterConfig(Strict):
     address: str | None = None  # Ray address of an existing cluster; None starts a local one
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads_per_actor: int = Field(1, ge=1)  # CPU only: torch threads in each worker process
+    gpu_memory_gb: float = Field(80, gt=0)  # per GPU, for `rlhf-dist plan`
     # CPU only: DeepSpeed's shared-memory all-reduce kernel is JIT-compiled with g++ (30-50 s); gloo is enough.
     deepspeed_shm_comm: bool = False
 

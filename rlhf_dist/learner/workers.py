@@ -217,17 +217,17 @@ class PolicyWorker(LearnerWorker):
         return out
 
     # --- weight sync (rank 0 broadcasts; every rank joins the ZeRO-3 gathers) ---
-    def sync_plan(self) -> list[Bucket]:
-        self._buckets = plan_buckets(self.named_full_params(), int(self.cfg.sync.bucket_mb * 2**20))
+    def sync_plan(self, bucket_mb: float | None = None) -> list[Bucket]:
+        mb = self.cfg.sync.bucket_mb if bucket_mb is None else bucket_mb
+        self._buckets = plan_buckets(self.named_full_params(), int(mb * 2**20))
         return self._buckets
 
-    def init_weight_sync(self, master_addr: str, port: int, world_size: int) -> bool:
+    def init_weight_sync(self, master_addr: str, port: int, world_size: int, backend: str) -> bool:
         from rlhf_dist.sync.group import SyncGroup
 
         if self.rank == 0:
-            self._sync = SyncGroup(
-                master_addr, port, 0, world_size, D.backend_for(self.cfg.cluster.device), self.cfg.timeouts.rendezvous_s
-            )
+            # gloo buckets live in host memory (also on GPUs, when policy and engines share them).
+            self._sync = SyncGroup(master_addr, port, 0, world_size, backend, self.cfg.timeouts.rendezvous_s)
         return True
 
     def broadcast_weights(self, verify: bool) -> dict:

@@ -1,0 +1,258 @@
+"""Benchmarks: rollout throughput, weight-sync bandwidth, and a PPO step's phase breakdown. Each prints a table
+and writes JSON; each compares the framework with the plain library doing the same work in the same run."""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+from rlhf_dist.config import Config, derive
+
+
+def machine() -> dict:
+    import torch
+
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(), "torch": torch.__version__}
+    import os
+
+    info["cpus"] = os.cpu_count()
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns}
+    head = "  ".join(f"{c:>{widths[c]}}" for c in columns)
+    lines = [head, "  ".join("-" * widths[c] for c in columns)]
+    lines += ["  ".join(f"{_fmt(r.get(c)):>{widths[c]}}" for c in columns) for r in rows]
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:,.3f}" if abs(v) < 100 else f"{v:,.0f}"
+    return "" if v is None else str(v)
+
+
+def medians(rows: list[dict], key: str, by: tuple[str, ...]) -> list[dict]:
+    """Median of `key` per group of rows sharing the `by` columns (the number to compare across paths)."""
+    import statistics
+
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[b] for b in by), []).append(r[key])
+    return [{**dict(zip(by, k)), f"median_{key}": statistics.median(v), "runs": len(v)} for k, v in groups.items()]
+
+
+def write(out: str | None, kind: str, payload: dict) -> Path:
+    path = Path(out or f"benchmarks/results/{kind}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"benchmark": kind, "machine": machine(), **payload}, indent=2))
+    return path
+
+
+def _prompts(cfg: Config, n: int, prompt_len: int) -> list[list[int]]:
+    import random
+
+    from transformers import AutoTokenizer
+
+    vocab = len(AutoTokenizer.from_pretrained(cfg.model.policy))
+    rng = random.Random(0)
+    # Random token ids: lengths are exact, and no prefix is shared between prompts.
+    return [[rng.randrange(10, vocab) for _ in range(prompt_len)] for _ in range(n)]
+
+
+def bench_rollout(cfg: Config, prompts: int, prompt_len: int, repeats: int, log=print) -> dict:
+    """The framework's engines (Ray actors, requests split across engines) vs vLLM called directly."""
+    import ray
+
+    from rlhf_dist.cluster import init_ray
+    from rlhf_dist.groups import ActorGroup, worker_env
+    from rlhf_dist.placement import create_pools, remove_pools, role_slots
+    from rlhf_dist.rollout.engine import RolloutEngine, engine_env
+
+    derived = derive(cfg)
+    batch = _prompts(cfg, prompts, prompt_len)
+    rows = []
+    started = init_ray(cfg, derived, log)
+    pools = create_pools(cfg, derived, cfg.timeouts.actor_start_s)
+    try:
+        env = {**worker_env(cfg.cluster.device, cfg.cluster.threads_per_actor), **engine_env(cfg)}
+        group = ActorGroup("rollout", RolloutEngine, role_slots(cfg, derived)["rollout"], pools, (cfg,), env)
+        group.call("setup", timeout_s=cfg.timeouts.actor_start_s)
+        # vLLM directly, one engine in a plain actor on the same bundle: same prompts, same sampling settings.
+        direct = ActorGroup("vllm-direct", DirectVLLM, role_slots(cfg, derived)["rollout"][:1], pools, (cfg,), env)
+        from rlhf_dist.data.batch import split_list
+
+        n = len(group)
+        chunks = lambda seed: [(c, seed) for c in split_list(batch, n)]  # noqa: E731
+        group.call("generate", per_rank=chunks(0), timeout_s=cfg.timeouts.call_s)  # warm-up at full size
+        direct.call("run", batch, 0, timeout_s=cfg.timeouts.call_s)
+        # Timings drift by 20% or more between runs on a shared machine: the two sides alternate.
+        for rep in range(repeats):
+            t0 = time.perf_counter()
+            outs = group.call("generate", per_rank=chunks(rep * 10_000), timeout_s=cfg.timeouts.call_s)
+            wall = time.perf_counter() - t0
+            tokens = sum(len(r) for o in outs for r in o["responses"])
+            rows.append(_rollout_row("rlhf_dist engines", n, rep, len(batch), tokens, wall))
+            out = direct.call("run", batch, rep * 10_000, timeout_s=cfg.timeouts.call_s)[0]
+            rows.append(_rollout_row("vLLM direct", 1, rep, len(batch), out["tokens"], out["seconds"]))
+        group.kill()
+        direct.kill()
+    finally:
+        remove_pools(pools)
+        if started:
+            ray.shutdown()
+    return {"prompt_tokens": prompt_len, "max_new_tokens": cfg.rollout.max_new_tokens, "rows": rows}
+
+
+def _rollout_row(path: str, engines: int, rep: int, prompts: int, tokens: int, seconds: float) -> dict:
+    return {"path": path, "engines": engines, "repeat": rep, "prompts": prompts, "tokens": tokens, "seconds": seconds,
+            "tokens_per_s": tokens / seconds, "requests_per_s": prompts / seconds, "tokens_per_s_per_engine": tokens / seconds / engines}
+
+
+class DirectVLLM:
+    """vLLM's LLM with the framework's engine settings, no worker extension, no Ray in between."""
+
+    def __init__(self, cfg: Config, rank: int, world_size: int):
+        from vllm import LLM
+
+        from rlhf_dist.learner.models import DTYPES
+
+        self.cfg = cfg
+        self.llm = LLM(model=cfg.model.policy, dtype=DTYPES[cfg.model.dtype], seed=cfg.run.seed,
+                       max_model_len=cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
+                       enforce_eager=cfg.rollout.enforce_eager, gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+                       logprobs_mode="processed_logprobs")
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        self.sp, self.tp = SamplingParams, TokensPrompt
+
+    def _params(self, n: int, seed: int):
+        r = self.cfg.rollout
+        return [self.sp(max_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, logprobs=0, seed=seed + i) for i in range(n)]
+
+    def run(self, prompts: list[list[int]], seed: int) -> dict:
+        t0 = time.perf_counter()
+        outs = self.llm.generate([self.tp(prompt_token_ids=p) for p in prompts], self._params(len(prompts), seed), use_tqdm=False)
+        return {"seconds": time.perf_counter() - t0, "tokens": sum(len(o.outputs[0].token_ids) for o in outs)}
+
+
+class RawBroadcaster:
+    """Plain torch.distributed: one default process group, one broadcast per bucket-sized chunk."""
+
+    def __init__(self, cfg: Config, rank: int, world_size: int):
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+
+    def endpoint(self):
+        from rlhf_dist.dist import free_port, node_ip
+
+        return node_ip(), free_port()
+
+    def init(self, addr: str, port: int, backend: str) -> bool:
+        import torch.distributed as dist
+
+        from rlhf_dist.dist import timedelta
+
+        dist.init_process_group(backend, init_method=f"tcp://{addr}:{port}", rank=self.rank, world_size=self.world_size,
+                                timeout=timedelta(self.cfg.timeouts.rendezvous_s))
+        return True
+
+    def broadcast(self, total_bytes: int, chunk_bytes: int, repeats: int) -> list[float]:
+        import torch
+        import torch.distributed as dist
+
+        device = torch.device("cuda", 0) if dist.get_backend() == "nccl" else torch.device("cpu")
+        n = total_bytes // 4
+        buf = torch.zeros(n, dtype=torch.float32, device=device)
+        step = max(1, chunk_bytes // 4)
+        times = []
+        for _ in range(repeats):
+            dist.barrier()
+            t0 = time.perf_counter()
+            for i in range(0, n, step):
+                dist.broadcast(buf[i : i + step], src=0)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        return times
+
+
+def bench_sync(cfg: Config, bucket_mbs: list[float], repeats: int, log=print) -> dict:
+    import ray
+
+    from rlhf_dist.cluster import Cluster, init_ray
+    from rlhf_dist.groups import ActorGroup, worker_env
+    from rlhf_dist.placement import role_slots
+
+    derived = derive(cfg)
+    started = init_ray(cfg, derived, log)
+    rows = []
+    cluster = None
+    try:
+        cluster = Cluster(cfg, derived, log)
+        total = 0
+        version = 0
+        for mb in bucket_mbs:
+            cluster.buckets = cluster.policy.call("sync_plan", mb, timeout_s=cfg.timeouts.call_s)[0]
+            for rep in range(repeats + 1):  # the first sync of each size is a warm-up
+                version += 1
+                m = cluster.sync_weights(version, verify=False)
+                if rep:
+                    total = m["sync/bytes"]
+                    rows.append({"path": "rlhf_dist sync", "bucket_mb": mb, "buckets": len(cluster.buckets), "repeat": rep,
+                                 "MB": total / 1e6, "seconds": m["sync/seconds"], "GB_per_s": total / m["sync/seconds"] / 1e9})
+        backend = "nccl" if cluster.device.startswith("cuda") and cfg.placement.rollout.pool != cfg.placement.policy.pool else "gloo"
+        world = 1 + derived.rollout_gpus
+        slots = role_slots(cfg, derived)
+        raw_slots = slots["policy"][:1] + [s for s in slots["rollout"] for _ in range(cfg.placement.rollout.tensor_parallel_size)]
+        cluster.shutdown()
+        cluster = None
+        raw = ActorGroup("raw-broadcast", RawBroadcaster, raw_slots[:world], _pools_again(cfg, derived), (cfg,),
+                         worker_env(cfg.cluster.device, cfg.cluster.threads_per_actor))
+        addr, port = raw.call("endpoint", ranks=[0], timeout_s=60)[0]
+        raw.call("init", addr, port, backend, timeout_s=cfg.timeouts.rendezvous_s)
+        for mb in bucket_mbs:
+            times = raw.call("broadcast", total, int(mb * 2**20), repeats + 1, timeout_s=cfg.timeouts.call_s)[0][1:]
+            for rep, sec in enumerate(times, 1):
+                rows.append({"path": f"raw torch.distributed ({backend})", "bucket_mb": mb, "buckets": -(-total // int(mb * 2**20)),
+                             "repeat": rep, "MB": total / 1e6, "seconds": sec, "GB_per_s": total / sec / 1e9})
+        raw.kill()
+    finally:
+        if cluster is not None:
+            cluster.shutdown()
+        from rlhf_dist.placement import remove_pools
+
+        remove_pools(_POOLS)
+        if started:
+            ray.shutdown()
+    return {"ranks": 1 + derived.rollout_gpus, "rows": rows}
+
+
+_POOLS: dict = {}
+
+
+def _pools_again(cfg: Config, derived) -> dict:
+    from rlhf_dist.placement import create_pools
+
+    _POOLS.update(create_pools(cfg, derived, cfg.timeouts.actor_start_s))
+    return _POOLS
+
+
+def bench_step(cfg: Config, log=print) -> dict:
+    """A few real steps; per-phase seconds from the run's metrics."""
+    from rlhf_dist.metrics import read_metrics
+    from rlhf_dist.trainers.ppo import train
+
+    run_dir = train(cfg, log=log)
+    rows = []
+    for m in read_metrics(run_dir):
+        t = {k.removeprefix("timing/"): v for k, v in m.items() if k.startswith("timing/")}
+        compute = t["generate"] + t["infer"] + t["update"]
+        rows.append({"step": m["step"], "generate": t["generate"], "score": t["score"], "infer": t["infer"],
+                     "update": t["update"], "sync": t["sync"], "other": t["step"] - compute - t["score"] - t["sync"],
+                     "step_s": t["step"], "outside_compute": 1 - compute / t["step"]})
+    return {"run_dir": str(run_dir), "rows": rows}
