@@ -84,12 +84,14 @@ class Cluster:
             self.log(f"{role}: {where}")
         # Learners rendezvous (DeepSpeed's default group); the others load their models meanwhile.
         refs, labels = [], []
-        for g in self.learner_groups():
+        # Groups with a DeepSpeed process group rendezvous: the learners, and a ZeRO-3 reference.
+        rendezvous = self.learner_groups() + ([self.reference] if self.cfg.placement.reference.zero_stage == 3 else [])
+        for g in rendezvous:
             addr, port = g.call("master_endpoint", ranks=[0], timeout_s=t.call_s)[0]
             r, lab = g.submit("setup", addr, port)
             refs += r
             labels += lab
-        for g in [self.reference, self.rollout] + ([self.reward] if self.reward else []):
+        for g in [g for g in [self.reference, self.rollout, self.reward] if g is not None and g not in rendezvous]:
             r, lab = g.submit("setup")
             refs += r
             labels += lab

@@ -138,7 +138,10 @@ class LearnerRole(Strict):
 
 class InferenceRole(Strict):
     pool: str
-    num_gpus: int = Field(1, ge=1)  # one data-parallel replica per GPU
+    num_gpus: int = Field(1, ge=1)  # one data-parallel rank per GPU
+    # 0: a full replica per rank; 3 (reference only): weights partitioned over the ranks with DeepSpeed ZeRO-3,
+    # gathered layer by layer in the forward pass, for models too large for one GPU.
+    zero_stage: Literal[0, 3] = 0
 
 
 class RolloutRole(Strict):
@@ -317,6 +320,8 @@ def derive(cfg: Config) -> Derived:
         return ppo.mini_batch_size // per_update
 
     check_algorithm(cfg)
+    if p.reward is not None and p.reward.zero_stage != 0:
+        raise ConfigError("placement.reward.zero_stage: only 0 (a full replica per rank) is supported for the reward model")
     ga_policy = batch_check("policy", p.policy.num_gpus)
     critic_ranks = p.critic.num_gpus if "critic" in roles else 0
     ga_critic = batch_check("critic", critic_ranks) if critic_ranks else 0

@@ -7,6 +7,7 @@ bundle's GPU so they fit side by side. On a CPU-only machine the same code runs 
 from __future__ import annotations
 
 import dataclasses
+import uuid
 
 from rlhf_dist.config import Config, ConfigError, Derived, role_gpus
 from rlhf_dist.errors import WaitTimeout
@@ -67,7 +68,9 @@ def create_pools(cfg: Config, derived: Derived, timeout_s: float) -> dict:
             continue
         # Whole pool size is reserved so that colocated roles and later scaling see the same GPUs.
         bundles = [{"GPU": 1.0} for _ in range(pool.gpus)]
-        groups[name] = placement_group(bundles, strategy="PACK", name=f"rlhf_dist/{cfg.run.name}/{name}")
+        # Ray removes placement groups asynchronously: a restart (or the next job) must not reuse the name.
+        unique = uuid.uuid4().hex[:8]
+        groups[name] = placement_group(bundles, strategy="PACK", name=f"rlhf_dist/{cfg.run.name}/{name}/{unique}")
     for name, pg in groups.items():
         ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
         if not ready:

@@ -12,7 +12,8 @@ tokens, h = hidden size, a = attention heads, n = layers, V = vocabulary):
     without checkpointing: n * L*b*h * (34 + 5*a*L/h) * (dtype bytes / 2)
     with checkpointing:    n * 2*L*b*h (layer inputs) + one layer without checkpointing
   logits: b*L*V*4 (fp32 log-softmax)
-  inference roles (reference, reward): dtype bytes * P (full replica) + logits
+  inference roles (reference, reward): dtype bytes * P (full replica) + logits; a ZeRO-3 reference holds
+    dtype bytes * P / N plus about one gathered layer (dtype bytes * P / n)
   rollout engine: dtype bytes * P / TP + KV cache 2 * n * kv_heads * head_dim * dtype bytes * tokens / TP,
     tokens = samples per step / engines * L (all of an engine's requests in flight at once)
 Colocated roles share their pool's GPUs, so their estimates add up on each GPU.
@@ -102,9 +103,12 @@ def plan(cfg: Config) -> dict:
         parts["activations"] = activation_bytes(shape, b, L, dtype_bytes, cfg.model.gradient_checkpointing)
         parts["logits"] = logits if role == "policy" else b * L * 4
         roles[role] = {"pool": r.pool, "gpus": r.num_gpus, "zero_stage": r.zero_stage, "bytes": parts}
+    ref_shards = p.reference.num_gpus if p.reference.zero_stage == 3 else 1
     roles["reference"] = {
-        "pool": p.reference.pool, "gpus": p.reference.num_gpus,
-        "bytes": {"params": dtype_bytes * shape.params, "logits": logits},
+        "pool": p.reference.pool, "gpus": p.reference.num_gpus, "zero_stage": p.reference.zero_stage,
+        # ZeRO-3: a partition per GPU, plus the largest layer gathered during the forward pass (~P / n).
+        "bytes": {"params": dtype_bytes * shape.params / ref_shards
+                  + (dtype_bytes * shape.params / shape.layers if ref_shards > 1 else 0), "logits": logits},
     }
     if "reward" in [x for roles_ in derived.roles_per_pool.values() for x in roles_]:
         rm = model_shape(cfg.reward.model) if (Path(cfg.reward.model) / "config.json").is_file() else shape

@@ -30,6 +30,7 @@ def grpo_config(model_dir: str, out: str):
     })
     d["placement"].pop("critic")
     d["placement"]["policy"]["zero_stage"] = 1
+    d["placement"]["reference"] = {"pool": "main", "num_gpus": 2, "zero_stage": 3}  # sharded over 2 ranks
     d["placement"]["rollout"]["num_engines"] = 1
     return load_config(None, base=d)
 
@@ -54,3 +55,5 @@ def test_grpo_run_with_dapo_extras(ray_session, tiny_model, tmp_path):
         assert row["sync/verified"] is True
         assert row["rollout/engine_learner_logprob_diff_max"] < 1e-4
         assert "policy/kl_loss" in row and "policy/clipfrac" in row
+    # Step 1: the policy (ZeRO-1) and the ZeRO-3 reference hold the same weights, so their log-probs agree.
+    assert abs(rows[0]["kl/mean"]) < 1e-5

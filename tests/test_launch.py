@@ -38,13 +38,17 @@ def test_head_refuses_without_gpus_unless_allowed(tmp_path):
 @pytest.mark.slow
 def test_job_submission_to_a_local_cluster(tiny_model, tmp_path):
     port, dash, client = free_port(), free_port(), free_port()
+    # This machine may already run another Ray (the test session's): every port of the new head is chosen free.
+    agent_ports = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+                   f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+                   f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}"]
     temp_dir = tempfile.mkdtemp(prefix="rlhf-ray-", dir="/tmp")  # short: Ray's unix sockets have a path limit
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
     head = subprocess.Popen(
         [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-         f"--ray-client-server-port={client}", "--num-gpus=2", "--num-cpus=2", f"--temp-dir={temp_dir}"],
+         f"--ray-client-server-port={client}", "--num-gpus=2", "--num-cpus=2", f"--temp-dir={temp_dir}", *agent_ports],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:

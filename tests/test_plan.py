@@ -52,3 +52,15 @@ def test_plan_text_output_for_the_1gpu_example(capsys):
     assert main(["plan", str(ROOT / "configs" / "qwen0.5b_1gpu.yaml")]) == 0
     out = capsys.readouterr().out
     assert "pool gpu: 1 GPUs, roles policy, critic, reference, rollout" in out and "fits" in out
+
+
+def test_70b_layout_fits_only_with_offload_and_a_sharded_reference(capsys):
+    cfg = ROOT / "configs" / "llama70b_4node.yaml"
+    result = plan(load_config(cfg))
+    P = result["model"]["params"]
+    assert 69e9 < P < 72e9 and result["fits"]
+    ref = result["roles"]["reference"]["bytes"]["params"]
+    assert ref == pytest.approx((2 * P / 24 + 2 * P / 80) / GiB)  # a partition + one gathered layer
+    assert main(["plan", str(cfg), "placement.policy.offload=false", "placement.critic.offload=false"]) == 1
+    assert main(["plan", str(cfg), "placement.reference.zero_stage=0"]) == 1
+    assert "pool learn: 24 GPUs" in capsys.readouterr().out

@@ -58,6 +58,18 @@ def init_distributed(backend: str, master_addr: str, port: int, rank: int, world
     )
 
 
+def inference_ds_config(cfg: Config, world_size: int) -> dict:
+    """ZeRO-3 without an optimizer: weights partitioned, gathered per layer in the forward pass."""
+    return {
+        "train_micro_batch_size_per_gpu": cfg.ppo.micro_batch_size,
+        "train_batch_size": cfg.ppo.micro_batch_size * world_size,
+        "zero_optimization": {"stage": 3},
+        "bf16": {"enabled": cfg.model.dtype == "bfloat16"},
+        "fp16": {"enabled": cfg.model.dtype == "float16"},
+        "steps_per_print": 2**31 - 1,
+    }
+
+
 def make_engine(model, cfg: Config, role: LearnerRole, grad_accum: int, lr: float):
     import deepspeed
 

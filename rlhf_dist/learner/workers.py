@@ -265,14 +265,36 @@ class CriticWorker(LearnerWorker):
 
 
 class ReferenceWorker(_Base):
-    """Frozen reference policy: log-probs of the sampled tokens, one full replica per rank."""
+    """Frozen reference policy: log-probs of the sampled tokens. A full replica per rank, or (zero_stage 3)
+    one partition per rank, with all ranks running each forward pass together."""
 
     role = "reference"
 
-    def setup(self) -> dict:
+    @property
+    def sharded(self) -> bool:
+        return self.cfg.placement.reference.zero_stage == 3
+
+    def setup(self, master_addr: str | None = None, port: int | None = None) -> dict:
         m = self.cfg.model
-        self.model = models.load_causal_lm(m.reference or m.policy, m.dtype, m.attn_implementation).to(self.device)
-        self.model.eval().requires_grad_(False)
+        path = m.reference or m.policy
+        if not self.sharded:
+            self.model = models.load_causal_lm(path, m.dtype, m.attn_implementation).to(self.device)
+            self.model.eval().requires_grad_(False)
+            return {"rank": self.rank}
+        import deepspeed
+        from transformers.integrations import HfDeepSpeedConfig
+
+        from rlhf_dist.learner.deepspeed_setup import inference_ds_config, init_distributed, skip_shm_comm
+
+        if self.device.type == "cpu" and not self.cfg.cluster.deepspeed_shm_comm:
+            skip_shm_comm()
+        init_distributed(D.backend_for(self.cfg.cluster.device), master_addr, port, self.rank, self.world_size,
+                         D.timedelta(self.cfg.timeouts.rendezvous_s))
+        ds = inference_ds_config(self.cfg, self.world_size)
+        self._hf_ds = HfDeepSpeedConfig(ds)  # from_pretrained then loads the weights already partitioned
+        model = models.load_causal_lm(path, m.dtype, m.attn_implementation).requires_grad_(False)
+        self.model, *_ = deepspeed.initialize(model=model, config=ds)
+        self.model.eval()
         return {"rank": self.rank}
 
     @torch.no_grad()

@@ -1,0 +1,57 @@
+"""The three benchmarks run end to end on CPU and write their tables' rows as JSON. No timing is asserted:
+speed figures belong in benchmarks/README.md, not in tests."""
+import json
+from pathlib import Path
+
+import pytest
+
+from rlhf_dist.cli import main
+
+from tests.conftest import demo_config_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def config(tiny_model, tmp_path):
+    import yaml
+
+    d = demo_config_dict(tiny_model, str(ROOT / "configs/data/demo_prompts.jsonl"), str(tmp_path / "run"))
+    d["placement"]["rollout"]["num_engines"] = 1
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return str(path)
+
+
+@pytest.mark.slow
+def test_bench_rollout_compares_with_vllm_direct(ray_session, config, tmp_path, capsys):
+    out = tmp_path / "rollout.json"
+    assert main(["bench", "rollout", config, "--prompts", "8", "--prompt-len", "8", "--repeats", "2", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    paths = [r["path"] for r in result["rows"]]
+    assert paths == ["rlhf_dist engines", "vLLM direct"] * 2  # the two sides alternate
+    # Same prompts, same per-request seeds: both sides generate the same number of tokens.
+    assert result["rows"][0]["tokens"] == result["rows"][1]["tokens"] > 0
+    assert {s["path"] for s in result["summary"]} == {"rlhf_dist engines", "vLLM direct"}
+    assert "median_tokens_per_s" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bench_sync_compares_with_raw_broadcast(ray_session, config, tmp_path):
+    out = tmp_path / "sync.json"
+    assert main(["bench", "sync", config, "--bucket-mb", "0.25", "--repeats", "1", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["path"] for r in rows] == ["rlhf_dist sync", "raw torch.distributed (gloo)"]
+    assert rows[0]["MB"] == rows[1]["MB"] > 0 and all(r["GB_per_s"] > 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_bench_step_breaks_the_step_into_phases(ray_session, config, tmp_path):
+    out = tmp_path / "step.json"
+    assert main(["bench", "step", config, "--steps", "2", "--run-dir", str(tmp_path / "bench-run"), "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        parts = r["generate"] + r["score"] + r["infer"] + r["update"] + r["sync"] + r["other"]
+        assert parts == pytest.approx(r["step_s"], rel=1e-6)
+        assert 0 <= r["outside_compute"] < 1
