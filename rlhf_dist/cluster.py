@@ -180,18 +180,17 @@ class Cluster:
 
     def save_checkpoint(self, path: str) -> None:
         """Every learner rank writes its own partitions (all ranks must join DeepSpeed's save)."""
-        refs, labels = [], []
-        for g in self.learner_groups():
-            r, lab = g.submit("save_checkpoint", f"{path}/{g.role}")
-            refs, labels = refs + r, labels + lab
-        wait_all(refs, labels, "checkpoint save", self.cfg.timeouts.call_s)
+        self._on_learners("save_checkpoint", path, "checkpoint save")
 
     def load_checkpoint(self, path: str) -> None:
+        self._on_learners("load_checkpoint", path, "checkpoint load")
+
+    def _on_learners(self, method: str, path: str, what: str) -> None:
         refs, labels = [], []
         for g in self.learner_groups():
-            r, lab = g.submit("load_checkpoint", f"{path}/{g.role}")
+            r, lab = g.submit(method, f"{path}/{g.role}")
             refs, labels = refs + r, labels + lab
-        wait_all(refs, labels, "checkpoint load", self.cfg.timeouts.call_s)
+        wait_all(refs, labels, what, self.cfg.timeouts.call_s)
 
     def save_policy(self, path: str) -> None:
         self.policy.call("save_hf", path, timeout_s=self.cfg.timeouts.call_s)
