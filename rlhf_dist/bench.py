@@ -204,7 +204,9 @@ def bench_sync(cfg: Config, bucket_mbs: list[float], repeats: int, log=print) ->
                 if rep:
                     total = m["sync/bytes"]
                     rows.append({"path": "rlhf_dist sync", "bucket_mb": mb, "buckets": len(cluster.buckets), "repeat": rep,
-                                 "MB": total / 1e6, "seconds": m["sync/seconds"], "GB_per_s": total / m["sync/seconds"] / 1e9})
+                                 "MB": total / 1e6, "seconds": m["sync/seconds"], "GB_per_s": total / m["sync/seconds"] / 1e9,
+                                 "gather_pack_s": m["sync/learner_gather_pack_s"], "broadcast_s": m["sync/learner_broadcast_s"],
+                                 "engine_load_s": m["sync/engine_load_s"]})
         backend = "nccl" if cluster.device.startswith("cuda") and cfg.placement.rollout.pool != cfg.placement.policy.pool else "gloo"
         world = 1 + derived.rollout_gpus
         slots = role_slots(cfg, derived)

@@ -42,7 +42,7 @@ def _bench(args) -> int:
         columns = ["path", "engines", "repeat", "prompts", "tokens", "seconds", "tokens_per_s", "requests_per_s", "tokens_per_s_per_engine"]
     elif args.what == "sync":
         result = bench.bench_sync(cfg, [float(x) for x in args.bucket_mb.split(",")], args.repeats)
-        columns = ["path", "bucket_mb", "buckets", "repeat", "MB", "seconds", "GB_per_s"]
+        columns = ["path", "bucket_mb", "buckets", "repeat", "MB", "seconds", "GB_per_s", "gather_pack_s", "broadcast_s", "engine_load_s"]
     else:
         result = bench.bench_step(cfg)
         columns = ["step", "generate", "score", "infer", "update", "sync", "other", "step_s", "outside_compute"]

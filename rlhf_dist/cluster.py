@@ -168,8 +168,12 @@ class Cluster:
                         f"weight sync v{version}: rollout engine {e} worker {w} received different bytes than the "
                         f"policy sent in bucket {bad} ({names[0]} .. {names[-1]})"
                     )
+        engines = [w for workers in results[len(refs) :] for w in workers]
         return {
             "sync/seconds": time.perf_counter() - t0,
+            "sync/learner_gather_pack_s": sent["seconds"] - sent["broadcast_s"],
+            "sync/learner_broadcast_s": sent["broadcast_s"],
+            "sync/engine_load_s": max(w["load_s"] for w in engines),
             "sync/bytes": sent["bytes"],
             "sync/verified": bool(verify),
             "sync/version": version,

@@ -232,16 +232,19 @@ class PolicyWorker(LearnerWorker):
 
     def broadcast_weights(self, verify: bool) -> dict:
         t0 = time.perf_counter()
-        sums, nbytes = [], 0
+        sums, nbytes, sending = [], 0, 0.0
         for bucket, tensors in self.iter_full_buckets(self._buckets):
             if self.rank != 0:
                 continue
             flat = pack(tensors, bucket.empty(self._sync.device))
+            t1 = time.perf_counter()
             self._sync.broadcast(flat)
+            sending += time.perf_counter() - t1
             nbytes += bucket.nbytes
             if verify:
                 sums.append(checksum(flat))
-        return {"seconds": time.perf_counter() - t0, "bytes": nbytes, "checksums": sums}
+        # Time in broadcast includes waiting for the engines to finish loading the previous bucket.
+        return {"seconds": time.perf_counter() - t0, "bytes": nbytes, "checksums": sums, "broadcast_s": sending}
 
 
 class CriticWorker(LearnerWorker):

@@ -19,13 +19,20 @@ class WeightReceiver:
         return self._rlhf_sync.rank
 
     def rlhf_receive(self, buckets: list[Bucket], version: int, verify: bool) -> dict:
+        import time
+
         sums: list[int] = []
         device = self._rlhf_sync.device
+        waited = 0.0  # seconds blocked in broadcasts; the rest of the call is vLLM loading the weights
+        t_start = time.perf_counter()
 
         def stream():
+            nonlocal waited
             for bucket in buckets:
                 flat = bucket.empty(device)
+                t0 = time.perf_counter()
                 self._rlhf_sync.broadcast(flat)
+                waited += time.perf_counter() - t0
                 if verify:
                     sums.append(checksum(flat))
                 yield from bucket.unpack(flat)
@@ -36,7 +43,8 @@ class WeightReceiver:
         for _ in weights:
             pass
         self._rlhf_version = version
-        return {"version": version, "checksums": sums}
+        total = time.perf_counter() - t_start
+        return {"version": version, "checksums": sums, "broadcast_s": waited, "load_s": total - waited}
 
     def rlhf_version(self) -> int:
         return getattr(self, "_rlhf_version", -1)
