@@ -245,3 +245,13 @@ def test_kl_estimators_match_loops(seed):
     for kind, f in loops.items():
         want = [[f(a, b) for a, b in zip(ra, rb)] for ra, rb in zip(logp.tolist(), ref.tolist())]
         assert torch.allclose(kl_estimate(logp, ref, kind), torch.tensor(want, dtype=torch.float64), atol=1e-12), kind
+
+
+def test_shipped_arithmetic_prompts_are_the_generators_output(tmp_path):
+    """configs/data/arith_prompts.jsonl is write_arith_jsonl(max_operand=4): regenerate and compare."""
+    from pathlib import Path
+
+    from rlhf_dist.data.arith import write_arith_jsonl
+
+    shipped = Path(__file__).resolve().parents[1] / "configs" / "data" / "arith_prompts.jsonl"
+    assert write_arith_jsonl(tmp_path / "a.jsonl", max_operand=4).read_text() == shipped.read_text()

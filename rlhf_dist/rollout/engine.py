@@ -80,9 +80,17 @@ class RolloutEngine:
 
         return {"role": self.role, "rank": self.rank, "ip": node_ip(), "pid": os.getpid()}
 
-    def generate(self, prompts: list[list[int]], seed: int) -> dict:
+    def generate(self, prompts: list[list[int]], seed: int, version: int | None = None) -> dict:
+        """`version`: the weights version the controller last synced; every worker must hold it."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
+
+        if version is not None:
+            held = self.llm.collective_rpc("rlhf_version")
+            if any(v != version for v in held):
+                from rlhf_dist.errors import WeightSyncError
+
+                raise WeightSyncError(f"engine workers hold weights {held}, but version {version} was synced: refusing stale weights")
 
         r = self.cfg.rollout
         # One seed per request: reproducible runs, and repeated prompts still get different samples.
@@ -114,6 +122,3 @@ class RolloutEngine:
         # Cached prefix KV was computed with the old weights; reload_weights does not drop it.
         self.llm.reset_prefix_cache()
         return out
-
-    def weights_version(self) -> list[int]:
-        return self.llm.collective_rpc("rlhf_version")

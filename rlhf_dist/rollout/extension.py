@@ -15,7 +15,7 @@ class WeightReceiver:
 
         # With one engine per tensor-parallel group, a worker's vLLM rank is its TP rank.
         self._rlhf_sync = SyncGroup(master_addr, port, first_rank + self.rank, world_size, backend, timeout_s)
-        self._rlhf_version = -1
+        self._rlhf_version = -1  # no weights received yet: the checkpoint loaded at start-up
         return self._rlhf_sync.rank
 
     def rlhf_receive(self, buckets: list[Bucket], version: int, verify: bool) -> dict:
@@ -42,9 +42,10 @@ class WeightReceiver:
         # The loader may stop early on names it skips; the remaining broadcasts must still be received.
         for _ in weights:
             pass
+        # Recorded only once the loader has returned: generate() checks it before sampling.
         self._rlhf_version = version
         total = time.perf_counter() - t_start
-        return {"version": version, "checksums": sums, "broadcast_s": waited, "load_s": total - waited}
+        return {"checksums": sums, "broadcast_s": waited, "load_s": total - waited}
 
     def rlhf_version(self) -> int:
         return getattr(self, "_rlhf_version", -1)
