@@ -119,25 +119,19 @@ class DirectVLLM:
     def __init__(self, cfg: Config, rank: int, world_size: int):
         from vllm import LLM
 
-        from rlhf_dist.learner.models import DTYPES
+        from rlhf_dist.rollout.engine import llm_kwargs
 
         self.cfg = cfg
-        self.llm = LLM(model=cfg.model.policy, dtype=DTYPES[cfg.model.dtype], seed=cfg.run.seed,
-                       max_model_len=cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
-                       enforce_eager=cfg.rollout.enforce_eager, gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
-                       logprobs_mode="processed_logprobs")
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-
-        self.sp, self.tp = SamplingParams, TokensPrompt
-
-    def _params(self, n: int, seed: int):
-        r = self.cfg.rollout
-        return [self.sp(max_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, logprobs=0, seed=seed + i) for i in range(n)]
+        self.llm = LLM(**llm_kwargs(cfg), seed=cfg.run.seed)
 
     def run(self, prompts: list[list[int]], seed: int) -> dict:
+        from vllm.inputs import TokensPrompt
+
+        from rlhf_dist.rollout.engine import sampling_params
+
+        params = sampling_params(self.cfg, len(prompts), seed)
         t0 = time.perf_counter()
-        outs = self.llm.generate([self.tp(prompt_token_ids=p) for p in prompts], self._params(len(prompts), seed), use_tqdm=False)
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         return {"seconds": time.perf_counter() - t0, "tokens": sum(len(o.outputs[0].token_ids) for o in outs)}
 
 
@@ -186,12 +180,13 @@ def bench_sync(cfg: Config, bucket_mbs: list[float], repeats: int, log=print) ->
 
     from rlhf_dist.cluster import Cluster, init_ray
     from rlhf_dist.groups import ActorGroup, worker_env
-    from rlhf_dist.placement import role_slots
+    from rlhf_dist.placement import create_pools, remove_pools, role_slots
 
     derived = derive(cfg)
     started = init_ray(cfg, derived, log)
     rows = []
     cluster = None
+    raw_pools: dict = {}
     try:
         cluster = Cluster(cfg, derived, log)
         total = 0
@@ -207,13 +202,14 @@ def bench_sync(cfg: Config, bucket_mbs: list[float], repeats: int, log=print) ->
                                  "MB": total / 1e6, "seconds": m["sync/seconds"], "GB_per_s": total / m["sync/seconds"] / 1e9,
                                  "gather_pack_s": m["sync/learner_gather_pack_s"], "broadcast_s": m["sync/learner_broadcast_s"],
                                  "engine_load_s": m["sync/engine_load_s"]})
-        backend = "nccl" if cluster.device.startswith("cuda") and cfg.placement.rollout.pool != cfg.placement.policy.pool else "gloo"
+        backend = cluster.sync_backend  # the raw side uses the transport the framework's sync used
         world = 1 + derived.rollout_gpus
         slots = role_slots(cfg, derived)
         raw_slots = slots["policy"][:1] + [s for s in slots["rollout"] for _ in range(cfg.placement.rollout.tensor_parallel_size)]
         cluster.shutdown()
         cluster = None
-        raw = ActorGroup("raw-broadcast", RawBroadcaster, raw_slots[:world], _pools_again(cfg, derived), (cfg,),
+        raw_pools = create_pools(cfg, derived, cfg.timeouts.actor_start_s)
+        raw = ActorGroup("raw-broadcast", RawBroadcaster, raw_slots[:world], raw_pools, (cfg,),
                          worker_env(cfg.cluster.device, cfg.cluster.threads_per_actor))
         addr, port = raw.call("endpoint", ranks=[0], timeout_s=60)[0]
         raw.call("init", addr, port, backend, timeout_s=cfg.timeouts.rendezvous_s)
@@ -226,22 +222,10 @@ def bench_sync(cfg: Config, bucket_mbs: list[float], repeats: int, log=print) ->
     finally:
         if cluster is not None:
             cluster.shutdown()
-        from rlhf_dist.placement import remove_pools
-
-        remove_pools(_POOLS)
+        remove_pools(raw_pools)
         if started:
             ray.shutdown()
     return {"ranks": 1 + derived.rollout_gpus, "rows": rows}
-
-
-_POOLS: dict = {}
-
-
-def _pools_again(cfg: Config, derived) -> dict:
-    from rlhf_dist.placement import create_pools
-
-    _POOLS.update(create_pools(cfg, derived, cfg.timeouts.actor_start_s))
-    return _POOLS
 
 
 def bench_step(cfg: Config, log=print) -> dict:

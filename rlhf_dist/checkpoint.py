@@ -28,6 +28,14 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / f"step_{step:08d}"
 
 
+def at(path: str | Path, field: str = "resume") -> Checkpoint:
+    """The checkpoint in directory `path`; a ConfigError naming `field` unless it is complete."""
+    path = Path(path)
+    if not (path / MARKER).is_file():
+        raise ConfigError(f"{field}: {str(path)!r} is not a complete checkpoint directory (no {MARKER} file)")
+    return Checkpoint(path.parent.parent, path, int(path.name.removeprefix("step_")))
+
+
 def complete_checkpoints(run_dir: Path) -> list[Checkpoint]:
     root = run_dir / "checkpoints"
     if not root.is_dir():
@@ -44,10 +52,7 @@ def find_resume(cfg: Config) -> Checkpoint | None:
     if cfg.resume is None:
         return None
     if cfg.resume != "auto":
-        path = Path(cfg.resume)
-        if not (path / MARKER).is_file():
-            raise ConfigError(f"resume: {str(path)!r} is not a complete checkpoint directory (no {MARKER} file)")
-        return Checkpoint(path.parent.parent, path, int(path.name.removeprefix("step_")))
+        return at(cfg.resume)
     base = Path(cfg.run.output_dir)
     candidates = [base] + sorted(base.parent.glob(f"{base.name}-*")) if base.parent.is_dir() else []
     newest = [c[-1] for c in (complete_checkpoints(d) for d in candidates) if c]

@@ -113,6 +113,7 @@ class Cluster:
             # gloo with the buckets staged in host memory: slower, same protocol and checks.
             backend = "gloo"
             self.log("weight sync: policy and rollout share GPUs, so buckets go over gloo through host memory")
+        self.sync_backend = backend
         refs, labels = self.policy.submit("init_weight_sync", addr, port, world, backend)
         r, lab = self.rollout.submit(
             "init_weight_sync", per_rank=[(addr, port, 1 + e * tp, world, backend) for e in range(len(self.rollout))]

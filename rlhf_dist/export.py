@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from rlhf_dist.checkpoint import MARKER
+from rlhf_dist.checkpoint import at
 from rlhf_dist.config import ConfigError
 
 
@@ -27,11 +27,9 @@ def consolidated_state_dict(role_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def export(checkpoint_dir: str, out_dir: str, role: str = "policy") -> Path:
-    ckpt = Path(checkpoint_dir)
-    if not (ckpt / MARKER).is_file():
-        raise ConfigError(f"{ckpt}: not a complete checkpoint directory (no {MARKER} file)")
-    run_dir = ckpt.parent.parent
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    found = at(checkpoint_dir, field="export")
+    ckpt = found.path
+    cfg = yaml.safe_load((found.run_dir / "config.yaml").read_text())
     model_path = cfg["model"]["policy"] if role == "policy" else (cfg["model"].get("critic") or cfg["model"]["policy"])
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 

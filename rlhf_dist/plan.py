@@ -24,7 +24,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from rlhf_dist.config import Config, ConfigError, derive
+from rlhf_dist.config import Config, ConfigError, derive, role_gpus
 
 GiB = 2**30
 
@@ -95,10 +95,11 @@ def plan(cfg: Config) -> dict:
     logits = b * L * shape.vocab * 4
     roles: dict[str, dict] = {}
     p = cfg.placement
+    used = role_gpus(cfg)
     for role in ("policy", "critic"):
-        r = getattr(p, role)
-        if role not in derived.roles_per_pool.get(r.pool if r else "", []):
+        if role not in used:
             continue
+        r = getattr(p, role)
         parts = training_state_bytes(shape.params, cfg.model.dtype, r.zero_stage, r.num_gpus, r.offload)
         parts["activations"] = activation_bytes(shape, b, L, dtype_bytes, cfg.model.gradient_checkpointing)
         parts["logits"] = logits if role == "policy" else b * L * 4
@@ -110,7 +111,7 @@ def plan(cfg: Config) -> dict:
         "bytes": {"params": dtype_bytes * shape.params / ref_shards
                   + (dtype_bytes * shape.params / shape.layers if ref_shards > 1 else 0), "logits": logits},
     }
-    if "reward" in [x for roles_ in derived.roles_per_pool.values() for x in roles_]:
+    if "reward" in used:
         rm = model_shape(cfg.reward.model) if (Path(cfg.reward.model) / "config.json").is_file() else shape
         roles["reward"] = {"pool": p.reward.pool, "gpus": p.reward.num_gpus, "bytes": {"params": dtype_bytes * rm.params}}
     tp = p.rollout.tensor_parallel_size

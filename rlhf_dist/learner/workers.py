@@ -44,22 +44,13 @@ class _Base:
     def master_endpoint(self) -> tuple[str, int]:
         return D.node_ip(), D.free_port()
 
-    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.to(self.device) for k, v in batch.items()}
+    def _rendezvous(self, master_addr: str, port: int) -> None:
+        """Join this role's DeepSpeed process group; a peer that never comes is a named error."""
+        from rlhf_dist.learner.deepspeed_setup import init_distributed, skip_shm_comm
 
-
-class LearnerWorker(_Base):
-    """One rank of a DeepSpeed-trained model. Subclasses say how to load the model and what it outputs."""
-
-    def setup(self, master_addr: str, port: int) -> dict:
         cfg = self.cfg
-        role_cfg = getattr(cfg.placement, self.role)
         if self.device.type == "cpu" and not cfg.cluster.deepspeed_shm_comm:
-            from rlhf_dist.learner.deepspeed_setup import skip_shm_comm
-
             skip_shm_comm()
-        from rlhf_dist.learner.deepspeed_setup import ds_config, init_distributed, make_engine
-
         t0 = time.perf_counter()
         try:
             init_distributed(
@@ -73,6 +64,21 @@ class LearnerWorker(_Base):
                 f"DeepSpeed rendezvous (rank {self.rank} of {self.world_size}) at {master_addr}:{port} gave up "
                 f"after {time.perf_counter() - t0:.0f} s (timeouts.rendezvous_s): {str(e).splitlines()[0]}"
             ) from None
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+
+class LearnerWorker(_Base):
+    """One rank of a DeepSpeed-trained model. Subclasses say how to load the model and what it outputs."""
+
+    def setup(self, master_addr: str, port: int) -> dict:
+        cfg = self.cfg
+        role_cfg = getattr(cfg.placement, self.role)
+        from rlhf_dist.learner.deepspeed_setup import ds_config, make_engine
+
+        t0 = time.perf_counter()
+        self._rendezvous(master_addr, port)
         ga = cfg.ppo.mini_batch_size // (cfg.ppo.micro_batch_size * self.world_size)
         self._hf_ds = None
         if role_cfg.zero_stage == 3:
@@ -287,12 +293,9 @@ class ReferenceWorker(_Base):
         import deepspeed
         from transformers.integrations import HfDeepSpeedConfig
 
-        from rlhf_dist.learner.deepspeed_setup import inference_ds_config, init_distributed, skip_shm_comm
+        from rlhf_dist.learner.deepspeed_setup import inference_ds_config
 
-        if self.device.type == "cpu" and not self.cfg.cluster.deepspeed_shm_comm:
-            skip_shm_comm()
-        init_distributed(D.backend_for(self.cfg.cluster.device), master_addr, port, self.rank, self.world_size,
-                         D.timedelta(self.cfg.timeouts.rendezvous_s))
+        self._rendezvous(master_addr, port)
         ds = inference_ds_config(self.cfg, self.world_size)
         self._hf_ds = HfDeepSpeedConfig(ds)  # from_pretrained then loads the weights already partitioned
         model = models.load_causal_lm(path, m.dtype, m.attn_implementation).requires_grad_(False)

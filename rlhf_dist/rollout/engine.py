@@ -5,6 +5,7 @@ import os
 import time
 
 from rlhf_dist.config import Config
+from rlhf_dist.dist import use_cuda
 from rlhf_dist.learner.models import DTYPES
 
 
@@ -28,10 +29,29 @@ def engine_env(cfg: Config) -> dict[str, str]:
     return env
 
 
-def _cuda() -> bool:
-    import torch
+def llm_kwargs(cfg: Config) -> dict:
+    """The vLLM settings every engine uses (the rollout benchmark's direct vLLM too, so both sides match)."""
+    return dict(
+        model=cfg.model.policy,
+        # vLLM would silently downcast an fp32 checkpoint to bf16 unless the dtype is explicit.
+        dtype=DTYPES[cfg.model.dtype],
+        max_model_len=cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
+        enforce_eager=cfg.rollout.enforce_eager,
+        gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+        # Log-probs after temperature, i.e. of the distribution the tokens were sampled from.
+        logprobs_mode="processed_logprobs",
+    )
 
-    return torch.cuda.is_available()
+
+def sampling_params(cfg: Config, n: int, seed: int) -> list:
+    """One seed per request: reproducible runs, and repeated prompts still get different samples."""
+    from vllm import SamplingParams
+
+    r = cfg.rollout
+    return [
+        SamplingParams(max_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, logprobs=0, seed=seed + i)
+        for i in range(n)
+    ]
 
 
 class RolloutEngine:
@@ -58,19 +78,12 @@ class RolloutEngine:
         if tp > 1:
             # GPU: vLLM starts its TP workers as Ray actors inside this engine's placement group. The CPU build
             # has no Ray executor; there the workers are child processes of this actor.
-            kwargs["distributed_executor_backend"] = "ray" if cfg.cluster.device == "cuda" or _cuda() else "mp"
+            kwargs["distributed_executor_backend"] = "ray" if use_cuda(cfg.cluster.device) else "mp"
         self.llm = LLM(
-            model=cfg.model.policy,
-            # vLLM would silently downcast an fp32 checkpoint to bf16 unless the dtype is explicit.
-            dtype=DTYPES[cfg.model.dtype],
+            **llm_kwargs(cfg),
             tensor_parallel_size=tp,
             seed=cfg.run.seed + self.rank,
-            max_model_len=cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
-            enforce_eager=cfg.rollout.enforce_eager,
-            gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
             worker_extension_cls="rlhf_dist.rollout.extension.WeightReceiver",
-            # Log-probs after temperature, i.e. of the distribution the tokens were sampled from.
-            logprobs_mode="processed_logprobs",
             **kwargs,
         )
         return {"rank": self.rank, "seconds": time.perf_counter() - t0, "pid": os.getpid()}
@@ -82,7 +95,6 @@ class RolloutEngine:
 
     def generate(self, prompts: list[list[int]], seed: int, version: int | None = None) -> dict:
         """`version`: the weights version the controller last synced; every worker must hold it."""
-        from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         if version is not None:
@@ -92,14 +104,7 @@ class RolloutEngine:
 
                 raise WeightSyncError(f"engine workers hold weights {held}, but version {version} was synced: refusing stale weights")
 
-        r = self.cfg.rollout
-        # One seed per request: reproducible runs, and repeated prompts still get different samples.
-        params = [
-            SamplingParams(
-                max_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, logprobs=0, seed=seed + i
-            )
-            for i in range(len(prompts))
-        ]
+        params = sampling_params(self.cfg, len(prompts), seed)
         t0 = time.perf_counter()
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         seconds = time.perf_counter() - t0
