@@ -2,13 +2,16 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo pipeline test test-fast clean
 
 setup:
 	@bash scripts/bootstrap.sh
 
 demo: setup
 	$(BIN)/rlhf-dist train configs/demo_cpu.yaml
+
+pipeline: setup
+	$(BIN)/rlhf-dist pipeline configs/pipeline_cpu
 
 test: setup
 	$(BIN)/python -m pytest -q -ra

@@ -61,7 +61,9 @@ def find_resume(cfg: Config) -> Checkpoint | None:
     return max(newest, key=lambda c: (c.path / MARKER).stat().st_mtime)
 
 
-def save(cluster, trainer_state: dict, run_dir: Path, step: int, keep_last: int) -> Path:
+def save(cluster, trainer_state: dict, run_dir: Path, step: int, keep_last: int, tensors: dict | None = None) -> Path:
+    """`cluster` saves every learner rank's state into the directory; `tensors` (name -> tensor) are written
+    beside trainer.json. The directory counts only once its COMPLETE marker is written, last."""
     final = checkpoint_dir(run_dir, step)
     tmp = final.with_name(final.name + ".tmp")
     if tmp.exists():
@@ -69,6 +71,10 @@ def save(cluster, trainer_state: dict, run_dir: Path, step: int, keep_last: int)
     tmp.mkdir(parents=True)
     cluster.save_checkpoint(str(tmp))
     (tmp / "trainer.json").write_text(json.dumps(trainer_state))
+    if tensors:
+        import torch
+
+        torch.save(tensors, tmp / "tensors.pt")
     (tmp / MARKER).write_text(str(step))
     if final.exists():
         shutil.rmtree(final)
@@ -80,3 +86,10 @@ def save(cluster, trainer_state: dict, run_dir: Path, step: int, keep_last: int)
 
 def load_trainer_state(ckpt: Checkpoint) -> dict:
     return json.loads((ckpt.path / "trainer.json").read_text())
+
+
+def load_tensors(ckpt: Checkpoint) -> dict:
+    import torch
+
+    path = ckpt.path / "tensors.pt"
+    return torch.load(path) if path.is_file() else {}

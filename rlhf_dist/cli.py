@@ -15,6 +15,30 @@ def _train(args) -> int:
     return 0
 
 
+def _stage(args) -> int:
+    from rlhf_dist.stage_config import load_stage_config
+
+    cfg = load_stage_config(args.command, args.config, args.overrides)
+    if args.command == "label":
+        from rlhf_dist.trainers.label import run_label
+
+        run_dir = run_label(cfg)
+        print(f"done: preference pairs in {run_dir / 'preferences.jsonl'}")
+        return 0
+    from rlhf_dist.trainers.stages import run_stage
+
+    run_dir = run_stage(args.command, cfg)
+    print(f"done: model in {run_dir / 'final'}, metrics in {run_dir / 'metrics.jsonl'}")
+    return 0
+
+
+def _pipeline(args) -> int:
+    from rlhf_dist.trainers.pipeline import run_pipeline
+
+    run_pipeline(args.config_dir, args.overrides)
+    return 0
+
+
 def _plan(args) -> int:
     from rlhf_dist.config import load_config
     from rlhf_dist.plan import format_plan, plan, plan_json
@@ -79,6 +103,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. run.steps=5")
     p.set_defaults(fn=_train)
+
+    for name, text in (
+        ("sft", "supervised fine-tuning on demonstrations (loss on response tokens only)"),
+        ("rm", "train a reward model on preference pairs (Bradley-Terry)"),
+        ("dpo", "direct preference optimisation (sigmoid or IPO loss) against a frozen reference"),
+        ("label", "AI feedback: sample responses, rank them with a judge, write preference JSONL"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("config", help="YAML config file")
+        p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. train.epochs=1")
+        p.set_defaults(fn=_stage)
+
+    p = sub.add_parser("pipeline", help="SFT -> reward model -> PPO, each stage reading the previous one's output")
+    p.add_argument("config_dir", help="a directory holding sft.yaml, rm.yaml and ppo.yaml")
+    p.add_argument("overrides", nargs="*", help="STAGE:dotted.key=value, e.g. ppo:run.steps=10")
+    p.set_defaults(fn=_pipeline)
 
     p = sub.add_parser("plan", help="check GPU arithmetic and estimate per-GPU memory for each role (starts nothing)")
     p.add_argument("config")

@@ -12,8 +12,8 @@ from rlhf_dist.config import Config, Derived
 from rlhf_dist.dist import local_cluster_env
 from rlhf_dist.data.batch import concat, split, split_list
 from rlhf_dist.errors import WeightSyncError, wait_all
-from rlhf_dist.groups import ActorGroup, worker_env
-from rlhf_dist.placement import check_cluster_fits, create_pools, remove_pools, role_slots
+from rlhf_dist.groups import ActorGroup, stop_all, worker_env
+from rlhf_dist.placement import check_cluster_fits, create_pools, role_slots
 
 
 def init_ray(cfg: Config, derived: Derived, log=print) -> bool:
@@ -199,12 +199,7 @@ class Cluster:
         wait_all(refs, labels, what, self.cfg.timeouts.call_s)
 
     def save_policy(self, path: str) -> None:
-        self.policy.call("save_hf", path, timeout_s=self.cfg.timeouts.call_s)
+        self.policy.call("save_hf", path, self.cfg.sync.bucket_mb, timeout_s=self.cfg.timeouts.call_s)
 
     def shutdown(self) -> None:
-        for g in self.groups.values():
-            try:
-                g.kill()
-            except Exception:  # noqa: BLE001 - best effort at shutdown
-                pass
-        remove_pools(self.pools)
+        stop_all(self.groups.values(), self.pools)

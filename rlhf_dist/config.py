@@ -74,6 +74,9 @@ class RewardFunction(Strict):
 class RewardConfig(Strict):
     model: str | None = None  # HF sequence-classification model (score at the last token)
     model_weight: float = 1.0
+    # Standardise the reward model's scores with the mean and std `rlhf-dist rm` measured on held-out pairs
+    # (reward_stats.json beside the model), so model_weight and KL coefficients mean the same for any RM.
+    model_normalize: bool = False
     functions: list[RewardFunction] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -404,6 +407,13 @@ def format_validation_error(err: ValidationError) -> str:
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None) -> Config:
     """Read YAML (or start from `base`), apply dotted overrides, validate. Raises ConfigError with field names."""
+    cfg = validate(Config, read_config_data(path, overrides, base))
+    derive(cfg)  # arithmetic errors surface here, before anything starts
+    return cfg
+
+
+def read_config_data(path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None) -> dict:
+    """The YAML file's mapping (over `base`), with dotted overrides applied; not yet validated."""
     data: dict = {}
     if path is not None:
         p = Path(path)
@@ -417,13 +427,14 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, bas
             raise ConfigError(f"{p}: the top level must be a mapping of sections")
     if base is not None:
         data = {**base, **data}
-    data = apply_overrides(data, overrides or [])
+    return apply_overrides(data, overrides or [])
+
+
+def validate(cls, data: dict):
     try:
-        cfg = Config.model_validate(data)
+        return cls.model_validate(data)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e)) from None
-    derive(cfg)  # arithmetic errors surface here, before anything starts
-    return cfg
 
 
 def to_yaml(cfg: Config) -> str:

@@ -30,6 +30,18 @@ def worker_env(device: str, threads: int) -> dict[str, str]:
     return env
 
 
+def stop_all(groups, pools: dict) -> None:
+    """Kill the groups' actors and remove the pools' placement groups: best effort, on the way out."""
+    from rlhf_dist.placement import remove_pools
+
+    for g in groups:
+        try:
+            g.kill()
+        except Exception:  # noqa: BLE001 - best effort at shutdown
+            pass
+    remove_pools(pools)
+
+
 class ActorGroup:
     def __init__(self, role: str, worker_cls: type, slots: Sequence[Slot], pools: dict, args: tuple, env: dict[str, str]):
         import ray

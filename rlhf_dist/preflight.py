@@ -17,26 +17,41 @@ def check_model_path(field: str, path: str) -> None:
 
 def prepare_model(cfg: Config, log=print):
     """Create the tiny demo model if asked and missing; check paths and lengths; return the tokenizer."""
-    from transformers import AutoConfig, AutoTokenizer
-
     m = cfg.model
-    if m.make_tiny and not (Path(m.policy) / "config.json").is_file():
-        from rlhf_dist.data.tiny import make_tiny_model
-
-        log(f"model.make_tiny: creating a tiny model and tokenizer at {m.policy}")
-        make_tiny_model(m.policy)
-    for field, path in (("model.policy", m.policy), ("model.critic", m.critic), ("model.reference", m.reference), ("reward.model", cfg.reward.model)):
+    for field, path in (("model.critic", m.critic), ("model.reference", m.reference), ("reward.model", cfg.reward.model)):
         if path is not None:
             check_model_path(field, path)
-    hf = AutoConfig.from_pretrained(m.policy)
-    need = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
-    limit = getattr(hf, "max_position_embeddings", None)
-    if limit is not None and need > limit:
-        raise ConfigError(
-            f"data.max_prompt_tokens + rollout.max_new_tokens = {need} exceeds the policy's "
-            f"max_position_embeddings ({limit})"
-        )
-    tokenizer = AutoTokenizer.from_pretrained(m.policy)
+    if cfg.reward.model is not None and cfg.reward.model_normalize:
+        stats = Path(cfg.reward.model) / "reward_stats.json"
+        if not stats.is_file():
+            raise ConfigError(f"reward.model_normalize: {str(stats)!r} does not exist (`rlhf-dist rm` writes it beside the model)")
+    return prepare_tokenizer(
+        "model.policy", m.policy, m.make_tiny, cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
+        "data.max_prompt_tokens + rollout.max_new_tokens", log, who="policy",
+    )
+
+
+def prepare_tokenizer(field: str, path: str, make_tiny: bool, need_positions: int, need_what: str, log=print, who="model"):
+    """The model at `path` (made tiny first if asked and missing) must exist and hold `need_positions`
+    positions; returns its tokenizer, with a pad token."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    if make_tiny and not (Path(path) / "config.json").is_file():
+        from rlhf_dist.data.tiny import make_tiny_model
+
+        log(f"{field.split('.')[0]}.make_tiny: creating a tiny model and tokenizer at {path}")
+        make_tiny_model(path)
+    check_model_path(field, path)
+    limit = getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None)
+    if limit is not None and need_positions > limit:
+        raise ConfigError(f"{need_what} = {need_positions} exceeds the {who}'s max_position_embeddings ({limit})")
+    tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def prepare_stage_model(m, max_length: int, log=print):
+    if getattr(m, "reference", None) is not None:
+        check_model_path("model.reference", m.reference)
+    return prepare_tokenizer("model.path", m.path, m.make_tiny, max_length, "data.max_length", log)

@@ -9,6 +9,7 @@ import torch
 
 from rlhf_dist.algorithms.core import kl_estimate, masked_mean, value_loss_clipped
 from rlhf_dist.algorithms.policy_losses import POLICY_LOSSES, aggregate
+from rlhf_dist.algorithms.preference import bradley_terry_loss, dpo_loss, sft_loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,4 +55,49 @@ class ClippedValueLoss:
     def __call__(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]):
         loss, metrics = value_loss_clipped(outputs["values"], batch["old_values"], batch["returns"], batch["mask"], self.clip_eps)
         metrics["critic/loss"] = float(loss.detach())
+        return loss, metrics
+
+
+# --- supervised and preference stages ---
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTLoss:
+    """Outputs: `logprobs` [B, R] of the response tokens; prompt tokens carry no loss (they are not in R)."""
+
+    needs_entropy: bool = False
+
+    def __call__(self, outputs, batch):
+        loss = sft_loss(outputs["logprobs"], batch["mask"])
+        return loss, {"sft/loss": float(loss.detach()), "sft/tokens": float(batch["mask"].sum())}
+
+
+@dataclasses.dataclass(frozen=True)
+class PairwiseRewardLoss:
+    """Outputs: `scores` [B, 2] (chosen, rejected); the batch may hold a per-pair `margin`."""
+
+    needs_entropy: bool = False
+
+    def __call__(self, outputs, batch):
+        scores = outputs["scores"]
+        loss, metrics = bradley_terry_loss(scores[:, 0], scores[:, 1], batch.get("margin", 0.0))
+        metrics.update(
+            {"rm/loss": float(loss.detach()), "rm/chosen_mean": float(scores[:, 0].mean()),
+             "rm/rejected_mean": float(scores[:, 1].mean())}
+        )
+        return loss, metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class DPOLoss:
+    """Outputs: `logps` [B, 2] sequence log-probs (chosen, rejected); the batch holds the reference's `ref_logps`."""
+
+    beta: float
+    kind: str = "sigmoid"
+    needs_entropy: bool = False
+
+    def __call__(self, outputs, batch):
+        logps, ref = outputs["logps"], batch["ref_logps"]
+        loss, metrics = dpo_loss(logps[:, 0], logps[:, 1], ref[:, 0], ref[:, 1], self.beta, self.kind)
+        metrics["dpo/loss"] = float(loss.detach())
         return loss, metrics

@@ -26,7 +26,8 @@ def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: tor
     loss = -F.logsigmoid(diff).mean()
     with torch.no_grad():
         accuracy = (chosen > rejected).float().mean()
-    return loss, {"rm/accuracy": float(accuracy), "rm/margin": float((chosen - rejected).mean())}
+        gap = (chosen - rejected).mean()
+    return loss, {"rm/accuracy": float(accuracy), "rm/margin": float(gap)}
 
 
 def dpo_loss(

@@ -2,16 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
 
-from rlhf_dist.config import ConfigError, DataConfig
-
-
-class DataError(ConfigError):
-    pass
+from rlhf_dist.config import DataConfig
+from rlhf_dist.data.records import DataError, read_records, text_field  # noqa: F401 - DataError is re-exported
 
 
 @dataclasses.dataclass
@@ -23,33 +19,13 @@ class PromptSet:
 
 
 def _records(cfg: DataConfig):
-    """Yield (lineno, record or None, problem or None) for each non-blank line."""
-    path = Path(cfg.prompts)
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield lineno, None, f"not UTF-8 ({e.reason} at byte {e.start})"
-                continue
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield lineno, None, f"malformed JSON: {e.msg} (column {e.colno})"
-                continue
-            if not isinstance(obj, dict) or cfg.prompt_key not in obj:
-                yield lineno, None, f"missing field {cfg.prompt_key!r} (data.prompt_key)"
-                continue
-            value = obj[cfg.prompt_key]
-            if not isinstance(value, str) or not value.strip():
-                yield lineno, None, f"field {cfg.prompt_key!r} must be a non-empty string"
-                continue
-            if cfg.label_key is not None and cfg.label_key not in obj:
-                yield lineno, None, f"missing field {cfg.label_key!r} (data.label_key)"
-                continue
-            yield lineno, obj, None
+    """Yield (where, record or None, problem or None) for each row."""
+    for where, obj, problem in read_records(cfg.prompts, "data.prompts"):
+        if problem is None:
+            problem = text_field(obj, cfg.prompt_key, "data.prompt_key")
+        if problem is None and cfg.label_key is not None and cfg.label_key not in obj:
+            problem = f"missing field {cfg.label_key!r} (data.label_key)"
+        yield where, (obj if problem is None else None), problem
 
 
 def _tokenize(text: str, tokenizer, cfg: DataConfig) -> list[int]:
@@ -63,19 +39,16 @@ def load_prompts(cfg: DataConfig, tokenizer) -> PromptSet:
     """Read, check and tokenize every line. The first bad line is an error naming file and line, unless
     data.skip_bad_lines is set, in which case bad lines are skipped and listed in `skipped`."""
     path = Path(cfg.prompts)
-    if not path.is_file():
-        raise DataError(f"data.prompts: {str(path)!r} does not exist")
     out = PromptSet([], [], [] if cfg.label_key is not None else None, [])
-    for lineno, obj, problem in _records(cfg):
+    for where, obj, problem in _records(cfg):
         if obj is not None:
             ids = _tokenize(obj[cfg.prompt_key], tokenizer, cfg)
             if len(ids) > cfg.max_prompt_tokens:
                 problem = f"prompt has {len(ids)} tokens, more than data.max_prompt_tokens={cfg.max_prompt_tokens}"
         if problem is not None:
-            where = f"{path}:{lineno}: {problem}"
             if not cfg.skip_bad_lines:
-                raise DataError(where + " (set data.skip_bad_lines=true to skip and count such lines)")
-            out.skipped.append(where)
+                raise DataError(f"{where}: {problem} (set data.skip_bad_lines=true to skip and count such lines)")
+            out.skipped.append(f"{where}: {problem}")
             continue
         out.texts.append(obj[cfg.prompt_key])
         out.ids.append(ids)

@@ -1,25 +1,46 @@
 """DeepSpeed engine construction for a learner role (ZeRO 0-3, optional CPU offload)."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from rlhf_dist.config import Config, LearnerRole
 
 
-def ds_config(cfg: Config, role: LearnerRole, grad_accum: int) -> dict:
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+    """What a learner rank needs to know to train, whatever the stage (PPO, SFT, reward model, DPO)."""
+
+    micro_batch_size: int  # samples per forward/backward on one rank
+    mini_batch_size: int  # samples per optimizer step, across all ranks
+    epochs: int  # passes over each batch handed to train()
+    lr: float
+    weight_decay: float
+    grad_clip: float
+    dtype: str
+    role: LearnerRole  # ranks, ZeRO stage, offload
+
+    @property
+    def grad_accum(self) -> int:
+        return self.mini_batch_size // (self.micro_batch_size * self.role.num_gpus)
+
+
+def ds_config(spec: TrainSpec) -> dict:
+    role = spec.role
     zero: dict = {"stage": role.zero_stage}
     if role.offload and role.zero_stage > 0:
         zero["offload_optimizer"] = {"device": "cpu"}
         if role.zero_stage == 3:
             zero["offload_param"] = {"device": "cpu"}
     return {
-        "train_micro_batch_size_per_gpu": cfg.ppo.micro_batch_size,
-        "gradient_accumulation_steps": grad_accum,
-        "train_batch_size": cfg.ppo.micro_batch_size * grad_accum * role.num_gpus,
-        "gradient_clipping": cfg.ppo.grad_clip,
+        "train_micro_batch_size_per_gpu": spec.micro_batch_size,
+        "gradient_accumulation_steps": spec.grad_accum,
+        "train_batch_size": spec.micro_batch_size * spec.grad_accum * role.num_gpus,
+        "gradient_clipping": spec.grad_clip,
         "zero_optimization": zero,
-        "bf16": {"enabled": cfg.model.dtype == "bfloat16"},
-        "fp16": {"enabled": cfg.model.dtype == "float16"},
+        "bf16": {"enabled": spec.dtype == "bfloat16"},
+        "fp16": {"enabled": spec.dtype == "float16"},
         # A torch optimizer is used everywhere: DeepSpeed's own Adam kernels are JIT-compiled (about a minute).
         "zero_force_ds_cpu_optimizer": False,
         "zero_allow_untested_optimizer": True,
@@ -70,10 +91,10 @@ def inference_ds_config(cfg: Config, world_size: int) -> dict:
     }
 
 
-def make_engine(model, cfg: Config, role: LearnerRole, grad_accum: int, lr: float):
+def make_engine(model, spec: TrainSpec):
     import deepspeed
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.ppo.weight_decay)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config(cfg, role, grad_accum))
+    optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config(spec))
     return engine

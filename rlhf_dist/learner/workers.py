@@ -73,31 +73,30 @@ class LearnerWorker(_Base):
     """One rank of a DeepSpeed-trained model. Subclasses say how to load the model and what it outputs."""
 
     def setup(self, master_addr: str, port: int) -> dict:
-        cfg = self.cfg
-        role_cfg = getattr(cfg.placement, self.role)
         from rlhf_dist.learner.deepspeed_setup import ds_config, make_engine
 
+        self.spec = self.train_spec()
         t0 = time.perf_counter()
         self._rendezvous(master_addr, port)
-        ga = cfg.ppo.mini_batch_size // (cfg.ppo.micro_batch_size * self.world_size)
         self._hf_ds = None
-        if role_cfg.zero_stage == 3:
+        if self.spec.role.zero_stage == 3:
             # Makes from_pretrained build the model already partitioned (zero.Init), as large models need.
             from transformers.integrations import HfDeepSpeedConfig
 
-            self._hf_ds = HfDeepSpeedConfig(ds_config(cfg, role_cfg, ga))
+            self._hf_ds = HfDeepSpeedConfig(ds_config(self.spec))
         model = self.load_model()
-        if cfg.model.gradient_checkpointing:
+        if self.cfg.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()
-        self.engine = make_engine(model, cfg, role_cfg, ga, self.learning_rate())
-        self.zero3 = role_cfg.zero_stage == 3
+        self.engine = make_engine(model, self.spec)
+        self.zero3 = self.spec.role.zero_stage == 3
         return {"rank": self.rank, "seconds": time.perf_counter() - t0, "params": self.num_params()}
 
     # --- what subclasses provide ---
     def load_model(self):
         raise NotImplementedError
 
-    def learning_rate(self) -> float:
+    def train_spec(self):
+        """A TrainSpec: batch sizes, optimiser settings and placement of this role."""
         raise NotImplementedError
 
     def outputs(self, batch: dict[str, torch.Tensor], with_entropy: bool) -> dict[str, torch.Tensor]:
@@ -112,14 +111,14 @@ class LearnerWorker(_Base):
         """Outputs for a whole shard, in micro-batches, without gradients (e.g. old log-probs, old values)."""
         self.engine.eval()
         parts = defaultdict(list)
-        for mb in _micro_batches(self._to_device(batch), self.cfg.ppo.micro_batch_size):
+        for mb in _micro_batches(self._to_device(batch), self.spec.micro_batch_size):
             for k, v in self.outputs(mb, with_entropy=False).items():
                 parts[k].append(v.float().cpu())
         return {k: torch.cat(v) for k, v in parts.items()}
 
     def train(self, batch: dict[str, torch.Tensor], loss_fn, seed: int) -> dict[str, float]:
         """Epochs x mini-batches x micro-batches over this rank's shard; DeepSpeed steps at each mini-batch end."""
-        cfg = self.cfg.ppo
+        cfg = self.spec
         self.engine.train()
         batch = self._to_device(batch)
         n = batch["input_ids"].shape[0]
@@ -188,9 +187,23 @@ class LearnerWorker(_Base):
         random.setstate(rng["python"])
         return True
 
-    def save_hf(self, path: str) -> str | None:
+    @torch.no_grad()
+    def evaluate(self, batch: dict[str, torch.Tensor], loss_fn) -> dict[str, float]:
+        """The loss function's metrics on a held-out shard, without gradients: means over samples."""
+        self.engine.eval()
+        sums: dict[str, float] = defaultdict(float)
+        n = 0
+        for mb in _micro_batches(self._to_device(batch), self.spec.micro_batch_size):
+            size = mb["input_ids"].shape[0]
+            _, metrics = loss_fn(self.outputs(mb, with_entropy=False), mb)
+            for k, v in metrics.items():
+                sums[k] += v * size
+            n += size
+        return {k: v / max(n, 1) for k, v in sums.items()}
+
+    def save_hf(self, path: str, bucket_mb: float = 64) -> str | None:
         """Gather the full weights bucket by bucket and write a HuggingFace directory (rank 0 writes)."""
-        buckets = plan_buckets(self.named_full_params(), int(self.cfg.sync.bucket_mb * 2**20))
+        buckets = plan_buckets(self.named_full_params(), int(bucket_mb * 2**20))
         state = {}
         for bucket, tensors in self.iter_full_buckets(buckets):
             if self.rank == 0:
@@ -202,6 +215,16 @@ class LearnerWorker(_Base):
         return path
 
 
+def ppo_spec(cfg: Config, role, lr: float):
+    from rlhf_dist.learner.deepspeed_setup import TrainSpec
+
+    p = cfg.ppo
+    return TrainSpec(
+        micro_batch_size=p.micro_batch_size, mini_batch_size=p.mini_batch_size, epochs=p.epochs, lr=lr,
+        weight_decay=p.weight_decay, grad_clip=p.grad_clip, dtype=cfg.model.dtype, role=role,
+    )
+
+
 class PolicyWorker(LearnerWorker):
     role = "policy"
 
@@ -209,8 +232,8 @@ class PolicyWorker(LearnerWorker):
         m = self.cfg.model
         return models.load_causal_lm(m.policy, m.dtype, m.attn_implementation)
 
-    def learning_rate(self) -> float:
-        return self.cfg.ppo.policy_lr
+    def train_spec(self):
+        return ppo_spec(self.cfg, self.cfg.placement.policy, self.cfg.ppo.policy_lr)
 
     def outputs(self, batch, with_entropy):
         logits = models.response_logits(self.engine, batch)
@@ -260,8 +283,8 @@ class CriticWorker(LearnerWorker):
         m = self.cfg.model
         return models.load_value_model(m.critic or m.policy, m.dtype, m.attn_implementation)
 
-    def learning_rate(self) -> float:
-        return self.cfg.ppo.critic_lr
+    def train_spec(self):
+        return ppo_spec(self.cfg, self.cfg.placement.critic, self.cfg.ppo.critic_lr)
 
     def outputs(self, batch, with_entropy):
         R = batch["mask"].shape[1]
@@ -318,23 +341,41 @@ class RewardModelWorker(_Base):
 
     role = "reward"
 
+    def model_path(self) -> str:
+        return self.cfg.reward.model
+
+    def normalize(self) -> bool:
+        return self.cfg.reward.model_normalize
+
+    def batch_size(self) -> int:
+        return self.cfg.ppo.micro_batch_size
+
     def setup(self) -> dict:
         from transformers import AutoTokenizer
 
         m = self.cfg.model
-        path = self.cfg.reward.model
+        path = self.model_path()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.tokenizer.padding_side = "right"
         self.model = models.load_reward_model(path, m.dtype, m.attn_implementation).to(self.device).eval()
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.shift, self.scale = 0.0, 1.0
+        if self.normalize():
+            import json
+            import os
+
+            with open(os.path.join(path, "reward_stats.json")) as f:
+                stats = json.load(f)
+            self.shift, self.scale = stats["mean"], stats["std"]
         return {"rank": self.rank}
 
     @torch.no_grad()
     def score(self, texts: list[str]) -> list[float]:
         out = []
-        for i in range(0, len(texts), self.cfg.ppo.micro_batch_size):
-            enc = self.tokenizer(texts[i : i + self.cfg.ppo.micro_batch_size], return_tensors="pt", padding=True)
+        size = self.batch_size()
+        for i in range(0, len(texts), size):
+            enc = self.tokenizer(texts[i : i + size], return_tensors="pt", padding=True)
             logits = self.model(**{k: v.to(self.device) for k, v in enc.items()}).logits
-            out.extend(logits[:, 0].float().cpu().tolist())
+            out.extend(((logits[:, 0].float().cpu() - self.shift) / self.scale).tolist())
         return out

@@ -1,0 +1,239 @@
+"""Typed configuration of the supervised and preference stages (`sft`, `rm`, `dpo`) and AI-feedback labelling.
+
+The sections they share with PPO (run settings, cluster, timeouts, pools, learner placement, rollout) are the
+same classes, so a stage is configured, placed and launched the way a PPO job is.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from rlhf_dist.config import (
+    CheckpointConfig,
+    ClusterConfig,
+    ConfigError,
+    DataConfig,
+    LearnerRole,
+    PoolConfig,
+    RewardFunction,
+    RolloutConfig,
+    RolloutRole,
+    InferenceRole,
+    Strict,
+    TimeoutConfig,
+    read_config_data,
+    validate,
+)
+
+
+class StageRun(Strict):
+    name: str = "stage"
+    output_dir: str = "runs/stage"
+    seed: int = 1
+    tensorboard: bool = True
+    progress_bar: bool = True
+
+
+class StageModel(Strict):
+    path: str  # HF directory (or hub id) of the model to train; SFT: the base, RM and DPO: usually the SFT model
+    make_tiny: bool = False  # create a tiny random model + tokenizer at `path` if the directory is missing
+    reference: str | None = None  # DPO: the frozen reference (default: `path`, i.e. the model before training)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    gradient_checkpointing: bool = False
+
+
+class StageData(Strict):
+    # JSONL (read line by line: errors name the line) or parquet (read with `datasets`: errors name the row).
+    train: str
+    eval: str | None = None  # held-out file; without one, `eval_fraction` of `train` is held out
+    eval_fraction: float = Field(0.1, ge=0, lt=1)
+    prompt_key: str = "prompt"
+    response_key: str = "response"  # SFT
+    chosen_key: str = "chosen"  # RM, DPO
+    rejected_key: str = "rejected"
+    messages_key: str | None = None  # SFT: a chat (list of {role, content}); the last message is the response
+    margin_key: str | None = None  # RM: optional per-pair margin in the Bradley-Terry loss
+    apply_chat_template: bool = False  # wrap the prompt as a user turn with the tokenizer's chat template
+    max_length: int = Field(256, ge=2)  # prompt + response tokens
+    # SFT: pack each micro-batch's samples end to end into rows of up to max_length tokens (a block-diagonal
+    # mask keeps them apart), so short samples do not pay for padding. Needs attn_implementation 'sdpa'.
+    packing: bool = False
+    skip_bad_lines: bool = False  # bad lines stop the run with file:line, or, when true, are skipped and counted
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(16, ge=1)  # samples (pairs for rm/dpo) per optimizer step, across all ranks
+    micro_batch_size: int = Field(8, ge=1)  # samples per forward/backward on one rank
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)  # stop early after this many optimizer steps
+    eval_every: int = Field(0, ge=0)  # held-out evaluation every N steps (0: at the end of each epoch only)
+
+
+class DPOSettings(Strict):
+    beta: float = Field(0.1, gt=0)
+    loss: Literal["sigmoid", "ipo"] = "sigmoid"
+
+
+class StagePlacement(Strict):
+    pools: dict[str, PoolConfig]
+    learner: LearnerRole
+
+
+class StageConfig(Strict):
+    run: StageRun = StageRun()
+    model: StageModel
+    data: StageData
+    train: TrainConfig = TrainConfig()
+    placement: StagePlacement
+    cluster: ClusterConfig = ClusterConfig()
+    timeouts: TimeoutConfig = TimeoutConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    # "auto": continue from the newest complete checkpoint of this run.output_dir (or its -2, -3, ... siblings);
+    # or the path of one checkpoint directory.
+    resume: str | None = None
+
+
+class SFTConfig(StageConfig):
+    pass
+
+
+class RMConfig(StageConfig):
+    pass
+
+
+class DPOConfig(StageConfig):
+    dpo: DPOSettings = DPOSettings()
+
+
+# --- AI feedback (RLAIF) labelling ---
+
+
+class LabelModel(Strict):
+    policy: str  # the model whose samples are ranked (HF directory)
+    make_tiny: bool = False
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    gradient_checkpointing: bool = False
+
+
+class JudgeConfig(Strict):
+    kind: Literal["reward_model", "function", "llm"]
+    model: str | None = None  # reward_model: a sequence-classification model; llm: a causal LM (default: the policy)
+    function: RewardFunction | None = None  # function: scores (prompt, response) -> float
+    # llm: the judge sees both answers and is asked which is better; its log-probs of the two labels decide.
+    template: str = (
+        "Question: {prompt}\nAnswer A: {a}\nAnswer B: {b}\nWhich answer is better, A or B? The better answer is"
+    )
+    labels: tuple[str, str] = (" A", " B")
+    max_prompt_tokens: int = Field(512, ge=8)  # llm: the judge prompt's length limit
+
+    @model_validator(mode="after")
+    def _complete(self):
+        if self.kind == "reward_model" and self.model is None:
+            raise ValueError("judge.model: a reward_model judge needs the path of a sequence-classification model")
+        if self.kind == "function" and self.function is None:
+            raise ValueError("judge.function: a function judge needs {name: 'package.module:function'}")
+        if self.kind == "llm":
+            for field in ("{prompt}", "{a}", "{b}"):
+                if field not in self.template:
+                    raise ValueError(f"judge.template: must contain {field}")
+        return self
+
+
+class LabelPlacement(Strict):
+    pools: dict[str, PoolConfig]
+    rollout: RolloutRole
+    judge: InferenceRole | None = None  # reward_model and llm judges
+
+
+class LabelConfig(Strict):
+    """Writes RUN_DIR/preferences.jsonl: prompt, chosen, rejected (the best and worst sample), their scores."""
+
+    run: StageRun = StageRun(name="label", output_dir="runs/label")
+    model: LabelModel
+    data: DataConfig  # the prompts, read as PPO reads them
+    rollout: RolloutConfig = RolloutConfig(n_samples_per_prompt=2)
+    judge: JudgeConfig
+    batch_size: int = Field(64, ge=1)  # prompts per generate call
+    placement: LabelPlacement
+    cluster: ClusterConfig = ClusterConfig()
+    timeouts: TimeoutConfig = TimeoutConfig()
+
+    @model_validator(mode="after")
+    def _checks(self):
+        if self.rollout.n_samples_per_prompt < 2:
+            raise ValueError("rollout.n_samples_per_prompt: labelling compares samples of one prompt; needs at least 2")
+        if self.judge.kind != "function" and self.placement.judge is None:
+            raise ValueError(f"placement.judge: a {self.judge.kind} judge runs on GPUs of its own role; give it a pool")
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class StageDerived:
+    """Pool arithmetic for a stage, in the shape placement and Ray start-up read."""
+
+    gpus_per_pool: dict[str, int]
+    roles_per_pool: dict[str, list[str]]
+    total_gpus: int
+
+
+def stage_derive(pools: dict[str, PoolConfig], roles: dict[str, tuple[str, int]]) -> StageDerived:
+    """roles: role -> (pool, GPUs). Checks each role fits its pool; a used pool is reserved whole."""
+    per_pool: dict[str, list[str]] = {name: [] for name in pools}
+    for role, (pool, n) in roles.items():
+        if pool not in pools:
+            raise ConfigError(f"placement.{role}.pool: {pool!r} is not one of placement.pools ({', '.join(pools)})")
+        if n > pools[pool].gpus:
+            raise ConfigError(
+                f"placement.{role}: needs {n} GPUs but pool {pool!r} has {pools[pool].gpus}; short by {n - pools[pool].gpus}"
+            )
+        per_pool[pool].append(role)
+    gpus = {name: pools[name].gpus if per_pool[name] else 0 for name in pools}
+    return StageDerived(gpus, per_pool, sum(gpus.values()))
+
+
+def stage_roles(cfg) -> dict[str, tuple[str, int]]:
+    if isinstance(cfg, LabelConfig):
+        p = cfg.placement
+        roles = {"rollout": (p.rollout.pool, p.rollout.num_engines * p.rollout.tensor_parallel_size)}
+        if p.judge is not None and cfg.judge.kind != "function":
+            roles["judge"] = (p.judge.pool, p.judge.num_gpus)
+        return roles
+    return {"learner": (cfg.placement.learner.pool, cfg.placement.learner.num_gpus)}
+
+
+def check_stage(kind: str, cfg: StageConfig) -> None:
+    """Arithmetic and combinations of fields, before any data is read or actor started."""
+    if cfg.data.packing and kind != "sft":
+        raise ConfigError(f"data.packing: only the sft stage packs samples (this is {kind})")
+    if cfg.data.packing and cfg.model.attn_implementation != "sdpa":
+        raise ConfigError(
+            f"data.packing: needs model.attn_implementation 'sdpa' (the packed mask is sdpa's 4-D boolean form), "
+            f"not {cfg.model.attn_implementation!r}"
+        )
+    t, ranks = cfg.train, cfg.placement.learner.num_gpus
+    per_step = t.micro_batch_size * ranks
+    if t.batch_size % per_step:
+        raise ConfigError(
+            f"train.batch_size: {t.batch_size} is not a multiple of micro_batch_size x learner ranks "
+            f"({t.micro_batch_size} x {ranks} = {per_step})"
+        )
+
+
+STAGES = {"sft": SFTConfig, "rm": RMConfig, "dpo": DPOConfig, "label": LabelConfig}
+
+
+def load_stage_config(kind: str, path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None):
+    """Read the YAML of stage `kind`, apply dotted overrides, validate; ConfigError names the field."""
+    cfg = validate(STAGES[kind], read_config_data(path, overrides, base))
+    stage_derive(cfg.placement.pools, stage_roles(cfg))
+    if kind != "label":
+        check_stage(kind, cfg)
+    return cfg
