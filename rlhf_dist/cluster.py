@@ -109,8 +109,8 @@ class Cluster:
         backend = "nccl" if self.device.startswith("cuda") else "gloo"
         pl = self.cfg.placement
         if backend == "nccl" and pl.rollout.pool == pl.policy.pool:
-            # NCCL refuses two ranks on one GPU. Until the CUDA-IPC path exists, colocated engines receive over
-            # gloo with the buckets staged in host memory: slower, same protocol and checks.
+            # NCCL refuses two ranks on one GPU. Until the CUDA-IPC handoff (sync/ipc.py) is wired in, colocated
+            # engines receive over gloo with the buckets staged in host memory: slower, same protocol and checks.
             backend = "gloo"
             self.log("weight sync: policy and rollout share GPUs, so buckets go over gloo through host memory")
         self.sync_backend = backend

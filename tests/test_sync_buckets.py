@@ -37,3 +37,11 @@ def test_checksum_detects_changes():
     swapped[[1, 2]] = swapped[[2, 1]]
     assert checksum(swapped) != base
     assert checksum(t.to(torch.bfloat16)) == checksum(t.to(torch.bfloat16).clone())
+
+
+def test_checksum_of_a_matrix_is_that_of_its_bytes_in_order():
+    from rlhf_dist.sync.buckets import checksum
+
+    m = torch.randn(448, 896)
+    assert checksum(m) == checksum(m.reshape(-1))
+    assert checksum(m.t().contiguous()) != checksum(m)

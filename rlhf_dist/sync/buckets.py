@@ -88,7 +88,7 @@ def checksum(flat: torch.Tensor) -> int:
     Integer arithmetic wraps identically on every device, so learner and engine get the same number for the
     same bytes, and a swapped, stale or corrupted parameter changes it.
     """
-    raw = flat.detach().contiguous().view(torch.uint8)
+    raw = flat.detach().contiguous().reshape(-1).view(torch.uint8)  # any shape: the bytes in order
     pad = (-raw.numel()) % 4
     if pad:
         raw = torch.cat([raw, raw.new_zeros(pad)])
