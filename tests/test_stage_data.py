@@ -208,3 +208,18 @@ def test_packing_config_errors(kind, overrides, message):
     with pytest.raises(ConfigError) as e:
         load_stage_config(kind, None, overrides, base=json.loads(json.dumps(STAGE_BASE)))
     assert message in str(e.value)
+
+
+def test_ppo_prompts_read_parquet_too(tmp_path, tok):
+    from datasets import Dataset
+
+    from rlhf_dist.config import DataConfig
+    from rlhf_dist.data.prompts import load_prompts
+
+    path = str(tmp_path / "p.parquet")
+    Dataset.from_list([{"prompt": "the cat"}, {"prompt": "a dog"}]).to_parquet(path)
+    got = load_prompts(DataConfig(prompts=path), tok)
+    assert got.texts == ["the cat", "a dog"] and got.ids[0] == tok("the cat")["input_ids"]
+    Dataset.from_list([{"prompt": "the cat"}, {"prompt": ""}]).to_parquet(path)
+    with pytest.raises(DataError, match=r"p.parquet row 2: field 'prompt' must be a non-empty string"):
+        load_prompts(DataConfig(prompts=path), tok)
