@@ -47,8 +47,10 @@ def _plan(args) -> int:
     print(plan_json(result) if args.json else format_plan(result))
     if not result["fits"]:
         bad = [name for name, p in result["pools"].items() if not p["fits"]]
-        print(f"rlhf-dist plan: pool(s) {', '.join(bad)} do not fit cluster.gpu_memory_gb", file=sys.stderr)
+        print(f"rlhf-dist plan: pool(s) {', '.join(bad)} do not fit (see above)", file=sys.stderr)
         return 1
+    for w in result["warnings"]:
+        print(f"rlhf-dist plan: warning: {w}", file=sys.stderr)
     return 0
 
 

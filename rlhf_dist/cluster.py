@@ -147,9 +147,9 @@ class Cluster:
     def submit_train(self, group: ActorGroup, batch: dict, loss_fn, seed: int):
         return group.submit("train", per_rank=[(s, loss_fn, seed + r) for r, s in enumerate(split(batch, len(group)))])
 
-    def reward_scores(self, texts: list[str]) -> list[float]:
+    def reward_scores(self, pairs: list[tuple[str, str]]) -> list[float]:
         parts = self.reward.call(
-            "score", per_rank=[(c,) for c in split_list(texts, len(self.reward))], timeout_s=self.cfg.timeouts.call_s
+            "score", per_rank=[(c,) for c in split_list(pairs, len(self.reward))], timeout_s=self.cfg.timeouts.call_s
         )
         return [s for p in parts for s in p]
 

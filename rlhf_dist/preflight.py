@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlhf_dist.config import Config, ConfigError
+from rlhf_dist.model_shape import check_tp_heads
 
 
 def _looks_local(path: str) -> bool:
@@ -25,10 +26,12 @@ def prepare_model(cfg: Config, log=print):
         stats = Path(cfg.reward.model) / "reward_stats.json"
         if not stats.is_file():
             raise ConfigError(f"reward.model_normalize: {str(stats)!r} does not exist (`rlhf-dist rm` writes it beside the model)")
-    return prepare_tokenizer(
+    tokenizer = prepare_tokenizer(
         "model.policy", m.policy, m.make_tiny, cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
         "data.max_prompt_tokens + rollout.max_new_tokens", log, who="policy",
     )
+    check_tp_heads(cfg.placement.rollout.tensor_parallel_size, m.policy)
+    return tokenizer
 
 
 def prepare_tokenizer(field: str, path: str, make_tiny: bool, need_positions: int, need_what: str, log=print, who="model"):

@@ -64,3 +64,93 @@ def test_70b_layout_fits_only_with_offload_and_a_sharded_reference(capsys):
     assert main(["plan", str(cfg), "placement.policy.offload=false", "placement.critic.offload=false"]) == 1
     assert main(["plan", str(cfg), "placement.reference.zero_stage=0"]) == 1
     assert "pool learn: 24 GPUs" in capsys.readouterr().out
+
+
+GPU_EXAMPLES = ["qwen0.5b_1gpu.yaml", "qwen7b_8gpu.yaml", "llama70b_4node.yaml"]
+
+
+@pytest.mark.parametrize("name", GPU_EXAMPLES)
+def test_every_gpu_example_counts_the_vllm_reservation_and_keeps_headroom(name, capsys):
+    cfg = load_config(ROOT / "configs" / name)
+    result = plan(cfg)
+    roll = result["roles"]["rollout"]
+    assert roll["reserved_gib"] == pytest.approx(cfg.rollout.gpu_memory_utilization * cfg.cluster.gpu_memory_gb)
+    # The reservation, not the estimate, is what the engine's GPUs lose; plus the sync group's buffers.
+    assert roll["total_gib"] == pytest.approx(roll["reserved_gib"] + roll["overhead_gib"]) and roll["overhead_gib"] > 0
+    for pool in result["pools"].values():
+        assert pool["headroom"] >= 0.10 and pool["verdict"] == "fits", pool
+        assert pool["per_gpu_gib"] == pytest.approx(sum(result["roles"][r]["total_gib"] for r in pool["roles"]))
+    assert result["fits"] and not result["warnings"]
+    assert main(["plan", str(ROOT / "configs" / name)]) == 0
+    out = capsys.readouterr().out
+    assert "vLLM reservation" in out and "headroom" in out and "host" in out
+    # Each example says plainly that a real checkpoint must be supplied.
+    assert "YOU MUST SUPPLY the checkpoint" in (ROOT / "configs" / name).read_text()
+
+
+def test_the_1gpu_example_reserves_24_gib_for_vllm():
+    result = plan(load_config(ROOT / "configs" / "qwen0.5b_1gpu.yaml"))
+    assert result["roles"]["rollout"]["reserved_gib"] == pytest.approx(0.3 * 80)
+    assert result["pools"]["gpu"]["per_gpu_gib"] > 24 + 3 * 0.5  # every learner process has a CUDA context
+
+
+def test_under_10_percent_headroom_warns_and_over_100_refuses(capsys):
+    cfg = str(ROOT / "configs" / "qwen7b_8gpu.yaml")
+    assert main(["plan", cfg, "rollout.gpu_memory_utilization=0.95"]) == 0
+    captured = capsys.readouterr()
+    assert "TIGHT" in captured.out and "warning: pool gen: only 4% of GPU memory left" in captured.err
+    assert main(["plan", str(ROOT / "configs" / "qwen0.5b_1gpu.yaml"), "rollout.gpu_memory_utilization=0.9"]) == 1
+    assert "DOES NOT FIT" in capsys.readouterr().out
+
+
+def test_a_reservation_smaller_than_the_weights_is_refused(capsys):
+    assert main(["plan", str(ROOT / "configs" / "qwen7b_8gpu.yaml"), "rollout.gpu_memory_utilization=0.05"]) == 1
+    assert "REFUSED: rollout.gpu_memory_utilization reserves 4.0 GiB, less than the engine's weights (7.1 GiB)" in capsys.readouterr().out
+
+
+def test_host_memory_is_judged_when_given(capsys):
+    cfg = str(ROOT / "configs" / "llama70b_4node.yaml")
+    result = plan(load_config(cfg))
+    learn = result["pools"]["learn"]
+    # Offloaded Adam states and ZeRO-3 partitions of 8 ranks per node, for policy and critic: 14 bytes x P / 24 each.
+    assert learn["host_per_node_gib"] > 2 * 8 * 14 * result["model"]["params"] / 24 / GiB
+    assert main(["plan", cfg, "cluster.host_memory_gb=512"]) == 1
+    assert "over cluster.host_memory_gb=512" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("tp,heads,kv,ok", [(2, 14, 2, True), (4, 14, 2, False), (8, 64, 8, True), (8, 32, 4, True),
+                                            (3, 12, 4, False), (14, 28, 4, False), (1, 7, 7, True)])
+def test_tp_against_heads_and_kv_heads(tp, heads, kv, ok):
+    from rlhf_dist.model_shape import tp_problem
+
+    assert (tp_problem(tp, heads, kv) is None) == ok
+
+
+@pytest.mark.parametrize("config,tp,pool,message", [
+    ("qwen0.5b_1gpu.yaml", 4, "gpu", "placement.rollout.tensor_parallel_size=4: 14 attention heads are not divisible by 4"),
+    ("qwen7b_8gpu.yaml", 14, "gen", "placement.rollout.tensor_parallel_size=14: 4 key/value heads neither divide nor are divisible by 14"),
+])
+def test_plan_refuses_tp_that_does_not_split_the_heads(config, tp, pool, message, capsys):
+    # Enough GPUs in the pool, so that only the heads are wrong.
+    assert main(["plan", str(ROOT / "configs" / config), f"placement.rollout.tensor_parallel_size={tp}",
+                 "placement.rollout.num_engines=1", f"placement.pools.{pool}.gpus_per_node={tp}"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_train_refuses_tp_that_does_not_split_the_heads_before_any_actor(tmp_path, capsys):
+    import yaml
+
+    from rlhf_dist.data.tiny_chat import make_chat_model
+    from tests.conftest import demo_config_dict
+
+    model = make_chat_model(tmp_path / "m", "llama3")  # 2 heads, 1 key/value head
+    (tmp_path / "p.jsonl").write_text('{"prompt": "the cat"}\n')
+    d = demo_config_dict(str(model), str(tmp_path / "p.jsonl"), str(tmp_path / "run"))
+    d["placement"]["pools"]["main"]["gpus_per_node"] = 3
+    d["placement"]["rollout"] = {"pool": "main", "num_engines": 1, "tensor_parallel_size": 3}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(d))
+    assert main(["train", str(tmp_path / "c.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "placement.rollout.tensor_parallel_size=3: 2 attention heads are not divisible by 3" in err
+    assert not (tmp_path / "run").exists()

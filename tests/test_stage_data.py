@@ -1,6 +1,7 @@
 """Demonstration and preference data: every bad row is named by file and line (or parquet row) before any
 actor starts; token layouts match what the PPO roles read."""
 import json
+from collections.abc import Mapping
 
 import pytest
 import torch
@@ -89,7 +90,7 @@ def test_chat_messages_use_the_template_and_train_on_the_last_turn(tmp_path, tok
     cfg = StageData(train=path, messages_key="messages", skip_bad_lines=True)
     ex = load_examples(path, "data.train", "sft", cfg, tok)
     want = tok.apply_chat_template(msgs[:1], add_generation_prompt=True, tokenize=True)
-    want = want["input_ids"] if isinstance(want, dict) else want
+    want = want["input_ids"] if isinstance(want, Mapping) else want  # transformers 5: a BatchEncoding
     assert ex.prompts[0] == list(want)
     assert tok.decode(ex.responses[0], skip_special_tokens=True) == "is happy"
     assert "non-empty assistant turn" in ex.skipped[0]

@@ -75,8 +75,9 @@ def test_ppo_reward_role_scores_as_training_did(pipeline):
     cfg = load_config(pipeline["ppo"] / "config.yaml")
     worker = RewardModelWorker(cfg, rank=0, world_size=1)
     worker.setup()
-    texts = ["the cat is good and happy", "the cat is bad and sad"]
-    got = worker.score(texts)
+    pairs = [("the cat is", " good and happy"), ("the cat is", " bad and sad")]
+    texts = [p + r for p, r in pairs]
+    got = worker.score(pairs)
     final = pipeline["rm"] / "final"
     stats = json.loads((final / "reward_stats.json").read_text())
     model, tok = AutoModelForSequenceClassification.from_pretrained(final).eval(), AutoTokenizer.from_pretrained(final)

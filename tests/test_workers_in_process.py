@@ -30,8 +30,9 @@ def test_reward_model_scores_at_last_token(tiny_model, reward_model, tmp_path):
 
     worker = RewardModelWorker(config(tiny_model, tmp_path, model=reward_model), rank=0, world_size=1)
     worker.setup()
-    texts = ["the red cat", "a dog runs fast and the sun is hot", "yes"]
-    scores = worker.score(texts)
+    pairs = [("the red", " cat"), ("a dog runs", " fast and the sun is hot"), ("", "yes")]
+    texts = [p + r for p, r in pairs]  # without a chat template, the reward model reads prompt + response
+    scores = worker.score(pairs)
     # Independent: each text alone, no padding, score of the last token.
     tok = AutoTokenizer.from_pretrained(reward_model)
     model = AutoModelForSequenceClassification.from_pretrained(reward_model).eval()

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from rlhf_dist.config import DataConfig
+from rlhf_dist.data.chat import prompt_ids, require_template
 from rlhf_dist.data.records import DataError, read_records, text_field  # noqa: F401 - DataError is re-exported
 
 
@@ -28,21 +29,16 @@ def _records(cfg: DataConfig):
         yield where, (obj if problem is None else None), problem
 
 
-def _tokenize(text: str, tokenizer, cfg: DataConfig) -> list[int]:
-    if cfg.apply_chat_template:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
-        return list(ids["input_ids"] if isinstance(ids, dict) else ids)
-    return list(tokenizer(text, add_special_tokens=True)["input_ids"])
-
-
 def load_prompts(cfg: DataConfig, tokenizer) -> PromptSet:
     """Read, check and tokenize every line. The first bad line is an error naming file and line, unless
     data.skip_bad_lines is set, in which case bad lines are skipped and listed in `skipped`."""
     path = Path(cfg.prompts)
+    if cfg.apply_chat_template:
+        require_template(tokenizer)
     out = PromptSet([], [], [] if cfg.label_key is not None else None, [])
     for where, obj, problem in _records(cfg):
         if obj is not None:
-            ids = _tokenize(obj[cfg.prompt_key], tokenizer, cfg)
+            ids = prompt_ids(tokenizer, obj[cfg.prompt_key], cfg.apply_chat_template)
             if len(ids) > cfg.max_prompt_tokens:
                 problem = f"prompt has {len(ids)} tokens, more than data.max_prompt_tokens={cfg.max_prompt_tokens}"
         if problem is not None:

@@ -2,7 +2,7 @@
 train and held-out sets, all before any actor starts.
 
 Token layout follows the PPO batches: a prompt, then a response that ends with the tokenizer's EOS. The reward
-model instead reads `prompt + response` as one text, tokenized exactly as the PPO reward role tokenizes it.
+model instead reads the whole conversation, tokenized exactly as the PPO reward role tokenizes it (data/chat.py).
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import dataclasses
 import torch
 
 from rlhf_dist.data.batch import build_batch
+from rlhf_dist.data.chat import conversation_ids, prompt_ids, require_template, right_padded
 from rlhf_dist.data.records import DataError, read_records, text_field
 from rlhf_dist.stage_config import StageData
 
@@ -32,14 +33,6 @@ class Examples:
     def subset(self, idx: list[int]) -> "Examples":
         pick = lambda xs: None if xs is None else [xs[i] for i in idx]  # noqa: E731
         return Examples(pick(self.prompts), pick(self.responses), pick(self.chosen), pick(self.rejected), pick(self.margins))
-
-
-def _prompt_ids(tokenizer, prompt: str | list[dict], chat: bool) -> list[int]:
-    if chat or isinstance(prompt, list):
-        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        return list(ids["input_ids"] if isinstance(ids, dict) else ids)
-    return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
 
 
 def _response_ids(tokenizer, text: str) -> list[int]:
@@ -65,11 +58,11 @@ def _sft_row(obj: dict, cfg: StageData, tokenizer):
         if problem:
             return problem
         msgs = obj[cfg.messages_key]
-        return _prompt_ids(tokenizer, msgs[:-1], True), _response_ids(tokenizer, msgs[-1]["content"])
+        return prompt_ids(tokenizer, msgs[:-1], True), _response_ids(tokenizer, msgs[-1]["content"])
     problem = text_field(obj, cfg.prompt_key, "data.prompt_key") or text_field(obj, cfg.response_key, "data.response_key")
     if problem:
         return problem
-    return _prompt_ids(tokenizer, obj[cfg.prompt_key], cfg.apply_chat_template), _response_ids(tokenizer, obj[cfg.response_key])
+    return prompt_ids(tokenizer, obj[cfg.prompt_key], cfg.apply_chat_template), _response_ids(tokenizer, obj[cfg.response_key])
 
 
 def _pair_row(obj: dict, cfg: StageData, tokenizer, for_reward_model: bool):
@@ -87,10 +80,10 @@ def _pair_row(obj: dict, cfg: StageData, tokenizer, for_reward_model: bool):
         if not isinstance(margin, (int, float)) or isinstance(margin, bool):
             return f"field {cfg.margin_key!r} (data.margin_key) must be a number"
     if for_reward_model:
-        # Scored as the PPO reward role scores a rollout: the prompt text followed by the response text.
-        ids = lambda text: list(tokenizer(prompt + text)["input_ids"])  # noqa: E731
+        # Scored exactly as the PPO reward role scores a rollout (data/chat.py states the rule).
+        ids = lambda text: conversation_ids(tokenizer, prompt, text, cfg.apply_chat_template)  # noqa: E731
         return [], ids(chosen), ids(rejected), float(margin)
-    p = _prompt_ids(tokenizer, prompt, cfg.apply_chat_template)
+    p = prompt_ids(tokenizer, prompt, cfg.apply_chat_template)
     return p, _response_ids(tokenizer, chosen), _response_ids(tokenizer, rejected), float(margin)
 
 
@@ -98,6 +91,9 @@ def load_examples(path: str, field: str, kind: str, cfg: StageData, tokenizer) -
     """kind: 'sft', 'dpo' or 'rm'. The first bad row stops with file:line unless data.skip_bad_lines."""
     out = Examples([], [] if kind == "sft" else None, None if kind == "sft" else [], None if kind == "sft" else [],
                    [] if kind != "sft" and cfg.margin_key else None)
+    uses_messages = kind == "sft" and cfg.messages_key is not None
+    if cfg.apply_chat_template or uses_messages:
+        require_template(tokenizer, "data.messages_key" if uses_messages else "data.apply_chat_template")
     for where, obj, problem in read_records(path, field):
         row = problem
         if obj is not None:
@@ -146,7 +142,7 @@ def make_batch(ex: Examples, idx: list[int], kind: str, pad_id: int) -> dict[str
         return build_batch(prompts, [ex.responses[i] for i in idx], pad_id)
     chosen, rejected = [ex.chosen[i] for i in idx], [ex.rejected[i] for i in idx]
     if kind == "rm":
-        flat = _right_padded(chosen + rejected, pad_id)
+        flat = right_padded(chosen + rejected, pad_id)
     else:
         flat = build_batch(prompts + prompts, chosen + rejected, pad_id)
     B = len(idx)
@@ -155,13 +151,3 @@ def make_batch(ex: Examples, idx: list[int], kind: str, pad_id: int) -> dict[str
         batch["margin"] = torch.tensor([ex.margins[i] for i in idx], dtype=torch.float32)
     return batch
 
-
-def _right_padded(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    # As the tokenizer pads for the PPO reward role: the score is read at the last real token.
-    L = max(len(r) for r in rows)
-    ids = torch.full((len(rows), L), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(rows), L), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        attn[i, : len(r)] = 1
-    return {"input_ids": ids, "attention_mask": attn}

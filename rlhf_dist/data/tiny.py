@@ -28,28 +28,35 @@ def synthetic_corpus(n_lines: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))) for _ in range(n_lines)]
 
 
-def make_tokenizer(out_dir: str | Path, vocab_size: int = 512, seed: int = 0):
-    """Train a byte-level BPE tokenizer and save it as a transformers fast tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def make_tokenizer(out_dir: str | Path, vocab_size: int = 512, seed: int = 0, special: dict | None = None,
+                   extra_special: list[str] = (), chat_template: str = CHAT_TEMPLATE, prepend_bos: bool = False):
+    """Train a byte-level BPE tokenizer and save it as a transformers fast tokenizer. `special` maps
+    bos/eos/pad to token strings (None: no such token); `prepend_bos` adds BOS on every encode, as Llama-3 does."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
+
+    special = SPECIAL if special is None else special
+    tokens = [t for t in special.values() if t] + [t for t in extra_special if t not in special.values()]
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(SPECIAL.values()),
+        special_tokens=tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(synthetic_corpus(4000, seed), trainer=trainer)
+    if prepend_bos:
+        bos = special["bos"]
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))])
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=SPECIAL["bos"],
-        eos_token=SPECIAL["eos"],
-        pad_token=SPECIAL["pad"],
+        tokenizer_object=tok, bos_token=special.get("bos"), eos_token=special.get("eos"), pad_token=special.get("pad"),
+        additional_special_tokens=[t for t in extra_special if t not in special.values()],
     )
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = chat_template
     fast.save_pretrained(str(out_dir))
     return fast
 
@@ -95,13 +102,13 @@ def make_tiny_model(
 def make_tiny_reward_model(out_dir: str | Path, base_dir: str | Path, seed: int = 0) -> Path:
     """A randomly initialised sequence-classification reward model on the tiny base's config and tokenizer."""
     import torch
-    from transformers import AutoConfig, AutoTokenizer, LlamaForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     out = Path(out_dir)
     config = AutoConfig.from_pretrained(base_dir)
     config.num_labels = 1
     torch.manual_seed(seed)
-    model = LlamaForSequenceClassification(config)
+    model = AutoModelForSequenceClassification.from_config(config)
     model.save_pretrained(str(out), safe_serialization=True)
     AutoTokenizer.from_pretrained(base_dir).save_pretrained(str(out))
     return out

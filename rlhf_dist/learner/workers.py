@@ -337,7 +337,7 @@ class ReferenceWorker(_Base):
 
 
 class RewardModelWorker(_Base):
-    """Sequence-classification reward model, scored at the last token; tokenizes text with its own tokenizer."""
+    """Sequence-classification reward model, scored at the last token; tokenizes with its own tokenizer."""
 
     role = "reward"
 
@@ -356,6 +356,8 @@ class RewardModelWorker(_Base):
         m = self.cfg.model
         path = self.model_path()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
+        if self.tokenizer.pad_token_id is None:  # Llama-3 has none; reward-model training pads with EOS too
+            self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "right"
         self.model = models.load_reward_model(path, m.dtype, m.attn_implementation).to(self.device).eval()
         if self.model.config.pad_token_id is None:
@@ -371,11 +373,14 @@ class RewardModelWorker(_Base):
         return {"rank": self.rank}
 
     @torch.no_grad()
-    def score(self, texts: list[str]) -> list[float]:
+    def score(self, pairs: list[tuple[str, str]]) -> list[float]:
+        """Scores (prompt, response) pairs in the conversation format reward-model training used (data/chat.py)."""
+        from rlhf_dist.data.chat import reward_batch
+
         out = []
         size = self.batch_size()
-        for i in range(0, len(texts), size):
-            enc = self.tokenizer(texts[i : i + size], return_tensors="pt", padding=True)
+        for i in range(0, len(pairs), size):
+            enc = reward_batch(self.tokenizer, pairs[i : i + size], self.cfg.data.apply_chat_template)
             logits = self.model(**{k: v.to(self.device) for k, v in enc.items()}).logits
             out.extend(((logits[:, 0].float().cpu() - self.shift) / self.scale).tolist())
         return out

@@ -8,6 +8,7 @@ import math
 import time
 from pathlib import Path
 
+from rlhf_dist.data.chat import prompt_ids, require_template
 from rlhf_dist.metrics import RunLog, fresh_run_dir, write_config
 from rlhf_dist.stage_config import LabelConfig, stage_derive, stage_roles
 
@@ -18,6 +19,7 @@ JUDGE_LABEL_ROOM = 16  # positions past judge.max_prompt_tokens for the label to
 def run_label(cfg: LabelConfig, log=print) -> Path:
     from rlhf_dist.cluster import init_ray
     from rlhf_dist.data.prompts import load_prompts
+    from rlhf_dist.model_shape import check_tp_heads
     from rlhf_dist.preflight import check_model_path, prepare_tokenizer
     from rlhf_dist.rewards.functions import RuleRewards
 
@@ -27,12 +29,15 @@ def run_label(cfg: LabelConfig, log=print) -> Path:
         "model.policy", m.policy, m.make_tiny, cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
         "data.max_prompt_tokens + rollout.max_new_tokens", log, who="policy",
     )
+    check_tp_heads(cfg.placement.rollout.tensor_parallel_size, m.policy)
     if j.model is not None:
         check_model_path("judge.model", j.model)
     if j.kind == "llm":
         # The judge prompt plus the label tokens must fit the judge model's positions.
-        prepare_tokenizer("judge.model", j.model or m.policy, False, j.max_prompt_tokens + JUDGE_LABEL_ROOM,
-                          "judge.max_prompt_tokens + 16", log, who="judge")
+        judge_tok = prepare_tokenizer("judge.model", j.model or m.policy, False, j.max_prompt_tokens + JUDGE_LABEL_ROOM,
+                                      "judge.max_prompt_tokens + 16", log, who="judge")
+        if cfg.data.apply_chat_template:
+            require_template(judge_tok, "data.apply_chat_template (the judge reads its prompt as a user turn)")
     rules = RuleRewards([j.function]) if j.kind == "function" else None
     prompts = load_prompts(cfg.data, tokenizer)
     run_dir = fresh_run_dir(cfg.run.output_dir)
@@ -97,7 +102,7 @@ def _judge(cfg: LabelConfig, roles: "LabelRoles", rules, tokenizer):
         return lambda prompts, responses: [rules([p] * len(r), r) for p, r in zip(prompts, responses)]
     if j.kind == "reward_model":
         def by_model(prompts, responses):
-            flat = roles.call_judge("score", [p + r for p, rs in zip(prompts, responses) for r in rs])
+            flat = roles.call_judge("score", [(p, r) for p, rs in zip(prompts, responses) for r in rs])
             k = len(responses[0])
             return [flat[i * k : (i + 1) * k] for i in range(len(prompts))]
 
@@ -107,18 +112,21 @@ def _judge(cfg: LabelConfig, roles: "LabelRoles", rules, tokenizer):
     judge_tok = AutoTokenizer.from_pretrained(j.model or cfg.model.policy)
     labels = [list(judge_tok(lab, add_special_tokens=False)["input_ids"]) for lab in j.labels]
 
+    chat = cfg.data.apply_chat_template
+
     def by_llm(prompts, responses):
-        return [_round_robin(prompt, rs, j, judge_tok, labels, roles) for prompt, rs in zip(prompts, responses)]
+        return [_round_robin(prompt, rs, j, judge_tok, labels, roles, chat) for prompt, rs in zip(prompts, responses)]
 
     return by_llm
 
 
-def _round_robin(prompt: str, responses: list[str], j, judge_tok, labels, roles) -> list[float] | None:
+def _round_robin(prompt: str, responses: list[str], j, judge_tok, labels, roles, chat: bool) -> list[float] | None:
     """Each sample's mean probability of being judged better, over every other sample, in both orders;
     None when a judge prompt is too long (a judge that cannot see both answers would be guessing)."""
     pairs = [(a, b) for a, b in itertools.permutations(range(len(responses)), 2)]
     texts = [j.template.format(prompt=prompt, a=responses[a], b=responses[b]) for a, b in pairs]
-    ids = [list(judge_tok(t)["input_ids"]) for t in texts]
+    # With chat templates on, the judge reads its prompt as a user turn, as the policy reads its prompts.
+    ids = [prompt_ids(judge_tok, t, chat) for t in texts]
     if any(len(x) > j.max_prompt_tokens for x in ids):
         return None
     wins = [0.0] * len(responses)

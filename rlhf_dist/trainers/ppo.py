@@ -266,7 +266,7 @@ def score(cfg: Config, cluster: Cluster, state: LoopState, idx: list[int], respo
         for j, (name, spec) in enumerate(zip(state.rules.names, state.rules.specs)):
             parts[name] = table[:, j] / spec.weight if spec.weight else table[:, j]
     if cluster.reward is not None:
-        rm = torch.tensor(cluster.reward_scores([p + r for p, r in zip(prompts, texts)]), dtype=torch.float32)
+        rm = torch.tensor(cluster.reward_scores(list(zip(prompts, texts))), dtype=torch.float32)
         scores += cfg.reward.model_weight * rm
         parts["reward_model"] = rm
     if cfg.ppo.overlong_buffer is not None:
