@@ -142,17 +142,18 @@ class RawBroadcaster:
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
 
     def endpoint(self):
-        from rlhf_dist.dist import free_port, node_ip
+        from rlhf_dist.dist import reserve_port
 
-        return node_ip(), free_port()
+        return reserve_port()
 
     def init(self, addr: str, port: int, backend: str) -> bool:
         import torch.distributed as dist
 
-        from rlhf_dist.dist import timedelta
+        from rlhf_dist.dist import tcp_store, timedelta
 
-        dist.init_process_group(backend, init_method=f"tcp://{addr}:{port}", rank=self.rank, world_size=self.world_size,
-                                timeout=timedelta(self.cfg.timeouts.rendezvous_s))
+        timeout = timedelta(self.cfg.timeouts.rendezvous_s)
+        store = tcp_store(addr, port, self.world_size, self.rank == 0, timeout)
+        dist.init_process_group(backend, store=store, rank=self.rank, world_size=self.world_size, timeout=timeout)
         return True
 
     def broadcast(self, total_bytes: int, chunk_bytes: int, repeats: int) -> list[float]:

@@ -5,11 +5,9 @@ into an error naming its role, rank and the operation.
 """
 from __future__ import annotations
 
-import os
 import time
 
 from rlhf_dist.config import Config, Derived
-from rlhf_dist.dist import local_cluster_env
 from rlhf_dist.data.batch import concat, split, split_list
 from rlhf_dist.errors import WeightSyncError, wait_all
 from rlhf_dist.groups import ActorGroup, stop_all, worker_env
@@ -21,20 +19,20 @@ def init_ray(cfg: Config, derived: Derived, log=print) -> bool:
     import ray
     import torch
 
+    from rlhf_dist.ray_start import join_remote_ray, start_local_ray
+
     if ray.is_initialized():
         return False
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if cfg.cluster.address:
-        ray.init(address=cfg.cluster.address, log_to_driver=True)
+        join_remote_ray(cfg.cluster.address, cfg.timeouts.actor_start_s)
         return True
     kwargs = {}
     if not torch.cuda.is_available():
         # No GPUs here: Ray's logical GPUs stand in, so the placement code runs unchanged.
         kwargs["num_gpus"] = derived.total_gpus
         log(f"no CUDA device: local Ray with {derived.total_gpus} logical GPUs")
-    # A local cluster listens on loopback only, and so do the job's own process groups.
-    os.environ.update(local_cluster_env())
-    ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=True, **kwargs)
+    # Loopback only, with token authentication; the job's own process groups stay on loopback too.
+    start_local_ray(log_to_driver=True, **kwargs)
     return True
 
 

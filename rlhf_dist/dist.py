@@ -52,6 +52,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Listening sockets reserved by reserve_port, by port, until a TCPStore in this process takes one over. Holding
+# the socket closes the race of picking a free port and binding it later, and lets the store listen on the
+# node address only (a TCPStore told only a port listens on every interface).
+_reserved: dict[int, socket.socket] = {}
+
+
+def reserve_port() -> tuple[str, int]:
+    """(node address, port) for a rendezvous this process will host, already listening on that address."""
+    host = node_ip()
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    sock.listen(128)
+    port = sock.getsockname()[1]
+    _reserved[port] = sock
+    return host, port
+
+
+def tcp_store(host: str, port: int, world_size: int, is_master: bool, timeout: datetime.timedelta):
+    """A TCPStore; the master serves it from the socket reserve_port made (so only on the node address)."""
+    sock = _reserved.pop(port, None) if is_master else None
+    if sock is None:
+        return torch.distributed.TCPStore(host, port, world_size, is_master, timeout=timeout)
+    # The store owns the descriptor from here on.
+    return torch.distributed.TCPStore(host, port, world_size, True, timeout=timeout, master_listen_fd=sock.detach())
+
+
 def set_threads(n: int) -> None:
     torch.set_num_threads(n)
     os.environ["OMP_NUM_THREADS"] = str(n)

@@ -1,9 +1,9 @@
-"""Shared fixtures: one Ray session with 4 logical GPUs for the whole run, and a tiny model made locally."""
+"""Shared fixtures: one Ray session with 4 logical GPUs for the whole run (started as the CLI starts it), and a
+tiny model made locally."""
 import os
 
 import pytest
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 LOGICAL_GPUS = 4
@@ -13,11 +13,11 @@ LOGICAL_GPUS = 4
 def ray_session():
     import ray
 
-    from rlhf_dist.dist import local_cluster_env
+    from rlhf_dist.ray_start import start_local_ray
 
-    os.environ.update(local_cluster_env())
     # ray.init costs about 4 s and shutdown 1.5 s: start it once. Logical GPUs let placement run on CPU.
-    ray.init(num_gpus=LOGICAL_GPUS, num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+    # The same start-up as the CLI's: loopback only, token authentication.
+    start_local_ray(num_gpus=LOGICAL_GPUS, num_cpus=2, log_to_driver=False)
     yield ray
     ray.shutdown()
 

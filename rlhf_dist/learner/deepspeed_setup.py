@@ -64,19 +64,17 @@ def init_distributed(backend: str, master_addr: str, port: int, rank: int, world
 
     import deepspeed
 
+    from rlhf_dist.dist import tcp_store
+
     # Ray gives each actor its own visible device(s), so the local device index is always 0.
     os.environ.update(
         {"LOCAL_RANK": "0", "RANK": str(rank), "WORLD_SIZE": str(world_size), "MASTER_ADDR": master_addr, "MASTER_PORT": str(port)}
     )
-    deepspeed.init_distributed(
-        dist_backend=backend,
-        init_method=f"tcp://{master_addr}:{port}",
-        rank=rank,
-        world_size=world_size,
-        timeout=timeout,
-        auto_mpi_discovery=False,
-        verbose=False,
-    )
+    # Our store (listening on the node address only), then DeepSpeed adopts the initialised default group.
+    store = tcp_store(master_addr, port, world_size, rank == 0, timeout)
+    torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
+    deepspeed.init_distributed(dist_backend=backend, rank=rank, world_size=world_size, timeout=timeout,
+                               auto_mpi_discovery=False, verbose=False)
 
 
 def inference_ds_config(cfg: Config, world_size: int) -> dict:

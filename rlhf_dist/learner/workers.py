@@ -42,7 +42,7 @@ class _Base:
         return {"role": self.role, "rank": self.rank, "ip": D.node_ip(), "device": str(self.device), "pid": os.getpid()}
 
     def master_endpoint(self) -> tuple[str, int]:
-        return D.node_ip(), D.free_port()
+        return D.reserve_port()
 
     def _rendezvous(self, master_addr: str, port: int) -> None:
         """Join this role's DeepSpeed process group; a peer that never comes is a named error."""

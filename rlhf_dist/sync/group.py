@@ -12,6 +12,7 @@ import time
 import torch
 import torch.distributed as dist
 
+from rlhf_dist.dist import tcp_store
 from rlhf_dist.errors import WaitTimeout
 
 
@@ -32,7 +33,7 @@ class SyncGroup:
         rank, world_size = self.rank, self.world_size
         timeout = datetime.timedelta(seconds=timeout_s)
         # The store must outlive the group: keep a reference.
-        self.store = dist.TCPStore(master_addr, port, world_size, is_master=(rank == 0), timeout=timeout)
+        self.store = tcp_store(master_addr, port, world_size, rank == 0, timeout)
         prefixed = dist.PrefixStore("rlhf_dist/weight_sync", self.store)
         if self.backend == "nccl":
             opts = dist.ProcessGroupNCCL.Options()
