@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlhf_dist.config import Config, ConfigError
+from rlhf_dist.data.chat import check_reward_format
 from rlhf_dist.model_shape import check_tp_heads
 
 
@@ -31,6 +32,7 @@ def prepare_model(cfg: Config, log=print):
         "data.max_prompt_tokens + rollout.max_new_tokens", log, who="policy",
     )
     check_tp_heads(cfg.placement.rollout.tensor_parallel_size, m.policy)
+    check_reward_format(cfg.reward.model, cfg.data.apply_chat_template)
     return tokenizer
 
 

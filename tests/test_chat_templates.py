@@ -159,3 +159,16 @@ def test_llm_judge_reads_its_prompt_as_a_user_turn(chat_model, tok):
     assert len(scores) == 2 and len(roles.ids) == 2
     want = j.template.format(prompt="the cat", a="is happy", b="is sad")
     assert roles.ids[0] == rendered(tok, user(want), gen=True)
+
+
+def test_ppo_refuses_a_reward_model_trained_on_the_other_format(tmp_path):
+    from rlhf_dist.data.chat import check_reward_format
+
+    rm = tmp_path / "rm"
+    rm.mkdir()
+    (rm / "reward_stats.json").write_text(json.dumps({"mean": 0.0, "std": 1.0, "n": 4, "apply_chat_template": False}))
+    check_reward_format(str(rm), False)
+    with pytest.raises(ConfigError, match=r"^data.apply_chat_template=true: the reward model .* was trained with apply_chat_template=false"):
+        check_reward_format(str(rm), True)
+    (rm / "reward_stats.json").write_text(json.dumps({"mean": 0.0, "std": 1.0, "n": 4}))  # written before the format was recorded
+    check_reward_format(str(rm), True)

@@ -13,7 +13,9 @@ the tokenizer's own special-token post-processing again (which would double a Ll
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 
@@ -32,8 +34,7 @@ def chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool) -> li
     out = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=False)
     if isinstance(out, Mapping):
         out = out["input_ids"]
-    ids = [int(i) for i in out]
-    return ids
+    return [int(i) for i in out]
 
 
 def as_messages(prompt: str | list[dict]) -> list[dict]:
@@ -69,3 +70,17 @@ def reward_batch(tokenizer, pairs: list[tuple[str, str]], chat: bool) -> dict[st
     """The reward role's input for (prompt, response) pairs, laid out as reward-model training lays out pairs."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return right_padded([conversation_ids(tokenizer, p, r, chat) for p, r in pairs], pad)
+
+
+def check_reward_format(reward_model: str | None, chat: bool) -> None:
+    """A reward model trained by `rlhf-dist rm` records the format it was trained on (reward_stats.json);
+    scoring it on the other format would give numbers it never learned, so that is refused."""
+    stats = Path(reward_model) / "reward_stats.json" if reward_model else None
+    if stats is None or not stats.is_file():
+        return
+    trained = json.loads(stats.read_text()).get("apply_chat_template")
+    if trained is not None and trained != chat:
+        raise ConfigError(
+            f"data.apply_chat_template={str(chat).lower()}: the reward model {reward_model!r} was trained with "
+            f"apply_chat_template={str(trained).lower()} ({stats}); set the same for PPO"
+        )

@@ -29,7 +29,7 @@ def synthetic_corpus(n_lines: int, seed: int = 0) -> list[str]:
 
 
 def make_tokenizer(out_dir: str | Path, vocab_size: int = 512, seed: int = 0, special: dict | None = None,
-                   extra_special: list[str] = (), chat_template: str = CHAT_TEMPLATE, prepend_bos: bool = False):
+                   extra_special: tuple[str, ...] = (), chat_template: str = CHAT_TEMPLATE, prepend_bos: bool = False):
     """Train a byte-level BPE tokenizer and save it as a transformers fast tokenizer. `special` maps
     bos/eos/pad to token strings (None: no such token); `prepend_bos` adds BOS on every encode, as Llama-3 does."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers

@@ -25,9 +25,9 @@ LLAMA3_TEMPLATE = (
 FAMILIES = {
     # As the instruct checkpoints set them: Qwen2 has no BOS and ends turns with <|im_end|>; Llama-3 has no pad.
     "qwen2": {"special": {"bos": None, "eos": "<|im_end|>", "pad": "<|endoftext|>"},
-              "extra": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "template": QWEN2_TEMPLATE, "prepend_bos": False},
+              "extra": ("<|endoftext|>", "<|im_start|>", "<|im_end|>"), "template": QWEN2_TEMPLATE, "prepend_bos": False},
     "llama3": {"special": {"bos": "<|begin_of_text|>", "eos": "<|eot_id|>", "pad": None},
-               "extra": ["<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+               "extra": ("<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
                "template": LLAMA3_TEMPLATE, "prepend_bos": True},
 }
 

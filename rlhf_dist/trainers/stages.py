@@ -98,6 +98,7 @@ def run_stage(kind: str, cfg: StageConfig, log=print) -> Path:
         tokenizer.save_pretrained(str(final))
         if kind == "rm":
             stats = reward_stats(learners, eval_set if eval_set is not None and nums.eval_samples else train_set, tokenizer.pad_token_id, nums.ranks)
+            stats["apply_chat_template"] = cfg.data.apply_chat_template  # the format it scores (data/chat.py)
             (final / "reward_stats.json").write_text(json.dumps(stats, indent=1))
             log(f"reward scores mean {stats['mean']:.4f} std {stats['std']:.4f} over {stats['n']} responses (reward_stats.json)")
         log(f"saved the trained model to {final} in {time.perf_counter() - t0:.1f} s")
