@@ -22,7 +22,7 @@ import tempfile
 import time
 
 from rlhf_dist.dist import local_cluster_env
-from rlhf_dist.errors import WaitTimeout
+from rlhf_dist.errors import RLHFError, WaitTimeout
 
 LOOPBACK = "127.0.0.1"
 _token_dir: str | None = None  # one token per process: Ray's token loader caches the first one it reads
@@ -77,12 +77,12 @@ def start_local_ray(**init_kwargs) -> None:
     got = ray.util.get_node_ip_address()
     if got != LOOPBACK:
         ray.shutdown()
-        raise RuntimeError(f"local Ray took node address {got}, not {LOOPBACK}: refusing to run with Ray exposed")
+        raise RLHFError(f"local Ray took node address {got}, not {LOOPBACK}: refusing to run with Ray exposed")
 
 
 def _host_port(address: str) -> tuple[str, int] | None:
     host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
+    if "://" in address or not sep or not port.isdigit():
         return None
     return host.strip("[]"), int(port)
 
@@ -90,7 +90,7 @@ def _host_port(address: str) -> tuple[str, int] | None:
 def wait_reachable(address: str, deadline_s: float) -> None:
     """Until `deadline_s`, try a TCP connection to the cluster's GCS; an error naming the address after that."""
     hp = _host_port(address)
-    if hp is None:  # "auto", "ray://..." and the like: Ray resolves them
+    if hp is None:  # "auto", "ray://..." and the like: Ray resolves and connects them
         return
     t0, last = time.monotonic(), None
     while time.monotonic() - t0 < deadline_s:
