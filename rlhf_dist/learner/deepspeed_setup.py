@@ -1,29 +1,9 @@
 """DeepSpeed engine construction for a learner role (ZeRO 0-3, optional CPU offload)."""
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
-from rlhf_dist.config import Config, LearnerRole
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainSpec:
-    """What a learner rank needs to know to train, whatever the stage (PPO, SFT, reward model, DPO)."""
-
-    micro_batch_size: int  # samples per forward/backward on one rank
-    mini_batch_size: int  # samples per optimizer step, across all ranks
-    epochs: int  # passes over each batch handed to train()
-    lr: float
-    weight_decay: float
-    grad_clip: float
-    dtype: str
-    role: LearnerRole  # ranks, ZeRO stage, offload
-
-    @property
-    def grad_accum(self) -> int:
-        return self.mini_batch_size // (self.micro_batch_size * self.role.num_gpus)
+from rlhf_dist.specs import TrainSpec
 
 
 def ds_config(spec: TrainSpec) -> dict:
@@ -79,14 +59,14 @@ def init_distributed(backend: str, master_addr: str, port: int, rank: int, world
     )
 
 
-def inference_ds_config(cfg: Config, world_size: int) -> dict:
+def inference_ds_config(micro_batch_size: int, dtype: str, world_size: int) -> dict:
     """ZeRO-3 without an optimizer: weights partitioned, gathered per layer in the forward pass."""
     return {
-        "train_micro_batch_size_per_gpu": cfg.ppo.micro_batch_size,
-        "train_batch_size": cfg.ppo.micro_batch_size * world_size,
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "train_batch_size": micro_batch_size * world_size,
         "zero_optimization": {"stage": 3},
-        "bf16": {"enabled": cfg.model.dtype == "bfloat16"},
-        "fp16": {"enabled": cfg.model.dtype == "float16"},
+        "bf16": {"enabled": dtype == "bfloat16"},
+        "fp16": {"enabled": dtype == "float16"},
         "steps_per_print": 2**31 - 1,
     }
 

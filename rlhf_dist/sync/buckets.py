@@ -10,6 +10,8 @@ import dataclasses
 import torch
 
 _DTYPES = {str(d): d for d in (torch.float32, torch.bfloat16, torch.float16)}
+# Bucket size for gathering a model to save it where no sync.bucket_mb is configured (the SFT/RM/DPO stages).
+GATHER_BUCKET_MB = 64
 
 
 @dataclasses.dataclass(frozen=True)

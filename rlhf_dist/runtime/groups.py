@@ -1,17 +1,15 @@
 """An actor group: N ranks of one role placed on pool bundles, called together with one deadline."""
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
+from rlhf_dist.dist import LOCAL_IP_ENV
 from rlhf_dist.errors import wait_all
-from rlhf_dist.placement import Slot
+from rlhf_dist.runtime.placement import Slot, remove_pools
 
 
 def worker_env(device: str, threads: int) -> dict[str, str]:
-    import os
-
-    from rlhf_dist.dist import LOCAL_IP_ENV
-
     env = {
         "TOKENIZERS_PARALLELISM": "false",
         "PYTHONUNBUFFERED": "1",
@@ -32,8 +30,6 @@ def worker_env(device: str, threads: int) -> dict[str, str]:
 
 def stop_all(groups, pools: dict) -> None:
     """Kill the groups' actors and remove the pools' placement groups: best effort, on the way out."""
-    from rlhf_dist.placement import remove_pools
-
     for g in groups:
         try:
             g.kill()
