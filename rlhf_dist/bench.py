@@ -189,7 +189,7 @@ def bench_sync(cfg: Config, bucket_mbs: list[float], repeats: int, log=print) ->
             total = 0
             version = 0
             for mb in bucket_mbs:
-                cluster.sync.plan(mb)
+                cluster.sync.replan(mb)
                 for rep in range(repeats + 1):  # the first sync of each size is a warm-up
                     version += 1
                     m = cluster.sync_weights(version, verify=False)

@@ -167,6 +167,9 @@ class PlacementConfig(Strict):
 class SyncConfig(Strict):
     bucket_mb: float = Field(64, gt=0)
     verify_every: int = Field(1, ge=0)  # hash-check engines against the learner every N syncs; 0 = off
+    # Stop the run when the engines' log-probs of their sampled tokens differ from the learner's by more than this
+    # (the probe `rollout/engine_learner_logprob_diff_max`, every step); None: reported only.
+    max_logprob_diff: float | None = Field(None, gt=0)
 
 
 class ClusterConfig(Strict):

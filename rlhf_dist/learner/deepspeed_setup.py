@@ -39,24 +39,25 @@ def skip_shm_comm() -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
-def init_distributed(backend: str, master_addr: str, port: int, rank: int, world_size: int, timeout) -> None:
+def init_distributed(backend: str, master_addr: str, port: int, rank: int, world_size: int, rendezvous_s: float,
+                     collective_s: float) -> None:
+    """The role's default process group, then DeepSpeed on top of it. The rendezvous (every rank reaching the
+    store) is bounded by `rendezvous_s`; each collective afterwards by `collective_s` (timeouts.collective_s)."""
+    import datetime
     import os
 
     import deepspeed
+    import torch.distributed as dist
 
     # Ray gives each actor its own visible device(s), so the local device index is always 0.
     os.environ.update(
         {"LOCAL_RANK": "0", "RANK": str(rank), "WORLD_SIZE": str(world_size), "MASTER_ADDR": master_addr, "MASTER_PORT": str(port)}
     )
-    deepspeed.init_distributed(
-        dist_backend=backend,
-        init_method=f"tcp://{master_addr}:{port}",
-        rank=rank,
-        world_size=world_size,
-        timeout=timeout,
-        auto_mpi_discovery=False,
-        verbose=False,
-    )
+    store = dist.TCPStore(master_addr, port, world_size, is_master=rank == 0, timeout=datetime.timedelta(seconds=rendezvous_s))
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=collective_s))
+    # DeepSpeed finds the group initialised and only sets up its communication wrapper.
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False,
+                               timeout=datetime.timedelta(seconds=collective_s))
 
 
 def inference_ds_config(micro_batch_size: int, dtype: str, world_size: int) -> dict:

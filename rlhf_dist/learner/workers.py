@@ -17,8 +17,8 @@ from rlhf_dist.errors import WaitTimeout
 from rlhf_dist.learner import models
 from rlhf_dist.learner.deepspeed_setup import ds_config, inference_ds_config, init_distributed, make_engine, skip_shm_comm
 from rlhf_dist.specs import LearnerSpec, ReferenceSpec, RewardSpec
-from rlhf_dist.sync.buckets import Bucket, checksum, pack, plan_buckets
-from rlhf_dist.sync.group import SyncGroup
+from rlhf_dist.sync.buckets import Bucket, plan_buckets
+from rlhf_dist.sync.sender import WeightSender
 
 
 def _micro_batches(batch: dict[str, torch.Tensor], size: int):
@@ -57,8 +57,7 @@ class _Base:
         t0 = time.perf_counter()
         try:
             init_distributed(
-                D.backend_for(proc.device), master_addr, port, self.rank, self.world_size,
-                D.timedelta(proc.rendezvous_s),
+                D.backend_for(proc.device), master_addr, port, self.rank, self.world_size, proc.rendezvous_s, proc.collective_s
             )
         except (RuntimeError, torch.distributed.DistStoreError) as e:
             raise WaitTimeout(
@@ -227,32 +226,18 @@ class PolicyWorker(LearnerWorker):
             out["entropy"] = entropy_from_logits(logits / self.settings.temperature)
         return out
 
-    # --- weight sync (rank 0 broadcasts; every rank joins the ZeRO-3 gathers) ---
+    # --- weight sync (rlhf_dist.sync.sender: rank 0 broadcasts; every rank joins the ZeRO-3 gathers) ---
     def sync_plan(self, bucket_mb: float) -> list[Bucket]:
-        self._buckets = plan_buckets(self.named_full_params(), int(bucket_mb * 2**20))
-        return self._buckets
+        self._sender = getattr(self, "_sender", None) or WeightSender(self.rank)
+        return self._sender.plan(self.named_full_params(), bucket_mb)
 
     def init_weight_sync(self, master_addr: str, port: int, world_size: int, backend: str) -> bool:
-        if self.rank == 0:
-            # gloo buckets live in host memory (also on GPUs, when policy and engines share them).
-            self._sync = SyncGroup(master_addr, port, 0, world_size, backend, self.settings.process.rendezvous_s)
+        p = self.settings.process
+        self._sender.connect(master_addr, port, world_size, backend, p.rendezvous_s, p.collective_s)
         return True
 
     def broadcast_weights(self, verify: bool) -> dict:
-        t0 = time.perf_counter()
-        sums, nbytes, sending = [], 0, 0.0
-        for bucket, tensors in self.iter_full_buckets(self._buckets):
-            if self.rank != 0:
-                continue
-            flat = pack(tensors, bucket.empty(self._sync.device))
-            t1 = time.perf_counter()
-            self._sync.broadcast(flat)
-            sending += time.perf_counter() - t1
-            nbytes += bucket.nbytes
-            if verify:
-                sums.append(checksum(flat))
-        # Time in broadcast includes waiting for the engines to finish loading the previous bucket.
-        return {"seconds": time.perf_counter() - t0, "bytes": nbytes, "checksums": sums, "broadcast_s": sending}
+        return self._sender.send(self.iter_full_buckets(self._sender.buckets), verify)
 
 
 class CriticWorker(LearnerWorker):

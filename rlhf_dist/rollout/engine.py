@@ -8,7 +8,7 @@ from rlhf_dist.dist import node_ip, use_cuda
 from rlhf_dist.errors import WeightSyncError
 from rlhf_dist.specs import EngineSpec, SamplingSpec, process_spec
 
-RECEIVER = "rlhf_dist.rollout.extension.WeightReceiver"
+RECEIVER = "rlhf_dist.sync.receiver.WeightReceiver"
 
 
 def engine_env(cfg) -> dict[str, str]:
@@ -116,14 +116,18 @@ class RolloutEngine:
             logprobs.append([c.logprobs[i][t].logprob for i, t in enumerate(ids)])
         return {"responses": responses, "logprobs": logprobs, "seconds": seconds}
 
-    def init_weight_sync(self, master_addr: str, port: int, first_rank: int, world_size: int, backend: str) -> list[int]:
+    def init_weight_sync(self, master_addr: str, port: int, first_rank: int, world_size: int, backend: str, buckets) -> list[int]:
+        """Join the sync group; `buckets` is the plan agreed once, used by every later receive."""
+        p = self.settings.process
         return self.llm.collective_rpc(
-            "rlhf_init_sync",
-            args=(master_addr, port, first_rank, world_size, backend, self.settings.process.rendezvous_s),
+            "rlhf_init_sync", args=(master_addr, port, first_rank, world_size, backend, p.rendezvous_s, p.collective_s, buckets)
         )
 
-    def receive_weights(self, buckets, version: int, verify: bool) -> list[dict]:
-        out = self.llm.collective_rpc("rlhf_receive", args=(buckets, version, verify))
+    def set_sync_plan(self, buckets) -> list[bool]:
+        return self.llm.collective_rpc("rlhf_set_plan", args=(buckets,))
+
+    def receive_weights(self, version: int, verify: bool) -> list[dict]:
+        out = self.llm.collective_rpc("rlhf_receive", args=(version, verify))
         # Cached prefix KV was computed with the old weights; reload_weights does not drop it.
         self.llm.reset_prefix_cache()
         return out

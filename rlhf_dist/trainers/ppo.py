@@ -19,6 +19,7 @@ from rlhf_dist.metrics import MetricsWriter, set_aside_metrics_after
 from rlhf_dist.preflight import prepare_model
 from rlhf_dist.rewards.functions import RuleRewards
 from rlhf_dist.runtime.scaffold import log_skipped, open_run, ray_session, with_restarts
+from rlhf_dist.sync.weights import check_logprob_match
 from rlhf_dist.trainers.rl_roles import RLRoles
 
 
@@ -124,6 +125,10 @@ def rl_step(cfg: Config, roles: RLRoles, state: LoopState, step: int) -> dict:
     values = roles.gather_infer(infer["critic"], "critic values")["values"] if "critic" in infer else None
     timing["infer"] = time.perf_counter() - t0
 
+    # The engines sampled with the weights the policy just scored: their log-probs must agree.
+    probe = float(((roll["engine_logprobs"] - old_lp).abs() * mask).max())
+    check_logprob_match(probe, cfg.sync.max_logprob_diff, step)
+
     # 4. Advantages and returns: pure tensor math, chosen by name.
     kl = kl_estimate(old_lp, ref_lp, ppo.kl_estimator) * mask
     inputs = AdvantageInputs(
@@ -164,7 +169,7 @@ def rl_step(cfg: Config, roles: RLRoles, state: LoopState, step: int) -> dict:
         "advantages/mean": float(masked_mean(advantages, mask)),
         "returns/mean": float(masked_mean(returns, mask)),
         "response/length_mean": float(mask.sum(1).mean()),
-        "rollout/engine_learner_logprob_diff_max": float(((roll["engine_logprobs"] - old_lp).abs() * mask).max()),
+        "rollout/engine_learner_logprob_diff_max": probe,
         **roll_metrics,
     }
     if values is not None:

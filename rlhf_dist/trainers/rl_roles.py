@@ -58,9 +58,10 @@ def role_slots(cfg: Config, derived: Derived) -> dict:
 class RLRoles:
     """The started roles of one RL job, with the weight-sync path between policy and engines."""
 
-    def __init__(self, cfg: Config, log=print):
+    def __init__(self, cfg: Config, log=print, specs: list[RoleSpec] | None = None):
+        """`specs`: the roles to start (default: `role_specs(cfg)`)."""
         self.cfg, t = cfg, cfg.timeouts
-        self.roles = Roles(role_specs(cfg), cfg.placement.pools, cfg.run.name, cfg.cluster, t, log)
+        self.roles = Roles(specs or role_specs(cfg), cfg.placement.pools, cfg.run.name, cfg.cluster, t, log)
         try:
             self.policy, self.critic = self.roles["policy"], self.roles.get("critic")
             self.reference, self.rollout, self.reward = self.roles["reference"], self.roles["rollout"], self.roles.get("reward")
