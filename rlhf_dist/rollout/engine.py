@@ -84,16 +84,27 @@ class RolloutEngine:
         tp = s.tensor_parallel_size
         kwargs = {}
         if tp > 1:
-            # GPU: vLLM starts its TP workers as Ray actors inside this engine's placement group. The CPU build
-            # has no Ray executor; there the workers are child processes of this actor.
-            kwargs["distributed_executor_backend"] = "ray" if use_cuda(s.process.device) else "mp"
+            # This actor holds no GPU; its TP workers use the bundles the runtime gave it (RLHF_DIST_BUNDLES,
+            # one per worker, distinct across engines). GPU only (not exercised by the CPU tests): vLLM starts
+            # the workers as Ray actors on exactly those bundles of this engine's placement group. The CPU
+            # build has no Ray executor: the workers are child processes of this actor, and the runtime's
+            # seats hold the same bundles' shares, so Ray's accounting matches a GPU run.
+            if use_cuda(s.process.device):
+                os.environ["VLLM_RAY_BUNDLE_INDICES"] = os.environ["RLHF_DIST_BUNDLES"]
+                os.environ["VLLM_RAY_PER_WORKER_GPUS"] = os.environ["RLHF_DIST_GPU_SHARE"]
+                kwargs["distributed_executor_backend"] = "ray"
+            else:
+                kwargs["distributed_executor_backend"] = "mp"
         if s.worker_extension:
             kwargs["worker_extension_cls"] = s.worker_extension
         self.llm = LLM(**s.llm, tensor_parallel_size=tp, seed=s.process.seed + self.rank, **kwargs)
         return {"rank": self.rank, "seconds": time.perf_counter() - t0, "pid": os.getpid()}
 
     def ready(self) -> dict:
-        return {"role": self.role, "rank": self.rank, "ip": node_ip(), "pid": os.getpid()}
+        import ray
+
+        return {"role": self.role, "rank": self.rank, "ip": node_ip(), "pid": os.getpid(),
+                "bundles": os.environ.get("RLHF_DIST_BUNDLES"), "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
 
     def generate(self, prompts: list[list[int]], seed: int, version: int | None = None) -> dict:
         """`version`: the weights version the controller last synced; every worker must hold it."""

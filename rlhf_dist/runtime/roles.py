@@ -27,6 +27,8 @@ class RoleSpec:
     gpus_per_rank: int = 1  # > 1: a tensor-parallel engine owning that many consecutive bundles of one node
     rendezvous: bool = False  # the ranks form a DeepSpeed process group: setup(master_addr, port)
     env: dict = dataclasses.field(default_factory=dict)  # extra environment for this role's processes
+    # gpus_per_rank > 1 where the workers are not Ray actors (vLLM on CPU): a seat per bundle holds its share.
+    seats: bool = False
 
     @property
     def gpus(self) -> int:
@@ -52,7 +54,7 @@ class Roles:
             self.slots = slots
             env = worker_env(cluster.device, cluster.threads_per_actor)
             for s in specs:
-                self.groups[s.name] = ActorGroup(s.name, s.worker, slots[s.name], self.pools, (s.spec,), {**env, **s.env})
+                self.groups[s.name] = ActorGroup(s.name, s.worker, slots[s.name], self.pools, (s.spec,), {**env, **s.env}, s.seats)
             self.setup_info = self._start(specs)
         except BaseException:
             self.shutdown()

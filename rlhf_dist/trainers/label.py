@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from rlhf_dist.data.prompts import load_prompts
+from rlhf_dist.dist import use_cuda
 from rlhf_dist.layout import pool_layout
 from rlhf_dist.learner.workers import RewardModelWorker
 from rlhf_dist.preflight import check_model_path, prepare_tokenizer
@@ -28,7 +29,7 @@ def label_roles(cfg: LabelConfig) -> list[RoleSpec]:
     p, m = cfg.placement, cfg.model
     env = engine_env(cfg)
     specs = [RoleSpec("rollout", RolloutEngine, p.rollout.pool, p.rollout.num_engines, engine_spec(cfg),
-                      gpus_per_rank=p.rollout.tensor_parallel_size, env=env)]
+                      gpus_per_rank=p.rollout.tensor_parallel_size, env=env, seats=not use_cuda(cfg.cluster.device))]
     if cfg.judge.kind == "llm":
         specs.append(RoleSpec("judge", JudgeEngine, p.judge.pool, p.judge.num_gpus, judge_engine_spec(cfg), env=env))
     elif cfg.judge.kind == "reward_model":

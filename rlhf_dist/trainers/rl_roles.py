@@ -4,11 +4,24 @@ from __future__ import annotations
 
 from rlhf_dist.config import Config, Derived, uses_critic
 from rlhf_dist.data.batch import concat, split, split_list
-from rlhf_dist.learner.workers import CriticWorker, PolicyWorker, ReferenceWorker, RewardModelWorker
+from rlhf_dist.dist import use_cuda
+from rlhf_dist.learner.workers import (
+    CriticWorker,
+    PolicyWorker,
+    ReferenceWorker,
+    RewardModelWorker,
+)
 from rlhf_dist.rollout.engine import RolloutEngine, engine_env, engine_spec
 from rlhf_dist.runtime.placement import plan_slots
 from rlhf_dist.runtime.roles import Roles, RoleSpec
-from rlhf_dist.specs import LearnerSpec, ModelSpec, ReferenceSpec, RewardSpec, TrainSpec, process_spec
+from rlhf_dist.specs import (
+    LearnerSpec,
+    ModelSpec,
+    ReferenceSpec,
+    RewardSpec,
+    TrainSpec,
+    process_spec,
+)
 from rlhf_dist.sync.weights import WeightSync
 
 
@@ -46,7 +59,7 @@ def role_specs(cfg: Config) -> list[RoleSpec]:
     if cfg.reward.model is not None:
         specs.append(RoleSpec("reward", RewardModelWorker, p.reward.pool, p.reward.num_gpus, reward_spec(cfg)))
     specs.append(RoleSpec("rollout", RolloutEngine, p.rollout.pool, p.rollout.num_engines, engine_spec(cfg),
-                          gpus_per_rank=p.rollout.tensor_parallel_size, env=engine_env(cfg)))
+                          gpus_per_rank=p.rollout.tensor_parallel_size, env=engine_env(cfg), seats=not use_cuda(cfg.cluster.device)))
     return specs
 
 
