@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import time
 
-from rlhf_dist.dist import node_ip, use_cuda
+from rlhf_dist.dist import node_ip
 from rlhf_dist.errors import WeightSyncError
 from rlhf_dist.specs import EngineSpec, SamplingSpec, process_spec
 
@@ -89,7 +89,7 @@ class RolloutEngine:
             # the workers as Ray actors on exactly those bundles of this engine's placement group. The CPU
             # build has no Ray executor: the workers are child processes of this actor, and the runtime's
             # seats hold the same bundles' shares, so Ray's accounting matches a GPU run.
-            if use_cuda(s.process.device):
+            if not os.environ.get("RLHF_DIST_SEATS"):  # the runtime left the bundles to vLLM's Ray workers
                 os.environ["VLLM_RAY_BUNDLE_INDICES"] = os.environ["RLHF_DIST_BUNDLES"]
                 os.environ["VLLM_RAY_PER_WORKER_GPUS"] = os.environ["RLHF_DIST_GPU_SHARE"]
                 kwargs["distributed_executor_backend"] = "ray"

@@ -55,7 +55,7 @@ class BundleSeat:
 class ActorGroup:
     """One actor per slot. A slot of several bundles (a tensor-parallel engine) gets an actor holding no GPU:
     its workers use the bundles' GPUs (`RLHF_DIST_BUNDLES` tells it which), and with `seats` a `BundleSeat`
-    per bundle reserves them."""
+    per bundle reserves them (`RLHF_DIST_SEATS` tells the actor that its workers need not take them)."""
 
     def __init__(self, role: str, worker_cls: type, slots: Sequence[Slot], pools: dict, args: tuple, env: dict[str, str],
                  seats: bool = False):
@@ -68,7 +68,8 @@ class ActorGroup:
         for rank, slot in enumerate(slots):
             strategy = PlacementGroupSchedulingStrategy(pools[slot.pool], placement_group_bundle_index=slot.bundle)
             tp = len(slot.bundles) > 1
-            bundles = {"RLHF_DIST_BUNDLES": ",".join(map(str, slot.bundles)), "RLHF_DIST_GPU_SHARE": str(slot.gpu_fraction)}
+            bundles = {"RLHF_DIST_BUNDLES": ",".join(map(str, slot.bundles)), "RLHF_DIST_GPU_SHARE": str(slot.gpu_fraction),
+                       "RLHF_DIST_SEATS": "1" if tp and seats else ""}
             self.actors.append(
                 remote_cls.options(
                     # CPUs are not reserved: on small machines roles share cores (threads are capped instead).
