@@ -4,8 +4,8 @@
 The bucket plan arrives once, when the sync group is set up; each sync then streams the buckets over the
 dedicated group straight into vLLM's `reload_weights` (HF checkpoint names; works for fp32 CPU models whose
 linear weights oneDNN has pre-packed, and for GPU models). Each worker reports what the loader did with the
-tensors: the checksum over exactly the bytes handed to it, and the names it never took from the stream (a
-weight the loader skips is reported, never silently drained).
+tensors: the checksum over exactly the bytes handed to it, the names it never took from the stream (never
+silently drained), and the engine parameters vLLM's load_weights did not write.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ class WeightReceiver:
                     yield item
 
         weights = stream()
-        self.model_runner.reload_weights(weights_iterator=weights)
+        written = self._rlhf_load(weights)
         # A loader that stops early leaves tensors in the stream: they are still received (the sender's
         # broadcasts must complete) and named in the report, which the controller refuses.
         consumed = taken
@@ -58,7 +58,27 @@ class WeightReceiver:
         # Recorded only once the loader has returned: generate() checks it before sampling.
         self._rlhf_version = version
         total = time.perf_counter() - t_start
-        return {"checksums": sums, "broadcast_s": waited, "load_s": total - waited, "consumed": consumed, "not_loaded": left}
+        return {"checksums": sums, "broadcast_s": waited, "load_s": total - waited, "consumed": consumed,
+                "left_in_stream": left, "not_written": written}
+
+    def _rlhf_load(self, weights) -> list[str]:
+        """reload_weights, keeping what vLLM's own load_weights reports: the engine parameters it wrote (fused
+        and sharded names). Returns the parameters it did not write, which vLLM itself would only log."""
+        model = self.model_runner.get_model()
+        expected = {name for name, _ in model.named_parameters()}
+        real, written = model.load_weights, set()
+
+        def load_weights(items):
+            loaded = real(items)
+            written.update(loaded or ())
+            return loaded
+
+        model.load_weights = load_weights  # an instance attribute: the class's method is untouched
+        try:
+            self.model_runner.reload_weights(weights_iterator=weights)
+        finally:
+            del model.load_weights
+        return sorted(expected - written)
 
     def rlhf_version(self) -> int:
         return getattr(self, "_rlhf_version", -1)

@@ -48,12 +48,11 @@ class WeightSync:
         sent, engines = results[0], results[len(self.policy) :]
         for e, workers in enumerate(engines):
             for w, got in enumerate(workers):
-                if got["not_loaded"] or got["consumed"] != len(self.names):
-                    missing = got["not_loaded"] or ["(count only)"]
+                if got["left_in_stream"] or got["not_written"] or got["consumed"] != len(self.names):
                     raise WeightSyncError(
                         f"weight sync v{version}: rollout engine {e} worker {w}: vLLM's loader took {got['consumed']} of "
-                        f"the policy's {len(self.names)} tensors; not loaded: {', '.join(missing[:5])}"
-                        + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+                        f"the policy's {len(self.names)} tensors" + _named("; left in the stream", got["left_in_stream"])
+                        + _named("; engine parameters it did not write", got["not_written"])
                     )
                 if verify and got["checksums"] != sent["checksums"]:
                     bad = next(i for i, (a, b) in enumerate(zip(sent["checksums"], got["checksums"])) if a != b)
@@ -73,6 +72,13 @@ class WeightSync:
             "sync/verified": bool(verify),
             "sync/version": version,
         }
+
+
+def _named(what: str, names: list[str]) -> str:
+    if not names:
+        return ""
+    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+    return f"{what}: {', '.join(names[:5])}{more}"
 
 
 def check_logprob_match(diff_max: float, limit: float | None, step: int) -> None:
