@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -38,7 +39,6 @@ def _fmt(v) -> str:
 
 def medians(rows: list[dict], key: str, by: tuple[str, ...]) -> list[dict]:
     """Median of `key` per group of rows sharing the `by` columns (the number to compare across paths)."""
-    import statistics
 
     groups: dict[tuple, list[float]] = {}
     for r in rows:
@@ -182,7 +182,7 @@ def bench_sync(cfg: Config, bucket_mbs: list[float], repeats: int, log=print) ->
     from rlhf_dist.trainers.rl_roles import RLRoles, role_slots
 
     derived = derive(cfg)
-    rows = []
+    rows, verified = [], []
     cluster = None
     raw_pools: dict = {}
     with ray_session(cfg, derived, log):
@@ -193,9 +193,13 @@ def bench_sync(cfg: Config, bucket_mbs: list[float], repeats: int, log=print) ->
             for mb in bucket_mbs:
                 cluster.sync.replan(mb)
                 for rep in range(repeats + 1):  # the first sync of each size is a warm-up
-                    version += 1
+                    version += 2
+                    # The same sync with verification (checksums on both sides), alternating, for its cost.
+                    checked = cluster.sync_weights(version - 1, verify=True)
                     m = cluster.sync_weights(version, verify=False)
                     if rep:
+                        verified.append({"bucket_mb": mb, "repeat": rep, "verified_s": checked["sync/seconds"],
+                                         "unverified_s": m["sync/seconds"]})
                         total = m["sync/bytes"]
                         rows.append({"path": "rlhf_dist sync", "bucket_mb": mb, "buckets": len(cluster.sync.buckets), "repeat": rep,
                                      "MB": total / 1e6, "seconds": m["sync/seconds"], "GB_per_s": total / m["sync/seconds"] / 1e9,
@@ -223,7 +227,14 @@ def bench_sync(cfg: Config, bucket_mbs: list[float], repeats: int, log=print) ->
             if cluster is not None:
                 cluster.shutdown()
             remove_pools(raw_pools)
-    return {"ranks": 1 + derived.rollout_gpus, "rows": rows}
+    return {"ranks": 1 + derived.rollout_gpus, "rows": rows, "verification": verification_cost(verified)}
+
+
+def verification_cost(rows: list[dict]) -> dict:
+    """Median seconds of verified and unverified syncs of the same weights, and the verification's share."""
+    v = statistics.median(r["verified_s"] for r in rows)
+    u = statistics.median(r["unverified_s"] for r in rows)
+    return {"rows": rows, "median_verified_s": v, "median_unverified_s": u, "share_of_sync": (v - u) / v}
 
 
 def bench_step(cfg: Config, log=print) -> dict:
