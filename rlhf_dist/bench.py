@@ -39,7 +39,6 @@ def _fmt(v) -> str:
 
 def medians(rows: list[dict], key: str, by: tuple[str, ...]) -> list[dict]:
     """Median of `key` per group of rows sharing the `by` columns (the number to compare across paths)."""
-
     groups: dict[tuple, list[float]] = {}
     for r in rows:
         groups.setdefault(tuple(r[b] for b in by), []).append(r[key])
