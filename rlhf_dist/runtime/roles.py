@@ -65,9 +65,11 @@ class Roles:
         t0 = time.perf_counter()
         infos = self.wait([g.submit("ready") for g in self.groups.values()], "actor start", t.actor_start_s)
         self.device = infos[0].get("device", "cpu")
-        for role in self.groups:
-            where = ", ".join(f"rank {i['rank']} pid {i['pid']} on {i['ip']}" for i in infos if i["role"] == role)
+        i = 0
+        for role, g in self.groups.items():
+            where = ", ".join(f"rank {x['rank']} pid {x['pid']} on {x['ip']}" for x in infos[i : i + len(g)])
             self.log(f"{role}: {where}")
+            i += len(g)
         # Roles with a DeepSpeed process group rendezvous; the others load their models meanwhile.
         submitted = []
         for s in specs:
