@@ -10,6 +10,7 @@ silently drained), and the engine parameters vLLM's load_weights did not write.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from rlhf_dist.sync.buckets import Bucket, checksum
 from rlhf_dist.sync.group import SyncGroup
@@ -30,8 +31,10 @@ class WeightReceiver:
         return True
 
     def rlhf_receive(self, version: int, verify: bool) -> dict:
-        sums: list[int] = []
+        sums: list = []
         device = self._rlhf_sync.device
+        # Checksums run beside the loader (torch releases the GIL), off the sync's critical path.
+        hasher = ThreadPoolExecutor(1) if verify else None
         waited = 0.0  # seconds blocked in broadcasts; the rest of the call is vLLM loading the weights
         taken = 0  # tensors the loader pulled from the stream
         t_start = time.perf_counter()
@@ -44,7 +47,7 @@ class WeightReceiver:
                 self._rlhf_sync.broadcast(flat)
                 waited += time.perf_counter() - t0
                 if verify:
-                    sums.append(checksum(flat))
+                    sums.append(hasher.submit(checksum, flat))
                 for item in bucket.unpack(flat):
                     taken += 1
                     yield item
@@ -55,6 +58,9 @@ class WeightReceiver:
         # broadcasts must complete) and named in the report, which the controller refuses.
         consumed = taken
         left = [name for name, _ in weights]
+        if hasher is not None:
+            sums = [f.result() for f in sums]  # the loader only reads the buffers: the bytes are those received
+            hasher.shutdown()
         # Recorded only once the loader has returned: generate() checks it before sampling.
         self._rlhf_version = version
         total = time.perf_counter() - t_start

@@ -3,6 +3,7 @@ pack, checksum and broadcast (rank 0 only, over the dedicated sync group)."""
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -31,6 +32,8 @@ class WeightSender:
         it, so ZeRO-3 gathers complete); rank 0 packs and broadcasts each one."""
         t0 = time.perf_counter()
         sums, nbytes, sending = [], 0, 0.0
+        # Checksums run beside the next gather and broadcast (torch releases the GIL).
+        hasher = ThreadPoolExecutor(1) if verify and self.rank == 0 else None
         for bucket, tensors in full_buckets:
             if self.rank != 0:
                 continue
@@ -40,6 +43,9 @@ class WeightSender:
             sending += time.perf_counter() - t1
             nbytes += bucket.nbytes
             if verify:
-                sums.append(checksum(flat))
+                sums.append(hasher.submit(checksum, flat))
+        if hasher is not None:
+            sums = [f.result() for f in sums]
+            hasher.shutdown()
         # Time in broadcast includes waiting for the engines to finish loading the previous bucket.
         return {"seconds": time.perf_counter() - t0, "bytes": nbytes, "checksums": sums, "broadcast_s": sending}
