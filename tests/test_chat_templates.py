@@ -123,13 +123,14 @@ def test_reward_worker_scores_the_conversation(tmp_path, chat_model, tok):
 
     from rlhf_dist.data.tiny import make_tiny_reward_model
     from rlhf_dist.learner.workers import RewardModelWorker
+    from rlhf_dist.trainers.rl_roles import reward_spec
 
     rm = str(make_tiny_reward_model(tmp_path / "rm", chat_model[1]))
     d = demo_config_dict(chat_model[1], str(tmp_path / "p.jsonl"), str(tmp_path / "run"))
     d["data"]["apply_chat_template"] = True
     d["reward"]["model"] = rm
     d["placement"]["reward"] = {"pool": "main", "num_gpus": 1}
-    worker = RewardModelWorker(load_config(None, base=d), rank=0, world_size=1)
+    worker = RewardModelWorker(reward_spec(load_config(None, base=d)), rank=0, world_size=1)
     worker.setup()
     pairs = [("the red cat", "is happy"), ("a dog runs fast and the sun is hot", "yes")]
     got = worker.score(pairs)
