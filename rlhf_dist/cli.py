@@ -82,7 +82,7 @@ def _bench(args) -> int:
 def _export(args) -> int:
     from rlhf_dist.export import export
 
-    out = export(args.checkpoint, args.out_dir, role=args.role)
+    out = export(args.checkpoint, args.out_dir, role=args.role, force=args.force)
     print(f"{args.role} from {args.checkpoint} written to {out} (HuggingFace format)")
     return 0
 
@@ -90,7 +90,7 @@ def _export(args) -> int:
 def _make_tiny(args) -> int:
     from rlhf_dist.data.tiny import make_tiny_model
 
-    out = make_tiny_model(args.out_dir, hidden_size=args.hidden_size, num_layers=args.layers, seed=args.seed)
+    out = make_tiny_model(args.out_dir, hidden_size=args.hidden_size, num_layers=args.layers, seed=args.seed, force=args.force)
     print(f"tiny model and tokenizer written to {out}")
     return 0
 
@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("checkpoint", help="a checkpoint directory, e.g. runs/demo/checkpoints/step_00000010")
     p.add_argument("out_dir")
     p.add_argument("--role", choices=["policy", "critic"], default="policy")
+    p.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists and is not empty")
     p.set_defaults(fn=_export)
 
     p = sub.add_parser("make-tiny-model", help="write a tiny random Llama-style model and tokenizer (no downloads)")
@@ -150,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hidden-size", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists and is not empty")
     p.set_defaults(fn=_make_tiny)
 
     args = parser.parse_args(argv)

@@ -40,7 +40,7 @@ def prepare_tokenizer(field: str, path: str, make_tiny: bool, need_positions: in
         from rlhf_dist.data.tiny import make_tiny_model
 
         log(f"{field.split('.')[0]}.make_tiny: creating a tiny model and tokenizer at {path}")
-        make_tiny_model(path)
+        make_tiny_model(path, field=f"{field.split('.')[0]}.make_tiny ({field})")
     check_model_path(field, path)
     limit = getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None)
     if limit is not None and need_positions > limit:
