@@ -17,3 +17,17 @@ def sleepy(prompt: str, response: str) -> float:
 
 def not_a_number(prompt: str, response: str) -> float:
     return float("nan")
+
+
+def stuck(prompt: str, response: str) -> float:
+    """Never returns."""
+    while True:
+        time.sleep(1)
+
+
+def returns_bool(prompt: str, response: str):
+    return True
+
+
+def returns_string(prompt: str, response: str):
+    return "0.5"
