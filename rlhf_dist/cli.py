@@ -5,11 +5,19 @@ import argparse
 import sys
 
 
+def checked(cfg):
+    """The validation layer every command's config passes (paths by kind, readable, writable)."""
+    from rlhf_dist.validation import check_paths
+
+    check_paths(cfg)
+    return cfg
+
+
 def _train(args) -> int:
     from rlhf_dist.config import load_config
     from rlhf_dist.trainers.ppo import train
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = checked(load_config(args.config, args.overrides))
     run_dir = train(cfg)
     print(f"done: metrics in {run_dir / 'metrics.jsonl'}")
     return 0
@@ -18,7 +26,7 @@ def _train(args) -> int:
 def _stage(args) -> int:
     from rlhf_dist.stage_config import load_stage_config
 
-    cfg = load_stage_config(args.command, args.config, args.overrides)
+    cfg = checked(load_stage_config(args.command, args.config, args.overrides))
     if args.command == "label":
         from rlhf_dist.trainers.label import run_label
 
@@ -60,7 +68,7 @@ def _bench(args) -> int:
     if args.what == "step":
         overrides += [f"run.steps={args.steps}", "run.save_final=false", "run.progress_bar=false",
                       f"run.output_dir={args.run_dir}"]
-    cfg = load_config(args.config, overrides)
+    cfg = checked(load_config(args.config, overrides))
     if args.what == "rollout":
         result = bench.bench_rollout(cfg, args.prompts, args.prompt_len, args.repeats)
         columns = ["path", "engines", "repeat", "prompts", "tokens", "seconds", "tokens_per_s", "requests_per_s", "tokens_per_s_per_engine"]

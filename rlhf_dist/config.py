@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -16,14 +16,26 @@ class ConfigError(ValueError):
     """A config problem, worded for the user: names the field and what is wrong."""
 
 
+@dataclasses.dataclass(frozen=True)
+class PathKind:
+    """Marks a str field as a path the validation layer (rlhf_dist.validation) checks before anything runs."""
+
+    kind: Literal["file", "output_dir"]
+
+
+InputFile = Annotated[str, PathKind("file")]  # must be a readable file
+OutputDir = Annotated[str, PathKind("output_dir")]  # a directory this process can create or write in
+
+
 class Strict(BaseModel):
-    # Unknown keys are errors (a typo must not silently fall back to a default); configs are immutable.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Unknown keys are errors (a typo must not silently fall back to a default); configs are immutable;
+    # NaN and infinity are refused in every float field (no setting here gives infinity a meaning).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class RunConfig(Strict):
     name: str = "run"
-    output_dir: str = "runs/run"
+    output_dir: OutputDir = "runs/run"
     seed: int = 1
     steps: int = Field(10, ge=1)
     save_final: bool = True
@@ -42,7 +54,7 @@ class ModelConfig(Strict):
 
 
 class DataConfig(Strict):
-    prompts: str  # JSONL file, one object per line
+    prompts: InputFile  # JSONL file, one object per line
     prompt_key: str = "prompt"
     label_key: str | None = None  # a field passed to reward functions as `label` (e.g. the reference answer)
     apply_chat_template: bool = False
@@ -84,7 +96,8 @@ class RewardConfig(Strict):
         if self.model is None and not self.functions:
             raise ValueError("set reward.model and/or reward.functions: there is nothing to score rollouts with")
         for f in self.functions:
-            if ":" not in f.name:
+            module, colon, attr = f.name.partition(":")
+            if not (colon and module.strip() and attr.strip()):
                 raise ValueError(f"reward.functions name {f.name!r} must look like 'package.module:function'")
         return self
 
@@ -375,8 +388,18 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like dotted.key=value")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else ""
-    return key.strip().split("."), value
+    keys = key.strip().split(".")
+    if not all(k.strip() for k in keys):
+        raise ConfigError(f"override {text!r}: the key {key!r} has an empty part (dotted.key=value)")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({_yaml_problem(e)}); quote it") from None
+    return keys, value
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    return " ".join(str(getattr(e, "problem", None) or e).split())
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -420,9 +443,18 @@ def read_config_data(path: str | Path | None, overrides: list[str] | None = None
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            text = p.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = p.read_bytes()[: e.start].count(b"\n") + 1
+            raise ConfigError(f"{p}:{line}: not UTF-8 ({e.reason} at byte {e.start})") from None
+        except OSError as e:
+            raise ConfigError(f"config file {str(p)!r}: cannot be read ({e.strerror})") from None
+        try:
+            data = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+            mark = getattr(e, "problem_mark", None)
+            where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
+            raise ConfigError(f"{where}: not valid YAML ({_yaml_problem(e)})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of sections")
     if base is not None:

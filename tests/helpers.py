@@ -31,3 +31,12 @@ def returns_bool(prompt: str, response: str):
 
 def returns_string(prompt: str, response: str):
     return "0.5"
+
+
+def prompt_only(prompt: str) -> float:
+    """Cannot take (prompt, response)."""
+    return 0.0
+
+
+def keyword_only(*, prompt: str, response: str) -> float:
+    return 0.0

@@ -20,10 +20,25 @@ def load_function(spec: RewardFunction) -> Callable[..., float]:
         module = importlib.import_module(module_name)
     except ImportError as e:
         raise ConfigError(f"reward.functions {spec.name!r}: cannot import {module_name!r}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - the module's own code failed at import: say so in one line
+        raise ConfigError(f"reward.functions {spec.name!r}: importing {module_name!r} failed: {type(e).__name__}: {e}") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ConfigError(f"reward.functions {spec.name!r}: {module_name!r} has no function {attr!r}")
     return fn
+
+
+def check_signature(spec: RewardFunction, fn: Callable, with_label: bool) -> None:
+    """fn must accept (prompt, response[, label=...], **spec.kwargs), as it will be called."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # builtins without a signature: the call itself will tell
+    try:
+        sig.bind("prompt", "response", **({"label": None} if with_label else {}), **spec.kwargs)
+    except TypeError as e:
+        kw = "".join(f", {k}=..." for k in (["label"] if with_label else []) + list(spec.kwargs))
+        raise ConfigError(f"reward.functions {spec.name!r}: cannot be called as {spec.name.rpartition(':')[2]}(prompt, response{kw}): {e}") from None
 
 
 def label_use(fn: Callable) -> str:
@@ -49,6 +64,7 @@ class RuleRewards:
             if use == "required" and not has_labels:
                 raise ConfigError(f"reward.functions {spec.name!r} needs a `label`: set data.label_key to the data field holding it")
             self.takes_label.append(use != "no" and has_labels)
+            check_signature(spec, fn, self.takes_label[-1])
         # Calls run in worker processes (started on first use): as many as the most concurrent function asks.
         self.pool = RewardPool(max((s.concurrency for s in specs), default=1), [s.name for s in specs])
 
