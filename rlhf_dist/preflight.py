@@ -46,6 +46,9 @@ def prepare_tokenizer(field: str, path: str, make_tiny: bool, need_positions: in
         from rlhf_dist.data.tiny import make_tiny_model
 
         log(f"{field.split('.')[0]}.make_tiny: creating a tiny model and tokenizer at {path}")
+        where = Path(path).expanduser()
+        if where.is_dir() and any(where.iterdir()):
+            raise ConfigError(f"{field}: {path!r} holds files but no config.json; make_tiny writes only into a missing or empty directory")
         make_tiny_model(path, field=f"{field.split('.')[0]}.make_tiny ({field})")
     check_model_path(field, path, needs_tokenizer=True)
     limit = getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None)
