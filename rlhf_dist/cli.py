@@ -103,8 +103,15 @@ def _make_tiny(args) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """Argument errors in one line (no usage dump), exit code 2 like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rlhf-dist", description="Distributed RLHF on Ray.")
+    parser = Parser(prog="rlhf-dist", description="Distributed RLHF on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="run PPO from a YAML config")

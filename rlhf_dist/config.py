@@ -425,7 +425,7 @@ def format_validation_error(err: ValidationError) -> str:
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling against the README's config reference)"
         lines.append(f"{loc}: {msg}")
-    return "invalid config:\n  " + "\n  ".join(lines)
+    return "invalid config: " + "; ".join(lines)  # one line, however many fields are wrong
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None) -> Config:
@@ -440,6 +440,8 @@ def read_config_data(path: str | Path | None, overrides: list[str] | None = None
     data: dict = {}
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"config file {str(p)!r} is a directory")
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist")
         try:
