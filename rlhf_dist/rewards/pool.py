@@ -72,3 +72,10 @@ class RewardPool:
             self._pool = None
 
     close = terminate
+
+    def __del__(self):
+        # A scorer dropped without close() must not leave its workers behind until the interpreter exits.
+        try:
+            self.terminate()
+        except Exception:  # noqa: BLE001 - at interpreter shutdown the pool may be half torn down
+            pass
