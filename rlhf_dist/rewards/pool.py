@@ -7,10 +7,12 @@ reward's module by name, so nothing but the function name and plain arguments cr
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import multiprocessing
 import numbers
 import os
+import sys
 
 _FUNCTIONS: dict = {}
 
@@ -50,6 +52,24 @@ def _warm(names: list[str]) -> None:
             pass
 
 
+@contextlib.contextmanager
+def _main_hidden():
+    """Workers import rewards by name and never need the caller's __main__; multiprocessing would run it again
+    in each worker (a script without a __main__ guard would recurse, and stdin or a notebook cannot be found),
+    so the workers are started with it out of sight."""
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
+    try:
+        if "__file__" in saved:
+            del main.__file__
+        if "__spec__" in saved:
+            main.__spec__ = None
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(main, k, v)
+
+
 class RewardPool:
     """A process pool started on first use and terminated (not joined) when a call overruns its deadline."""
 
@@ -63,7 +83,8 @@ class RewardPool:
             # The forkserver imports the reward modules once and every worker is forked with them loaded
             # (not the caller's __main__, the default).
             ctx.set_forkserver_preload([__name__] + sorted({n.partition(":")[0] for n in self.names}))
-            self._pool = ctx.Pool(self.processes, initializer=_warm, initargs=(self.names,))
+            with _main_hidden():
+                self._pool = ctx.Pool(self.processes, initializer=_warm, initargs=(self.names,))
         return self._pool
 
     def terminate(self) -> None:
