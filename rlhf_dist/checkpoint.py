@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 
 from rlhf_dist.config import Config, ConfigError
 
 MARKER = "COMPLETE"
+STEP_NAME = re.compile(r"step_\d+")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +35,23 @@ def at(path: str | Path, field: str = "resume") -> Checkpoint:
     path = Path(path)
     if not (path / MARKER).is_file():
         raise ConfigError(f"{field}: {str(path)!r} is not a complete checkpoint directory (no {MARKER} file)")
-    return Checkpoint(path.parent.parent, path, int(path.name.removeprefix("step_")))
+    if not STEP_NAME.fullmatch(path.name):
+        raise ConfigError(f"{field}: {str(path)!r} is not named step_N (checkpoints are RUN_DIR/checkpoints/step_N)")
+    run_dir = path.parent.parent
+    if path.parent.name != "checkpoints" or not (run_dir / "config.yaml").is_file():
+        raise ConfigError(
+            f"{field}: {str(run_dir / 'config.yaml')!r} does not exist: a checkpoint is read with its run's config "
+            "(checkpoints are RUN_DIR/checkpoints/step_N)"
+        )
+    return Checkpoint(run_dir, path, int(path.name.removeprefix("step_")))
+
+
+def verified(ckpt: Checkpoint) -> Checkpoint:
+    """`ckpt` once every file in it has passed a weights-only load (before any actor reads it)."""
+    from rlhf_dist import safe_load
+
+    safe_load.check_files(ckpt.path)
+    return ckpt
 
 
 def complete_checkpoints(run_dir: Path) -> list[Checkpoint]:
@@ -52,13 +70,13 @@ def find_resume(cfg: Config) -> Checkpoint | None:
     if cfg.resume is None:
         return None
     if cfg.resume != "auto":
-        return at(cfg.resume)
+        return verified(at(cfg.resume))
     base = Path(cfg.run.output_dir)
     candidates = [base] + sorted(base.parent.glob(f"{base.name}-*")) if base.parent.is_dir() else []
     newest = [c[-1] for c in (complete_checkpoints(d) for d in candidates) if c]
     if not newest:
         raise ConfigError(f"resume=auto: no complete checkpoint under {base} (or {base.name}-N beside it)")
-    return max(newest, key=lambda c: (c.path / MARKER).stat().st_mtime)
+    return verified(max(newest, key=lambda c: (c.path / MARKER).stat().st_mtime))
 
 
 def save(cluster, trainer_state: dict, run_dir: Path, step: int, keep_last: int, tensors: dict | None = None) -> Path:
@@ -89,7 +107,7 @@ def load_trainer_state(ckpt: Checkpoint) -> dict:
 
 
 def load_tensors(ckpt: Checkpoint) -> dict:
-    import torch
+    from rlhf_dist import safe_load
 
     path = ckpt.path / "tensors.pt"
-    return torch.load(path) if path.is_file() else {}
+    return safe_load.load(path) if path.is_file() else {}

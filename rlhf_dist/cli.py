@@ -5,11 +5,19 @@ import argparse
 import sys
 
 
+def checked(cfg):
+    """The validation layer every command's config passes (paths by kind, readable, writable)."""
+    from rlhf_dist.validation import check_paths
+
+    check_paths(cfg)
+    return cfg
+
+
 def _train(args) -> int:
     from rlhf_dist.config import load_config
     from rlhf_dist.trainers.ppo import train
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = checked(load_config(args.config, args.overrides))
     run_dir = train(cfg)
     print(f"done: metrics in {run_dir / 'metrics.jsonl'}")
     return 0
@@ -18,7 +26,7 @@ def _train(args) -> int:
 def _stage(args) -> int:
     from rlhf_dist.stage_config import load_stage_config
 
-    cfg = load_stage_config(args.command, args.config, args.overrides)
+    cfg = checked(load_stage_config(args.command, args.config, args.overrides))
     if args.command == "label":
         from rlhf_dist.trainers.label import run_label
 
@@ -62,7 +70,7 @@ def _bench(args) -> int:
     if args.what == "step":
         overrides += [f"run.steps={args.steps}", "run.save_final=false", "run.progress_bar=false",
                       f"run.output_dir={args.run_dir}"]
-    cfg = load_config(args.config, overrides)
+    cfg = checked(load_config(args.config, overrides))
     if args.what == "rollout":
         result = bench.bench_rollout(cfg, args.prompts, args.prompt_len, args.repeats)
         columns = ["path", "engines", "repeat", "prompts", "tokens", "seconds", "tokens_per_s", "requests_per_s", "tokens_per_s_per_engine"]
@@ -88,7 +96,7 @@ def _bench(args) -> int:
 def _export(args) -> int:
     from rlhf_dist.export import export
 
-    out = export(args.checkpoint, args.out_dir, role=args.role)
+    out = export(args.checkpoint, args.out_dir, role=args.role, force=args.force)
     print(f"{args.role} from {args.checkpoint} written to {out} (HuggingFace format)")
     return 0
 
@@ -96,13 +104,20 @@ def _export(args) -> int:
 def _make_tiny(args) -> int:
     from rlhf_dist.data.tiny import make_tiny_model
 
-    out = make_tiny_model(args.out_dir, hidden_size=args.hidden_size, num_layers=args.layers, seed=args.seed)
+    out = make_tiny_model(args.out_dir, hidden_size=args.hidden_size, num_layers=args.layers, seed=args.seed, force=args.force)
     print(f"tiny model and tokenizer written to {out}")
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """Argument errors in one line (no usage dump), exit code 2 like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rlhf-dist", description="Distributed RLHF on Ray.")
+    parser = Parser(prog="rlhf-dist", description="Distributed RLHF on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="run PPO from a YAML config")
@@ -149,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("checkpoint", help="a checkpoint directory, e.g. runs/demo/checkpoints/step_00000010")
     p.add_argument("out_dir")
     p.add_argument("--role", choices=["policy", "critic"], default="policy")
+    p.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists and is not empty")
     p.set_defaults(fn=_export)
 
     p = sub.add_parser("make-tiny-model", help="write a tiny random Llama-style model and tokenizer (no downloads)")
@@ -156,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hidden-size", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists and is not empty")
     p.set_defaults(fn=_make_tiny)
 
     args = parser.parse_args(argv)

@@ -1,31 +1,49 @@
 """Typed configuration: YAML + dotted CLI overrides (rlhf_dist.config_io), validated once, derived values
 computed in one place.
 
-Workers receive the validated config (a frozen pydantic model) and never change it.
+The validated config is frozen; workers receive narrow specs built from it (rlhf_dist.specs), never the config.
 """
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rlhf_dist.algorithms.registry import ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, names
-from rlhf_dist.config_io import read_config_data, to_yaml, validate  # noqa: F401 - re-exported for the commands
+from rlhf_dist.config_io import (  # noqa: F401 - re-exported: callers import them from here
+    apply_overrides,
+    format_validation_error,
+    parse_override,
+    read_config_data,
+    to_yaml,
+    validate,
+)
 from rlhf_dist.errors import ConfigError
 from rlhf_dist.layout import PoolLayout, pool_layout
 
 
+@dataclasses.dataclass(frozen=True)
+class PathKind:
+    """Marks a str field as a path the validation layer (rlhf_dist.validation) checks before anything runs."""
+
+    kind: Literal["file", "output_dir"]
+
+
+InputFile = Annotated[str, PathKind("file")]  # must be a readable file
+OutputDir = Annotated[str, PathKind("output_dir")]  # a directory this process can create or write in
+
 
 class Strict(BaseModel):
-    # Unknown keys are errors (a typo must not silently fall back to a default); configs are immutable.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Unknown keys are errors (a typo must not silently fall back to a default); configs are immutable;
+    # NaN and infinity are refused in every float field (no setting here gives infinity a meaning).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class RunConfig(Strict):
     name: str = "run"
-    output_dir: str = "runs/run"
+    output_dir: OutputDir = "runs/run"
     seed: int = 1
     steps: int = Field(10, ge=1)
     save_final: bool = True
@@ -44,7 +62,7 @@ class ModelConfig(Strict):
 
 
 class DataConfig(Strict):
-    prompts: str  # JSONL file, one object per line
+    prompts: InputFile  # JSONL file, one object per line
     prompt_key: str = "prompt"
     label_key: str | None = None  # a field passed to reward functions as `label` (e.g. the reference answer)
     apply_chat_template: bool = False
@@ -68,9 +86,9 @@ class RewardFunction(Strict):
     name: str  # "package.module:function", called as fn(prompt: str, response: str, **kwargs) -> float
     weight: float = 1.0
     kwargs: dict[str, Any] = Field(default_factory=dict)
-    timeout_s: float = Field(60, gt=0)  # per call; a call past it is an error (after retries), never a 0 reward
+    timeout_s: float = Field(60, gt=0)  # per wave of `concurrency` calls; past it an error (after retries), never 0
     retries: int = Field(0, ge=0)
-    concurrency: int = Field(8, ge=1)  # calls in flight at once (remote reward servers)
+    concurrency: int = Field(8, ge=1)  # calls in flight at once: worker processes (rewards/pool.py)
 
 
 class RewardConfig(Strict):
@@ -86,7 +104,8 @@ class RewardConfig(Strict):
         if self.model is None and not self.functions:
             raise ValueError("set reward.model and/or reward.functions: there is nothing to score rollouts with")
         for f in self.functions:
-            if ":" not in f.name:
+            module, colon, attr = f.name.partition(":")
+            if not (colon and module.strip() and attr.strip()):
                 raise ValueError(f"reward.functions name {f.name!r} must look like 'package.module:function'")
         return self
 

@@ -1,4 +1,5 @@
-"""Reading configs: YAML files, dotted CLI overrides, pydantic validation turned into one-line field errors."""
+"""Reading configs: YAML files and dotted CLI overrides to a validated config, with errors worded in one line
+naming the file:line, the override or the field."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,8 +15,18 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like dotted.key=value")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else ""
-    return key.strip().split("."), value
+    keys = key.strip().split(".")
+    if not all(k.strip() for k in keys):
+        raise ConfigError(f"override {text!r}: the key {key!r} has an empty part (dotted.key=value)")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({_yaml_problem(e)}); quote it") from None
+    return keys, value
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    return " ".join(str(getattr(e, "problem", None) or e).split())
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -41,7 +52,7 @@ def format_validation_error(err: ValidationError) -> str:
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling against the README's config reference)"
         lines.append(f"{loc}: {msg}")
-    return "invalid config:\n  " + "\n  ".join(lines)
+    return "invalid config: " + "; ".join(lines)  # one line, however many fields are wrong
 
 
 def read_config_data(path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None) -> dict:
@@ -49,12 +60,23 @@ def read_config_data(path: str | Path | None, overrides: list[str] | None = None
     data: dict = {}
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"config file {str(p)!r} is a directory")
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            text = p.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = p.read_bytes()[: e.start].count(b"\n") + 1
+            raise ConfigError(f"{p}:{line}: not UTF-8 ({e.reason} at byte {e.start})") from None
+        except OSError as e:
+            raise ConfigError(f"config file {str(p)!r}: cannot be read ({e.strerror})") from None
+        try:
+            data = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+            mark = getattr(e, "problem_mark", None)
+            where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
+            raise ConfigError(f"{where}: not valid YAML ({_yaml_problem(e)})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of sections")
     if base is not None:

@@ -12,9 +12,15 @@ def _looks_local(path: str) -> bool:
     return path.startswith((".", "/", "~")) or Path(path).exists() or path.count("/") != 1
 
 
-def check_model_path(field: str, path: str) -> None:
-    if _looks_local(path) and not (Path(path).expanduser() / "config.json").is_file():
-        raise ConfigError(f"{field}: {path!r} is not a HuggingFace model directory (no config.json there)")
+def check_model_path(field: str, path: str, needs_tokenizer: bool = False) -> None:
+    """A local model directory is checked (config, architecture for the role, tokenizer, weight headers)."""
+    if _looks_local(path):
+        from rlhf_dist.model_checks import check_model_dir
+
+        try:
+            check_model_dir(field, Path(path).expanduser(), needs_tokenizer)
+        except ConfigError as e:
+            raise ConfigError(str(e).replace(f"{str(Path(path).expanduser())!r}", repr(path), 1)) from None
 
 
 def prepare_model(cfg: Config, log=print):
@@ -45,8 +51,11 @@ def prepare_tokenizer(field: str, path: str, make_tiny: bool, need_positions: in
         from rlhf_dist.data.tiny import make_tiny_model
 
         log(f"{field.split('.')[0]}.make_tiny: creating a tiny model and tokenizer at {path}")
-        make_tiny_model(path)
-    check_model_path(field, path)
+        where = Path(path).expanduser()
+        if where.is_dir() and any(where.iterdir()):
+            raise ConfigError(f"{field}: {path!r} holds files but no config.json; make_tiny writes only into a missing or empty directory")
+        make_tiny_model(path, field=f"{field.split('.')[0]}.make_tiny ({field})")
+    check_model_path(field, path, needs_tokenizer=True)
     limit = getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None)
     if limit is not None and need_positions > limit:
         raise ConfigError(f"{need_what} = {need_positions} exceeds the {who}'s max_position_embeddings ({limit})")

@@ -21,6 +21,8 @@ from rlhf_dist.config import (
     RolloutConfig,
     RolloutRole,
     InferenceRole,
+    InputFile,
+    OutputDir,
     Strict,
     TimeoutConfig,
     read_config_data,
@@ -31,7 +33,7 @@ from rlhf_dist.layout import pool_layout
 
 class StageRun(Strict):
     name: str = "stage"
-    output_dir: str = "runs/stage"
+    output_dir: OutputDir = "runs/stage"
     seed: int = 1
     tensorboard: bool = True
     progress_bar: bool = True
@@ -48,8 +50,8 @@ class StageModel(Strict):
 
 class StageData(Strict):
     # JSONL (read line by line: errors name the line) or parquet (read with `datasets`: errors name the row).
-    train: str
-    eval: str | None = None  # held-out file; without one, `eval_fraction` of `train` is held out
+    train: InputFile
+    eval: InputFile | None = None  # held-out file; without one, `eval_fraction` of `train` is held out
     eval_fraction: float = Field(0.1, ge=0, lt=1)
     prompt_key: str = "prompt"
     response_key: str = "response"  # SFT

@@ -17,3 +17,26 @@ def sleepy(prompt: str, response: str) -> float:
 
 def not_a_number(prompt: str, response: str) -> float:
     return float("nan")
+
+
+def stuck(prompt: str, response: str) -> float:
+    """Never returns."""
+    while True:
+        time.sleep(1)
+
+
+def returns_bool(prompt: str, response: str):
+    return True
+
+
+def returns_string(prompt: str, response: str):
+    return "0.5"
+
+
+def prompt_only(prompt: str) -> float:
+    """Cannot take (prompt, response)."""
+    return 0.0
+
+
+def keyword_only(*, prompt: str, response: str) -> float:
+    return 0.0

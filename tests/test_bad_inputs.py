@@ -61,6 +61,83 @@ CASES = [
     ("data-missing-label", ["data.label_key=answer"], ['{"prompt": "ok", "answer": "1"}', '{"prompt": "no answer"}'],
      ":2: missing field 'answer' (data.label_key)"),
     ("data-all-skipped", ["data.skip_bad_lines=true"], ['nope', '{"x": 1}'], "has no usable prompts (2 skipped)"),
+    # --- numbers: NaN and infinity are refused in every float field ---
+    ("nan-policy-lr", ["ppo.policy_lr=.nan"], None, "ppo.policy_lr: Input should be a finite number"),
+    ("inf-critic-lr", ["ppo.critic_lr=.inf"], None, "ppo.critic_lr: Input should be a finite number"),
+    ("nan-kl-coef", ["ppo.kl_coef=.nan"], None, "ppo.kl_coef: Input should be a finite number"),
+    ("inf-entropy-coef", ["ppo.entropy_coef=-.inf"], None, "ppo.entropy_coef: Input should be a finite number"),
+    ("nan-clip-eps", ["ppo.clip_eps=.nan"], None, "ppo.clip_eps: Input should be a finite number"),
+    ("inf-grad-clip", ["ppo.grad_clip=.inf"], None, "ppo.grad_clip: Input should be a finite number"),
+    ("nan-temperature", ["rollout.temperature=.nan"], None, "rollout.temperature: Input should be a finite number"),
+    ("nan-reward-weight", ["reward.functions=[{name: 'rlhf_dist.rewards.rules:char_fraction', weight: .nan}]"], None,
+     "reward.functions.0.weight: Input should be a finite number"),
+    ("inf-reward-timeout", ["reward.functions=[{name: 'rlhf_dist.rewards.rules:char_fraction', timeout_s: .inf}]"], None,
+     "reward.functions.0.timeout_s: Input should be a finite number"),
+    ("nan-model-weight", ["reward.model_weight=.nan"], None, "reward.model_weight: Input should be a finite number"),
+    ("inf-call-timeout", ["timeouts.call_s=.inf"], None, "timeouts.call_s: Input should be a finite number"),
+    ("inf-rendezvous-timeout", ["timeouts.rendezvous_s=.inf"], None, "timeouts.rendezvous_s: Input should be a finite number"),
+    ("inf-bucket", ["sync.bucket_mb=.inf"], None, "sync.bucket_mb: Input should be a finite number"),
+    ("nan-gpu-memory", ["cluster.gpu_memory_gb=.nan"], None, "cluster.gpu_memory_gb: Input should be a finite number"),
+    # --- overrides ---
+    ("override-bad-yaml", ["run.name=[unclosed"], None, "override 'run.name=[unclosed': the value is not valid YAML"),
+    ("override-bad-yaml-map", ["ppo.policy_lr={a: "], None, "the value is not valid YAML"),
+    ("override-empty-key", ["=5"], None, "override '=5': the key '' has an empty part"),
+    ("override-double-dot", ["ppo..kl_coef=1"], None, "the key 'ppo..kl_coef' has an empty part"),
+    ("override-not-section", ["run.steps.x=1"], None, "override 'run.steps.x=1': run.steps is not a section"),
+    # --- reward functions: imported and their signatures checked at load ---
+    ("reward-no-module", ["reward.functions=[{name: ':char_fraction'}]"], None, "name ':char_fraction' must look like"),
+    ("reward-no-function", ["reward.functions=[{name: 'rlhf_dist.rewards.rules:'}]"], None, "must look like 'package.module:function'"),
+    ("reward-import-fails", ["reward.functions=[{name: 'tests.broken_reward_module:f'}]"], None,
+     "importing 'tests.broken_reward_module' failed: RuntimeError: this module is broken on purpose"),
+    ("reward-signature", ["reward.functions=[{name: 'tests.helpers:prompt_only'}]"], None,
+     "cannot be called as prompt_only(prompt, response): too many positional arguments"),
+    ("reward-keyword-only", ["reward.functions=[{name: 'tests.helpers:keyword_only'}]"], None,
+     "cannot be called as keyword_only(prompt, response)"),
+    ("reward-unknown-kwarg", ["reward.functions=[{name: 'rlhf_dist.rewards.rules:char_fraction', kwargs: {colour: red}}]"],
+     None, "cannot be called as char_fraction(prompt, response, colour=...)"),
+    ("reward-not-callable", ["reward.functions=[{name: 'rlhf_dist.rewards.rules:__doc__'}]"], None, "has no function '__doc__'"),
+    # --- output and input paths ---
+    ("output-dir-is-file", ["run.output_dir={tmp}/prompts.jsonl"], None, "run.output_dir: '{tmp}/prompts.jsonl' is a file"),
+    ("output-dir-empty", ["run.output_dir="], None, "run.output_dir: empty path"),
+    ("output-dir-under-file", ["run.output_dir={tmp}/prompts.jsonl/run"], None, "run.output_dir: '{tmp}/prompts.jsonl' is a file, so"),
+    ("data-is-directory", ["data.prompts={tmp}"], None, "data.prompts: '{tmp}' is a directory, not a file"),
+    ("data-empty-path", ["data.prompts="], None, "data.prompts: empty path"),
+    ("data-wrong-suffix", ["data.prompts={tmp}/config.yaml"], None, "config.yaml' is neither .jsonl nor .parquet"),
+    ("data-not-object", [], ['[1, 2]'], ":1: each line must be a JSON object"),
+    ("data-prompt-number", [], ['{"prompt": 5}'], ":1: field 'prompt' must be a non-empty string"),
+    ("data-prompt-null", [], ['{"prompt": "ok"}', '{"prompt": null}'], ":2: field 'prompt' must be a non-empty string"),
+    ("data-enormous-line", ["data.max_prompt_tokens=4"], ['{"prompt": "%s"}' % ("word " * 200000)],
+     ":1: 1000000 bytes, more than data.max_prompt_tokens=4 tokens can hold (not tokenized)"),
+    # --- models: directory, config.json, architecture for the role, tokenizer, weights ---
+    ("policy-is-file", ["model.policy={tmp}/prompts.jsonl"], None, "model.policy: '{tmp}/prompts.jsonl' is not a HuggingFace model directory"),
+    ("policy-empty-dir", ["model.policy={models}/empty-dir"], None, "empty-dir' is not a HuggingFace model directory"),
+    ("policy-no-tokenizer", ["model.policy={models}/no-tokenizer"], None, "model.policy: {models}/no-tokenizer has no tokenizer"),
+    ("policy-bad-config-json", ["model.policy={models}/bad-json"], None, "bad-json/config.json:2: not valid JSON"),
+    ("policy-config-json-list", ["model.policy={models}/json-list"], None, "json-list/config.json: must be a JSON object"),
+    ("policy-config-not-utf8", ["model.policy={models}/json-not-utf8"], None, "json-not-utf8/config.json: not UTF-8"),
+    ("policy-masked-lm", ["model.policy={models}/masked-lm"], None, "model.policy: {models}/masked-lm is a BertForMaskedLM; this role needs a causal LM"),
+    ("policy-seq-cls", ["model.policy={models}/seq-cls"], None, "is a LlamaForSequenceClassification; this role needs a causal LM"),
+    ("policy-archs-string", ["model.policy={models}/archs-string"], None, "'architectures' must be a list of class names"),
+    ("policy-truncated-weights", ["model.policy={models}/truncated"], None, "truncated/model.safetensors: tensor"),
+    ("policy-garbage-header", ["model.policy={models}/garbage-header"], None, "model.safetensors: not a safetensors file (header is not JSON)"),
+    ("policy-huge-header", ["model.policy={models}/huge-header"], None, "model.safetensors: not a safetensors file (bad header length)"),
+    ("policy-no-weights", ["model.policy={models}/no-weights"], None, "no-weights holds no weights (model.safetensors)"),
+    ("policy-missing-shard", ["model.policy={models}/missing-shard"], None, "model-00002-of-00002.safetensors is listed in model.safetensors.index.json but missing"),
+    ("policy-bad-index", ["model.policy={models}/bad-index"], None, "model.safetensors.index.json: not a valid safetensors index"),
+    ("reference-masked-lm", ["model.reference={models}/masked-lm"], None, "model.reference: {models}/masked-lm is a BertForMaskedLM"),
+    ("critic-masked-lm", ["model.critic={models}/masked-lm"], None, "model.critic: {models}/masked-lm is a BertForMaskedLM; this role needs a causal LM or a sequence-classification model"),
+    ("reward-model-masked-lm", ["reward.model={models}/masked-lm", "placement.reward={pool: main, num_gpus: 1}"], None,
+     "reward.model: {models}/masked-lm is a BertForMaskedLM"),
+    ("make-tiny-into-a-full-dir", ["model.policy={models}/no-weights/..", "model.make_tiny=true"], None,
+     "model.policy: '{models}/no-weights/..' holds files but no config.json; make_tiny writes only into a missing or empty"),
+    # --- checkpoints for resume ---
+    ("resume-not-step-n", ["resume={ckpts}/bad-name/checkpoints/latest"], None, "latest' is not named step_N"),
+    ("resume-no-run-config", ["resume={ckpts}/no-config/checkpoints/step_00000001"], None, "no-config/config.yaml' does not exist"),
+    ("resume-not-under-checkpoints", ["resume={ckpts}/not-in-checkpoints/saves/step_00000001"], None,
+     "a checkpoint is read with its run's config"),
+    ("resume-crafted-pickle", ["resume={ckpts}/crafted/checkpoints/step_00000001"], None, "mp_rank_00_model_states.pt: refused to unpickle (it calls io.open"),
+    ("resume-corrupt-file", ["resume={ckpts}/corrupt/checkpoints/step_00000001"], None, "tensors.pt: not a readable checkpoint file"),
+    ("resume-incomplete", ["resume={ckpts}/incomplete/checkpoints/step_00000002"], None, "is not a complete checkpoint directory (no COMPLETE file)"),
 ]
 
 
@@ -70,23 +147,40 @@ def write_lines(path: Path, lines) -> None:
             f.write((line if isinstance(line, bytes) else line.encode()) + b"\n")
 
 
+@pytest.fixture(scope="module")
+def broken(tiny_model, tmp_path_factory) -> dict[str, str]:
+    from tests.bad_input_fixtures import make_checkpoints, make_model_variants
+
+    return {"models": str(make_model_variants(tmp_path_factory.mktemp("models"), tiny_model)),
+            "ckpts": str(make_checkpoints(tmp_path_factory.mktemp("ckpts"), tiny_model))}
+
+
+def tree(*roots) -> set:
+    """Every path under the roots with its size and modification time: what "nothing was written" compares."""
+    return {(str(p), p.stat().st_size, p.stat().st_mtime_ns) for r in roots for p in Path(r).rglob("*")}
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_gets_one_clear_message(case, tiny_model, tmp_path, capsys):
+def test_bad_input_gets_one_clear_message(case, tiny_model, broken, tmp_path, capsys):
     _, overrides, lines, expected = case
+    fill = lambda text: text.replace("{tmp}", str(tmp_path)).replace("{models}", broken["models"]).replace("{ckpts}", broken["ckpts"])  # noqa: E731
     prompts = tmp_path / "prompts.jsonl"
     write_lines(prompts, [json.dumps(p) for p in GOOD_PROMPTS] if lines is None else lines)
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump(demo_config_dict(tiny_model, str(prompts), str(tmp_path / "run"))))
-    assert main(["train", str(cfg), *overrides]) == 2
+    before = tree(tmp_path, *broken.values(), tiny_model)
+    assert main(["train", str(cfg), *map(fill, overrides)]) == 2
     err = capsys.readouterr().err
-    assert expected in err, err
+    assert fill(expected) in err, err
     assert "Traceback" not in err
     assert err.count("\n") <= 3, err  # one message, not a dump
     assert not (tmp_path / "run").exists()  # nothing was started or written
+    assert tree(tmp_path, *broken.values(), tiny_model) == before
+    assert not Path(broken["ckpts"], "PAYLOAD_RAN").exists()
 
 
 def test_table_is_large_enough():
-    assert len({c[0] for c in CASES}) >= 30
+    assert len({c[0] for c in CASES}) >= 100
 
 
 def test_skip_bad_lines_counts_and_keeps_good_ones(tiny_model, tmp_path):

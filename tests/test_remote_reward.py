@@ -85,3 +85,48 @@ def test_python_function_hang_and_nan_are_errors():
         RuleRewards([RewardFunction(name="tests.helpers:sleepy", timeout_s=0.3)])(["p"], ["r"])
     with pytest.raises(RewardError, match="returned nan"):
         RuleRewards([RewardFunction(name="tests.helpers:not_a_number")])(["p"], ["r"])
+
+
+class Recorder(BaseHTTPRequestHandler):
+    """Another local port: records the headers of every request it receives."""
+
+    seen: list = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        Recorder.seen.append(dict(self.headers))
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b'{"reward": 1.0}')
+
+
+def test_redirect_to_another_port_never_receives_the_key(monkeypatch):
+    other = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    target = f"http://127.0.0.1:{other.server_port}/steal"
+
+    class Redirector(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(307)
+            self.send_header("Location", target)
+            self.end_headers()
+
+    first = ThreadingHTTPServer(("127.0.0.1", 0), Redirector)
+    for srv in (other, first):
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("TEST_JUDGE_KEY", "s3cret-redirect")
+        Recorder.seen = []
+        rules = RuleRewards([remote(f"http://127.0.0.1:{first.server_port}/score", kwargs={"api_key_env": "TEST_JUDGE_KEY"})])
+        with pytest.raises(RewardError, match=f"redirect to {target} refused") as e:
+            rules(["p"], ["abc"])
+        assert Recorder.seen == []  # nothing reached the other port, with or without the key
+        assert "s3cret-redirect" not in str(e.value)
+    finally:
+        first.shutdown()
+        other.shutdown()

@@ -9,6 +9,7 @@ import torch
 from rlhf_dist.config import DataConfig
 from rlhf_dist.data.chat import prompt_ids, require_template
 from rlhf_dist.data.records import DataError, read_records, text_field  # noqa: F401 - DataError is re-exported
+from rlhf_dist.validation import surely_too_long
 
 
 @dataclasses.dataclass
@@ -38,6 +39,8 @@ def load_prompts(cfg: DataConfig, tokenizer) -> PromptSet:
     out = PromptSet([], [], [] if cfg.label_key is not None else None, [])
     for where, obj, problem in _records(cfg):
         if obj is not None:
+            problem = surely_too_long(obj[cfg.prompt_key], tokenizer, cfg.max_prompt_tokens, "data.max_prompt_tokens")
+        if problem is None and obj is not None:
             ids = prompt_ids(tokenizer, obj[cfg.prompt_key], cfg.apply_chat_template)
             if len(ids) > cfg.max_prompt_tokens:
                 problem = f"prompt has {len(ids)} tokens, more than data.max_prompt_tokens={cfg.max_prompt_tokens}"

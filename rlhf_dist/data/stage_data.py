@@ -7,6 +7,7 @@ model instead reads the whole conversation, tokenized exactly as the PPO reward 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 
@@ -14,6 +15,7 @@ from rlhf_dist.data.batch import build_batch
 from rlhf_dist.data.chat import conversation_ids, prompt_ids, require_template, right_padded
 from rlhf_dist.data.records import DataError, read_records, text_field
 from rlhf_dist.stage_config import StageData
+from rlhf_dist.validation import surely_too_long
 
 
 @dataclasses.dataclass
@@ -79,6 +81,8 @@ def _pair_row(obj: dict, cfg: StageData, tokenizer, for_reward_model: bool):
         margin = obj.get(cfg.margin_key)
         if not isinstance(margin, (int, float)) or isinstance(margin, bool):
             return f"field {cfg.margin_key!r} (data.margin_key) must be a number"
+        if not math.isfinite(margin):
+            return f"field {cfg.margin_key!r} (data.margin_key) must be a number, finite (not {margin})"
     if for_reward_model:
         # Scored exactly as the PPO reward role scores a rollout (data/chat.py states the rule).
         ids = lambda text: conversation_ids(tokenizer, prompt, text, cfg.apply_chat_template)  # noqa: E731
@@ -96,7 +100,10 @@ def load_examples(path: str, field: str, kind: str, cfg: StageData, tokenizer) -
         require_template(tokenizer, "data.messages_key" if uses_messages else "data.apply_chat_template")
     for where, obj, problem in read_records(path, field):
         row = problem
-        if obj is not None:
+        if obj is not None:  # an enormous field is refused before it is tokenized
+            row = next(filter(None, (surely_too_long(v, tokenizer, cfg.max_length, "data.max_length")
+                                     for v in obj.values() if isinstance(v, str))), None)
+        if obj is not None and row is None:
             row = _sft_row(obj, cfg, tokenizer) if kind == "sft" else _pair_row(obj, cfg, tokenizer, kind == "rm")
         if not isinstance(row, str):
             longest = len(row[0]) + max(len(r) for r in row[1:3] if isinstance(r, list))

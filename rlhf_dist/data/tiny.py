@@ -10,6 +10,9 @@ import json
 import random
 from pathlib import Path
 
+from rlhf_dist.config import ConfigError
+from rlhf_dist.outputs import atomic_dir
+
 WORDS = (
     "the a an one two three red blue green small big happy sad cat dog bird fish tree house car road sun moon "
     "star sky rain snow wind fire water stone river hill lake road book pen cup door room bed apple bread milk "
@@ -69,13 +72,33 @@ def make_tiny_model(
     vocab_size: int = 512,
     max_positions: int = 256,
     seed: int = 0,
+    force: bool = False,
+    field: str = "out_dir",
 ) -> Path:
-    """Write a randomly initialised Llama-style causal LM and its tokenizer to `out_dir` (HF format)."""
+    """Write a randomly initialised Llama-style causal LM and its tokenizer to `out_dir` (HF format): into a
+    temporary directory renamed at the end; a non-empty `out_dir` is replaced only when `force`."""
+    check_tiny_sizes(hidden_size, num_layers, num_heads)
+    with atomic_dir(out_dir, field, force) as tmp:
+        _write_tiny_model(tmp, hidden_size, num_layers, num_heads, vocab_size, max_positions, seed)
+    return Path(out_dir)
+
+
+def check_tiny_sizes(hidden_size: int, num_layers: int, num_heads: int = 2) -> None:
+    if num_layers < 1:
+        raise ConfigError(f"--layers: {num_layers} must be at least 1")
+    if hidden_size < 4 * num_heads or hidden_size % (2 * num_heads):
+        raise ConfigError(
+            f"--hidden-size: {hidden_size} must be at least {4 * num_heads} and a multiple of {2 * num_heads} "
+            f"({num_heads} heads with an even head size, for rotary embeddings)"
+        )
+    if hidden_size > 8192 or num_layers > 64:
+        raise ConfigError(f"--hidden-size/--layers: {hidden_size} x {num_layers} is not a tiny model (at most 8192 x 64)")
+
+
+def _write_tiny_model(out: Path, hidden_size, num_layers, num_heads, vocab_size, max_positions, seed) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     tokenizer = make_tokenizer(out, vocab_size=vocab_size, seed=seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -96,7 +119,6 @@ def make_tiny_model(
     model = LlamaForCausalLM(config)
     model.save_pretrained(str(out), safe_serialization=True)
     (out / "rlhf_dist_tiny.json").write_text(json.dumps({"seed": seed, "params": model.num_parameters()}))
-    return out
 
 
 def make_tiny_reward_model(out_dir: str | Path, base_dir: str | Path, seed: int = 0) -> Path:

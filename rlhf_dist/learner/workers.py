@@ -175,10 +175,13 @@ class LearnerWorker(_Base):
         import os
         import random
 
-        load_path, _ = self.engine.load_checkpoint(path, tag="state", load_optimizer_states=True, load_lr_scheduler_states=True)
+        from rlhf_dist import safe_load
+
+        with safe_load.weights_only_loads(f"{self.role} rank {self.rank}: checkpoint {path}"):
+            load_path, _ = self.engine.load_checkpoint(path, tag="state", load_optimizer_states=True, load_lr_scheduler_states=True)
         if load_path is None:
             raise FileNotFoundError(f"{self.role} rank {self.rank}: no DeepSpeed checkpoint under {path}")
-        rng = torch.load(os.path.join(path, f"rng_rank{self.rank}.pt"), weights_only=False)
+        rng = safe_load.load(os.path.join(path, f"rng_rank{self.rank}.pt"))
         torch.set_rng_state(rng["torch"])
         random.setstate(rng["python"])
         return True

@@ -4,12 +4,14 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+import multiprocessing
+import os
+import time
 from typing import Callable
 
 from rlhf_dist.config import ConfigError, RewardFunction
 from rlhf_dist.errors import RewardError
+from rlhf_dist.rewards.pool import RewardPool, call
 
 
 def load_function(spec: RewardFunction) -> Callable[..., float]:
@@ -18,10 +20,25 @@ def load_function(spec: RewardFunction) -> Callable[..., float]:
         module = importlib.import_module(module_name)
     except ImportError as e:
         raise ConfigError(f"reward.functions {spec.name!r}: cannot import {module_name!r}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - the module's own code failed at import: say so in one line
+        raise ConfigError(f"reward.functions {spec.name!r}: importing {module_name!r} failed: {type(e).__name__}: {e}") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ConfigError(f"reward.functions {spec.name!r}: {module_name!r} has no function {attr!r}")
     return fn
+
+
+def check_signature(spec: RewardFunction, fn: Callable, with_label: bool) -> None:
+    """fn must accept (prompt, response[, label=...], **spec.kwargs), as it will be called."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # builtins without a signature: the call itself will tell
+    try:
+        sig.bind("prompt", "response", **({"label": None} if with_label else {}), **spec.kwargs)
+    except TypeError as e:
+        kw = "".join(f", {k}=..." for k in (["label"] if with_label else []) + list(spec.kwargs))
+        raise ConfigError(f"reward.functions {spec.name!r}: cannot be called as {spec.name.rpartition(':')[2]}(prompt, response{kw}): {e}") from None
 
 
 def label_use(fn: Callable) -> str:
@@ -47,6 +64,9 @@ class RuleRewards:
             if use == "required" and not has_labels:
                 raise ConfigError(f"reward.functions {spec.name!r} needs a `label`: set data.label_key to the data field holding it")
             self.takes_label.append(use != "no" and has_labels)
+            check_signature(spec, fn, self.takes_label[-1])
+        # Calls run in worker processes (started on first use): as many as the most concurrent function asks.
+        self.pool = RewardPool(max((s.concurrency for s in specs), default=1), [s.name for s in specs])
 
     def __bool__(self) -> bool:
         return bool(self.fns)
@@ -62,43 +82,52 @@ class RuleRewards:
                 (p, r, {"label": labels[i]} if takes_label and labels is not None else {})
                 for i, (p, r) in enumerate(zip(prompts, responses))
             ]
-            columns.append([spec.weight * v for v in self._run(spec, fn, calls)])
+            columns.append([spec.weight * v for v in self._run(spec, calls)])
         return [list(row) for row in zip(*columns)]
 
-    def _run(self, spec: RewardFunction, fn: Callable, calls: list[tuple]) -> list[float]:
-        """Each call in a thread with spec.timeout_s; failures retried up to spec.retries times, then an error."""
-        pool = ThreadPoolExecutor(max_workers=spec.concurrency, thread_name_prefix="reward")
-        try:
-            out: list[float | None] = [None] * len(calls)
-            errors: dict[int, str] = {}
-            todo = list(range(len(calls)))
-            for _attempt in range(spec.retries + 1):
-                futures = {i: pool.submit(fn, calls[i][0], calls[i][1], **calls[i][2], **spec.kwargs) for i in todo}
-                errors = {}
-                for i, fut in futures.items():
-                    try:
-                        value = float(fut.result(timeout=spec.timeout_s))
-                    except FutureTimeout:
-                        errors[i] = f"timed out after {spec.timeout_s:g} s (reward.functions timeout_s)"
-                        continue
-                    except Exception as e:  # noqa: BLE001 - reported with the function and sample named
-                        errors[i] = f"{type(e).__name__}: {e}"
-                        continue
-                    if not math.isfinite(value):
-                        errors[i] = f"returned {value}"
-                        continue
+    def _run(self, spec: RewardFunction, calls: list[tuple]) -> list[float]:
+        """All calls at once over the worker processes, under one deadline for the whole batch: timeout_s for
+        each wave of `processes` calls (so per-call timeouts never add up one after another). Calls still
+        running at the deadline are abandoned with their processes. Failures are retried up to spec.retries
+        times, then an error."""
+        out: list[float | None] = [None] * len(calls)
+        errors: dict[int, str] = {}
+        todo = list(range(len(calls)))
+        for _attempt in range(spec.retries + 1):
+            pool = self.pool.get()
+            budget = spec.timeout_s * math.ceil(len(todo) / self.pool.processes)
+            deadline = time.monotonic() + budget
+            env = dict(os.environ)
+            pending = {i: pool.apply_async(call, (spec.name, calls[i][0], calls[i][1], {**calls[i][2], **spec.kwargs}, env))
+                       for i in todo}
+            errors, stuck = {}, False
+            for i, res in pending.items():
+                try:
+                    value, error = res.get(timeout=max(0.0, deadline - time.monotonic()))
+                except multiprocessing.TimeoutError:
+                    errors[i], stuck = f"timed out after {budget:g} s (reward.functions timeout_s={spec.timeout_s:g} per call)", True
+                    continue
+                except Exception as e:  # noqa: BLE001 - e.g. a return value that cannot be sent back
+                    value, error = None, f"{type(e).__name__}: {e}"
+                if error is None and not math.isfinite(value):
+                    error = f"returned {value}"
+                if error is not None:
+                    errors[i] = error
+                else:
                     out[i] = value
-                todo = sorted(errors)
-                if not todo:
-                    return out  # type: ignore[return-value]
-        finally:
-            # A stuck call's thread cannot be stopped: the pool is not waited on, so errors are raised now.
-            pool.shutdown(wait=False, cancel_futures=True)
+            if stuck:
+                self.pool.terminate()  # the stuck calls end with their processes; a retry starts fresh ones
+            todo = sorted(errors)
+            if not todo:
+                return out  # type: ignore[return-value]
         i = todo[0]
         raise RewardError(
             f"reward function {spec.name} failed on sample {i} after {spec.retries + 1} attempt(s): {errors[i]}"
             + (f" ({len(todo)} samples failed)" if len(todo) > 1 else "")
         )
+
+    def close(self) -> None:
+        self.pool.close()
 
     @property
     def names(self) -> list[str]:

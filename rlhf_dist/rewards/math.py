@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import re
 
+from math_verify import parse, verify
+
 
 def math_verify_reward(prompt: str, response: str, label) -> float:
     """1.0 if the answer math-verify extracts from the response equals the label, else 0.0.
 
-    math-verify's own timeouts use signal.alarm, which only works on the main thread; reward calls run in
-    worker threads under reward.functions timeout_s instead, so its timeouts are turned off here.
+    math-verify's own timeouts (signal.alarm) are turned off: reward calls run under reward.functions timeout_s,
+    in worker processes that are ended if a call overruns.
     """
-    from math_verify import parse, verify
-
     gold = parse(str(label), parsing_timeout=None)
     answer = parse(response, parsing_timeout=None)
     return 1.0 if answer and verify(gold, answer, timeout_seconds=None) else 0.0

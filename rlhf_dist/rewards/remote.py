@@ -10,13 +10,25 @@ Config example:
 
 The request body is {"prompt", "response", "label"}; the answer must be a JSON object with a number under
 `field` ("reward"). The API key is read from the environment variable named by `api_key_env`, so it never
-appears in configs, logs or the run directory.
+appears in configs, logs or the run directory. Redirects are never followed: the key goes to the configured
+url only, and a redirecting server is an error naming where it pointed.
 """
 from __future__ import annotations
 
 import json
 import os
+import urllib.error
 import urllib.request
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        raise urllib.error.HTTPError(
+            req.full_url, code, f"redirect to {newurl} refused (the API key is only sent to the configured url)", headers, fp
+        )
+
+
+_OPENER = urllib.request.build_opener(_RefuseRedirects)
 
 
 def http_reward(prompt: str, response: str, url: str, label=None, api_key_env: str | None = None,
@@ -29,7 +41,7 @@ def http_reward(prompt: str, response: str, url: str, label=None, api_key_env: s
         headers["Authorization"] = f"Bearer {key}"
     body = json.dumps({"prompt": prompt, "response": response, "label": label}).encode()
     req = urllib.request.Request(url, data=body, headers=headers, method="POST")
-    with urllib.request.urlopen(req, timeout=request_timeout_s) as resp:
+    with _OPENER.open(req, timeout=request_timeout_s) as resp:
         answer = json.loads(resp.read().decode("utf-8"))
     if not isinstance(answer, dict) or field not in answer:
         raise ValueError(f"reward server answered without a {field!r} field")

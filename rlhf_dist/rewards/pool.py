@@ -1,0 +1,102 @@
+"""Reward calls in worker processes that can be abandoned: a call that never returns is ended with its
+process (the pool is terminated), so it cannot keep the command alive; CPU-heavy rewards also run in
+parallel across cores instead of behind one interpreter lock.
+
+Workers are forked from a forkserver (not from the driver, which holds Ray and torch threads) and import the
+reward's module by name, so nothing but the function name and plain arguments crosses the process boundary.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import multiprocessing
+import numbers
+import os
+import sys
+
+_FUNCTIONS: dict = {}
+
+
+def resolve(name: str):
+    """'package.module:function' -> the function (cached per process)."""
+    if name not in _FUNCTIONS:
+        module, _, attr = name.partition(":")
+        _FUNCTIONS[name] = getattr(importlib.import_module(module), attr)
+    return _FUNCTIONS[name]
+
+
+def checked_value(value) -> tuple[float | None, str | None]:
+    """A reward must be a real number: a bool or a string is an error, never coerced."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None, f"returned {type(value).__name__} {value!r:.60}, not a number"
+    return float(value), None
+
+
+def call(name: str, prompt: str, response: str, kwargs: dict, env: dict) -> tuple[float | None, str | None]:
+    """Runs in a worker: (value, None) or (None, error text); exceptions never cross as objects. `env` is the
+    caller's environment now (workers are forked from a server started earlier, e.g. before an API key was set)."""
+    if env != os.environ:
+        os.environ.clear()
+        os.environ.update(env)
+    try:
+        return checked_value(resolve(name)(prompt, response, **kwargs))
+    except Exception as e:  # noqa: BLE001 - reported with the function and sample named by the caller
+        return None, f"{type(e).__name__}: {str(e)[:300]}"
+
+
+def _warm(names: list[str]) -> None:
+    for name in names:
+        try:
+            resolve(name)
+        except Exception:  # noqa: BLE001 - the call itself reports it
+            pass
+
+
+@contextlib.contextmanager
+def _main_hidden():
+    """Workers import rewards by name and never need the caller's __main__; multiprocessing would run it again
+    in each worker (a script without a __main__ guard would recurse, and stdin or a notebook cannot be found),
+    so the workers are started with it out of sight."""
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
+    try:
+        if "__file__" in saved:
+            del main.__file__
+        if "__spec__" in saved:
+            main.__spec__ = None
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(main, k, v)
+
+
+class RewardPool:
+    """A process pool started on first use and terminated (not joined) when a call overruns its deadline."""
+
+    def __init__(self, processes: int, names: list[str]):
+        self.processes, self.names = processes, names
+        self._pool = None
+
+    def get(self):
+        if self._pool is None:
+            ctx = multiprocessing.get_context("forkserver")
+            # The forkserver imports the reward modules once and every worker is forked with them loaded
+            # (not the caller's __main__, the default).
+            ctx.set_forkserver_preload([__name__] + sorted({n.partition(":")[0] for n in self.names}))
+            with _main_hidden():
+                self._pool = ctx.Pool(self.processes, initializer=_warm, initargs=(self.names,))
+        return self._pool
+
+    def terminate(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool = None
+
+    close = terminate
+
+    def __del__(self):
+        # A scorer dropped without close() must not leave its workers behind until the interpreter exits.
+        try:
+            self.terminate()
+        except Exception:  # noqa: BLE001 - at interpreter shutdown the pool may be half torn down
+            pass
