@@ -15,6 +15,15 @@ def _train(args) -> int:
     return 0
 
 
+def _eval(args) -> int:
+    from rlhf_dist.config import load_config
+    from rlhf_dist.evaluation import evaluate_saved_policy
+
+    run_dir = evaluate_saved_policy(load_config(args.config, args.overrides))
+    print(f"done: eval metrics in {run_dir / 'eval.json'}, responses in {run_dir / 'eval_samples.jsonl'}")
+    return 0
+
+
 def _stage(args) -> int:
     from rlhf_dist.stage_config import load_stage_config
 
@@ -103,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. run.steps=5")
     p.set_defaults(fn=_train)
+
+    p = sub.add_parser("eval", help="run a config's eval section once on model.policy (a saved or exported policy)")
+    p.add_argument("config", help="YAML config file with an eval section")
+    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. model.policy=runs/x/final")
+    p.set_defaults(fn=_eval)
 
     for name, text in (
         ("sft", "supervised fine-tuning on demonstrations (loss on response tokens only)"),

@@ -123,17 +123,18 @@ class Cluster:
         self.log(f"weight sync: {len(self.buckets)} buckets, {total / 2**20:.1f} MiB, {world} ranks over {backend}")
 
     # --- per-step operations ---
-    def generate(self, prompts: list[list[int]], seed: int) -> dict:
+    def generate(self, prompts: list[list[int]], seed: int, sampling: dict | None = None) -> dict:
         n = len(self.rollout)
         chunks = split_list(prompts, n)
         offsets = [i * len(chunks[0]) for i in range(n)]
         outs = self.rollout.call(
-            "generate", per_rank=[(c, seed + o, self.version) for c, o in zip(chunks, offsets)],
+            "generate", per_rank=[(c, seed + o, self.version, sampling) for c, o in zip(chunks, offsets)],
             timeout_s=self.cfg.timeouts.call_s,
         )
         return {
             "responses": [r for o in outs for r in o["responses"]],
             "logprobs": [r for o in outs for r in o["logprobs"]],
+            "finish_reasons": [r for o in outs for r in o["finish_reasons"]],
             "engine_seconds": [o["seconds"] for o in outs],
         }
 

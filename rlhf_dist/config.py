@@ -29,6 +29,9 @@ class RunConfig(Strict):
     save_final: bool = True
     tensorboard: bool = True
     progress_bar: bool = True
+    # jsonl (always), tensorboard, wandb; when set, replaces `tensorboard`
+    loggers: list[Literal["jsonl", "tensorboard", "wandb"]] | None = None
+    wandb_project: str = "rlhf-dist"
 
 
 class ModelConfig(Strict):
@@ -56,10 +59,23 @@ class RolloutConfig(Strict):
     max_new_tokens: int = Field(32, ge=1)
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)  # 0: off
+    min_p: float = Field(0.0, ge=0, le=1)  # 0: off
+    stop: list[str] = Field(default_factory=list)  # strings that end a response (kept in its tokens)
+    stop_token_ids: list[int] = Field(default_factory=list)  # token ids that end a response, besides EOS
     n_samples_per_prompt: int = Field(1, ge=1)
     kv_cache_gb: int = Field(1, ge=1)  # CPU only: KV cache size per engine
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)  # GPU only
     enforce_eager: bool = True
+
+
+class LRSchedule(Strict):
+    """Learning-rate schedule: warmup (in the stage's steps), then constant or a decay to min_ratio x lr."""
+
+    kind: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    min_ratio: float = Field(0.0, ge=0, le=1)
+    total_steps: int | None = Field(None, ge=1)  # the decay's length; default: the run's steps
 
 
 class RewardFunction(Strict):
@@ -117,10 +133,36 @@ class PPOConfig(Strict):
     max_sampling_rounds: int = Field(4, ge=1)
     overlong_buffer: int | None = Field(None, ge=1)  # DAPO soft overlong penalty over the last N tokens
     overlong_penalty: float = Field(1.0, ge=0)
+    mask_truncated: bool = False  # DAPO overlong filtering: responses cut at max_new_tokens get no loss
     policy_lr: float = Field(1e-5, gt=0)
     critic_lr: float = Field(1e-5, gt=0)
+    lr_schedule: LRSchedule = LRSchedule()  # policy and critic; warmup counted in PPO steps
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0)
+
+
+class EvalConfig(Strict):
+    """Held-out evaluation through the rollout engines: every N steps, at the start and at the end."""
+
+    prompts: str  # JSONL or parquet, read as data.prompts is (chat template and length limit included)
+    prompt_key: str = "prompt"
+    label_key: str | None = None  # passed to reward functions as `label`
+    every_n_steps: int = Field(0, ge=0)  # 0: at the start and the end only
+    greedy: bool = True  # one greedy (temperature 0) response per prompt
+    n_samples: int = Field(0, ge=0)  # sampled responses per prompt (rollout settings) for pass@k; 0: none
+    k: list[int] = Field(default_factory=lambda: [1])  # pass@k reported for each k <= n_samples
+    # A response is correct when this reward function (default: the first) gives at least pass_threshold.
+    pass_function: str | None = None
+    pass_threshold: float = 1.0
+
+    @model_validator(mode="after")
+    def _k_fits(self):
+        for k in self.k:
+            if k < 1 or (self.n_samples and k > self.n_samples):
+                raise ValueError(f"eval.k: {k} must be between 1 and eval.n_samples ({self.n_samples})")
+        if not self.greedy and not self.n_samples:
+            raise ValueError("eval: set greedy: true and/or n_samples > 0; there is nothing to evaluate")
+        return self
 
 
 class PoolConfig(Strict):
@@ -206,6 +248,7 @@ class Config(Strict):
     timeouts: TimeoutConfig = TimeoutConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     fault_tolerance: FaultToleranceConfig = FaultToleranceConfig()
+    eval: EvalConfig | None = None
     # "auto": continue from the newest complete checkpoint of this run.output_dir (or its -2, -3, ... siblings);
     # or the path of one checkpoint directory.
     resume: str | None = None

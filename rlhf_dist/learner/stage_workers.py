@@ -20,6 +20,8 @@ class StageWorker(LearnerWorker):
             micro_batch_size=t.micro_batch_size, mini_batch_size=t.batch_size, epochs=1, lr=t.lr,
             weight_decay=t.weight_decay, grad_clip=t.grad_clip, dtype=self.cfg.model.dtype,
             role=self.cfg.placement.learner,
+            # run_stage hands the workers train.max_steps set to the run's step count (from the data size).
+            schedule=t.lr_schedule, total_steps=t.max_steps or 1,
         )
 
     def load_model(self):

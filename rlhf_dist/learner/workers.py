@@ -127,6 +127,7 @@ class LearnerWorker(_Base):
         sums: dict[str, float] = defaultdict(float)
         count = 0
         grad_norms = []
+        lr = self.engine.get_lr()[0]  # the rate of this call's first optimizer step
         for _ in range(cfg.epochs):
             order = torch.randperm(n, generator=gen).to(self.device)
             for start in range(0, n, mini):
@@ -143,6 +144,7 @@ class LearnerWorker(_Base):
                 if norm is not None:
                     grad_norms.append(float(norm))
         result = {k: v / max(count, 1) for k, v in sums.items()}
+        result[f"{self.role}/lr"] = lr
         if grad_norms:
             result[f"{self.role}/grad_norm"] = sum(grad_norms) / len(grad_norms)
         return result
@@ -216,12 +218,14 @@ class LearnerWorker(_Base):
 
 
 def ppo_spec(cfg: Config, role, lr: float):
+    from rlhf_dist.config import derive
     from rlhf_dist.learner.deepspeed_setup import TrainSpec
 
     p = cfg.ppo
     return TrainSpec(
         micro_batch_size=p.micro_batch_size, mini_batch_size=p.mini_batch_size, epochs=p.epochs, lr=lr,
         weight_decay=p.weight_decay, grad_clip=p.grad_clip, dtype=cfg.model.dtype, role=role,
+        schedule=p.lr_schedule, total_steps=cfg.run.steps, optimizer_steps_per_step=derive(cfg).optimizer_steps_per_step,
     )
 
 

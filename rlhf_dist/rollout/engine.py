@@ -43,15 +43,18 @@ def llm_kwargs(cfg: Config) -> dict:
     )
 
 
-def sampling_params(cfg: Config, n: int, seed: int) -> list:
-    """One seed per request: reproducible runs, and repeated prompts still get different samples."""
+def sampling_params(cfg: Config, n: int, seed: int, overrides: dict | None = None) -> list:
+    """One seed per request: reproducible runs, and repeated prompts still get different samples.
+    `overrides` replaces settings for one call (evaluation: greedy is temperature 0)."""
     from vllm import SamplingParams
 
     r = cfg.rollout
-    return [
-        SamplingParams(max_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, logprobs=0, seed=seed + i)
-        for i in range(n)
-    ]
+    settings = dict(
+        max_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, min_p=r.min_p,
+        stop=list(r.stop), stop_token_ids=list(r.stop_token_ids), logprobs=0,
+    )
+    settings.update(overrides or {})
+    return [SamplingParams(**settings, seed=seed + i) for i in range(n)]
 
 
 class RolloutEngine:
@@ -93,8 +96,10 @@ class RolloutEngine:
 
         return {"role": self.role, "rank": self.rank, "ip": node_ip(), "pid": os.getpid()}
 
-    def generate(self, prompts: list[list[int]], seed: int, version: int | None = None) -> dict:
-        """`version`: the weights version the controller last synced; every worker must hold it."""
+    def generate(self, prompts: list[list[int]], seed: int, version: int | None = None, sampling: dict | None = None) -> dict:
+        """`version`: the weights version the controller last synced; every worker must hold it.
+        `sampling`: settings that replace the rollout's for this call. Each response's finish reason is
+        'stop' (EOS, a stop string or stop token) or 'length' (cut at max_new_tokens)."""
         from vllm.inputs import TokensPrompt
 
         if version is not None:
@@ -104,17 +109,18 @@ class RolloutEngine:
 
                 raise WeightSyncError(f"engine workers hold weights {held}, but version {version} was synced: refusing stale weights")
 
-        params = sampling_params(self.cfg, len(prompts), seed)
+        params = sampling_params(self.cfg, len(prompts), seed, sampling)
         t0 = time.perf_counter()
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         seconds = time.perf_counter() - t0
-        responses, logprobs = [], []
+        responses, logprobs, finish = [], [], []
         for o in outs:
             c = o.outputs[0]
             ids = list(c.token_ids)
             responses.append(ids)
             logprobs.append([c.logprobs[i][t].logprob for i, t in enumerate(ids)])
-        return {"responses": responses, "logprobs": logprobs, "seconds": seconds}
+            finish.append(c.finish_reason)
+        return {"responses": responses, "logprobs": logprobs, "finish_reasons": finish, "seconds": seconds}
 
     def init_weight_sync(self, master_addr: str, port: int, first_rank: int, world_size: int, backend: str) -> list[int]:
         return self.llm.collective_rpc(

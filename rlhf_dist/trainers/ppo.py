@@ -17,9 +17,11 @@ from rlhf_dist.config import Config, derive
 from rlhf_dist.data.batch import build_batch, pad_rows
 from rlhf_dist.data.prompts import PromptLoader, load_prompts
 from rlhf_dist.errors import WorkerDied, wait_all
+from rlhf_dist.evaluation import Evaluator, eval_metrics_brief
 from rlhf_dist.metrics import MetricsWriter, RunLog, fresh_run_dir, set_aside_metrics_after, write_config
 from rlhf_dist.preflight import prepare_model
 from rlhf_dist.rewards.functions import RuleRewards
+from rlhf_dist.rollout.finish import drop_truncated, truncated_flags
 
 
 def train(cfg: Config, log=print) -> Path:
@@ -31,20 +33,21 @@ def train(cfg: Config, log=print) -> Path:
     resume = find_resume(cfg)
     run_dir = resume.run_dir if resume else fresh_run_dir(cfg.run.output_dir)
     log = RunLog(run_dir, log)
-    write_config(run_dir, cfg, resume)
+    write_config(run_dir, cfg, resume, derived.table())
     log(f"run directory: {run_dir}\nderived values:\n{derived.table()}")
     log(f"prompts: {len(prompts.texts)} from {cfg.data.prompts}")
     if prompts.skipped:
         shown = "\n  ".join(prompts.skipped[:5])
         log(f"skipped {len(prompts.skipped)} bad lines (data.skip_bad_lines), first ones:\n  {shown}")
     data = (prompts.ids, prompts.texts, prompts.labels, tokenizer, rules)
+    evaluator = Evaluator(cfg, tokenizer, rules, log) if cfg.eval is not None else None
 
     started_ray = init_ray(cfg, derived, log)
     restarts = 0
     try:
         while True:
             try:
-                run_session(cfg, derived, run_dir, resume, data, log)
+                run_session(cfg, derived, run_dir, resume, data, log, evaluator)
                 break
             except WorkerDied as e:
                 # A dead worker stops the step; with restarts allowed, every group restarts from the last checkpoint.
@@ -64,7 +67,7 @@ def train(cfg: Config, log=print) -> Path:
     return run_dir
 
 
-def run_session(cfg: Config, derived, run_dir: Path, resume: Checkpoint | None, data, log) -> None:
+def run_session(cfg: Config, derived, run_dir: Path, resume: Checkpoint | None, data, log, evaluator=None) -> None:
     """One life of the actor groups: start, optionally resume, train to the last step, save."""
     cluster = writer = None
     try:
@@ -77,13 +80,19 @@ def run_session(cfg: Config, derived, run_dir: Path, resume: Checkpoint | None, 
             start = resume.step
             set_aside_metrics_after(run_dir, start)
             log(f"resumed from {resume.path} (step {start})")
-        writer = MetricsWriter(run_dir, cfg.run.tensorboard)
+        writer = MetricsWriter(run_dir, cfg.run, {**cfg.model_dump(mode="json"), "derived_table": derived.table()})
         # Version `start` pushes the learner's (possibly restored) weights to the engines and proves the path.
         log(f"initial weight sync: {cluster.sync_weights(start, verify=cfg.sync.verify_every > 0)['sync/seconds']:.2f} s")
+        if evaluator is not None and start == 0:
+            first = evaluator.run(cluster)
+            writer.write(0, first)
+            log(f"step 0: {eval_metrics_brief(first)}")
         steps = range(start + 1, cfg.run.steps + 1)
         bar = _progress(steps, cfg.run.progress_bar)
         for step in bar:
             metrics = rl_step(cfg, cluster, state, step)
+            if evaluator is not None and evaluator.due(step):
+                metrics.update(evaluator.run(cluster))
             writer.write(step, metrics)
             _show(bar, log, step, metrics)
             every = cfg.checkpoint.every_n_steps
@@ -159,6 +168,8 @@ def rl_step(cfg: Config, cluster: Cluster, state: LoopState, step: int) -> dict:
 
     # 5. Policy (and critic) updates, concurrently on their own ranks.
     t0 = time.perf_counter()
+    if ppo.mask_truncated:
+        batch["mask"] = drop_truncated(mask, roll["truncated"])
     batch.update(old_logprobs=old_lp, advantages=advantages)
     if state.policy_loss.needs_reference:
         batch["ref_logprobs"] = ref_lp
@@ -225,6 +236,7 @@ def collect_rollouts(cfg: Config, cluster: Cluster, state: LoopState, step: int,
         groups = [
             {"idx": idx[g * n : (g + 1) * n], "responses": gen["responses"][g * n : (g + 1) * n],
              "logprobs": gen["logprobs"][g * n : (g + 1) * n], "scores": scores[g * n : (g + 1) * n],
+             "finish": gen["finish_reasons"][g * n : (g + 1) * n],
              "parts": {k: v[g * n : (g + 1) * n] for k, v in parts.items()}}
             for g in range(len(idx) // n)
         ]
@@ -243,8 +255,10 @@ def collect_rollouts(cfg: Config, cluster: Cluster, state: LoopState, step: int,
         "responses": [r for g in chosen for r in g["responses"]],
         "engine_logprobs": pad_rows([lp for g in chosen for lp in g["logprobs"]], R),
         "scores": torch.cat([g["scores"] for g in chosen]),
+        "truncated": truncated_flags([f for g in chosen for f in g["finish"]]),
     }
-    metrics = {"rollout/tokens": float(tokens), "rollout/tokens_per_s": tokens / max(gen_s, 1e-9)}
+    metrics = {"rollout/tokens": float(tokens), "rollout/tokens_per_s": tokens / max(gen_s, 1e-9),
+               "response/truncated_fraction": float(roll["truncated"].float().mean())}
     for name in chosen[0]["parts"]:
         # Unweighted mean of each reward component over the trained samples (e.g. accuracy).
         metrics[f"reward/{name}"] = float(torch.cat([g["parts"][name] for g in chosen]).mean())

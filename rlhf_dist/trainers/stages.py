@@ -77,7 +77,7 @@ def run_stage(kind: str, cfg: StageConfig, log=print) -> Path:
     resume = find_resume(cfg)
     run_dir = resume.run_dir if resume else fresh_run_dir(cfg.run.output_dir)
     log = RunLog(run_dir, log)
-    write_config(run_dir, cfg, resume)
+    write_config(run_dir, cfg, resume, nums.table())
     log(f"{kind}: run directory {run_dir}\n{nums.table()}")
     if train_set.skipped:
         log(f"skipped {len(train_set.skipped)} bad rows (data.skip_bad_lines), first ones:\n  " + "\n  ".join(train_set.skipped[:5]))
@@ -85,12 +85,14 @@ def run_stage(kind: str, cfg: StageConfig, log=print) -> Path:
     started_ray = init_ray(cfg, pools, log)
     learners = writer = None
     try:
-        learners = StageLearners(kind, cfg, pools, log)
+        # The learners' LR schedule needs the run's length, which only the data size gives.
+        sized = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": nums.total_steps})})
+        learners = StageLearners(kind, sized, pools, log)
         if resume is not None:
             learners.load_checkpoint(str(resume.path))
             set_aside_metrics_after(run_dir, resume.step)
             log(f"resumed from {resume.path} (step {resume.step})")
-        writer = MetricsWriter(run_dir, cfg.run.tensorboard)
+        writer = MetricsWriter(run_dir, cfg.run, {**cfg.model_dump(mode="json"), "derived_table": nums.table()})
         loop(kind, cfg, nums, learners, (train_set, eval_set), tokenizer.pad_token_id, writer, log, run_dir, resume)
         t0 = time.perf_counter()
         final = run_dir / "final"
