@@ -4,14 +4,16 @@ from __future__ import annotations
 import argparse
 import sys
 
+from rlhf_dist.console import echo, quiet
+
 
 def _train(args) -> int:
     from rlhf_dist.config import load_config
     from rlhf_dist.trainers.ppo import train
 
     cfg = load_config(args.config, args.overrides)
-    run_dir = train(cfg)
-    print(f"done: metrics in {run_dir / 'metrics.jsonl'}")
+    run_dir = train(cfg, log=echo)
+    echo(f"done: metrics in {run_dir / 'metrics.jsonl'}")
     return 0
 
 
@@ -19,8 +21,8 @@ def _eval(args) -> int:
     from rlhf_dist.config import load_config
     from rlhf_dist.evaluation import evaluate_saved_policy
 
-    run_dir = evaluate_saved_policy(load_config(args.config, args.overrides))
-    print(f"done: eval metrics in {run_dir / 'eval.json'}, responses in {run_dir / 'eval_samples.jsonl'}")
+    run_dir = evaluate_saved_policy(load_config(args.config, args.overrides), log=echo)
+    echo(f"done: eval metrics in {run_dir / 'eval.json'}, responses in {run_dir / 'eval_samples.jsonl'}")
     return 0
 
 
@@ -31,20 +33,20 @@ def _stage(args) -> int:
     if args.command == "label":
         from rlhf_dist.trainers.label import run_label
 
-        run_dir = run_label(cfg)
-        print(f"done: preference pairs in {run_dir / 'preferences.jsonl'}")
+        run_dir = run_label(cfg, log=echo)
+        echo(f"done: preference pairs in {run_dir / 'preferences.jsonl'}")
         return 0
     from rlhf_dist.trainers.stages import run_stage
 
-    run_dir = run_stage(args.command, cfg)
-    print(f"done: model in {run_dir / 'final'}, metrics in {run_dir / 'metrics.jsonl'}")
+    run_dir = run_stage(args.command, cfg, log=echo)
+    echo(f"done: model in {run_dir / 'final'}, metrics in {run_dir / 'metrics.jsonl'}")
     return 0
 
 
 def _pipeline(args) -> int:
     from rlhf_dist.trainers.pipeline import run_pipeline
 
-    run_pipeline(args.config_dir, args.overrides)
+    run_pipeline(args.config_dir, args.overrides, log=echo)
     return 0
 
 
@@ -108,12 +110,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rlhf-dist", description="Distributed RLHF on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="run PPO from a YAML config")
+    # Commands that start a job keep library output (vLLM, Ray, DeepSpeed, warnings) in train.log.
+    job = argparse.ArgumentParser(add_help=False)
+    job.add_argument("--verbose", action="store_true", help="show library output on the console too")
+    job.set_defaults(job=True)
+
+    p = sub.add_parser("train", help="run PPO from a YAML config", parents=[job])
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. run.steps=5")
     p.set_defaults(fn=_train)
 
-    p = sub.add_parser("eval", help="run a config's eval section once on model.policy (a saved or exported policy)")
+    p = sub.add_parser("eval", help="run a config's eval section once on model.policy (a saved or exported policy)", parents=[job])
     p.add_argument("config", help="YAML config file with an eval section")
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. model.policy=runs/x/final")
     p.set_defaults(fn=_eval)
@@ -124,12 +131,12 @@ def main(argv: list[str] | None = None) -> int:
         ("dpo", "direct preference optimisation (sigmoid or IPO loss) against a frozen reference"),
         ("label", "AI feedback: sample responses, rank them with a judge, write preference JSONL"),
     ):
-        p = sub.add_parser(name, help=text)
+        p = sub.add_parser(name, help=text, parents=[job])
         p.add_argument("config", help="YAML config file")
         p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. train.epochs=1")
         p.set_defaults(fn=_stage)
 
-    p = sub.add_parser("pipeline", help="SFT -> reward model -> PPO, each stage reading the previous one's output")
+    p = sub.add_parser("pipeline", help="SFT -> reward model -> PPO, each stage reading the previous one's output", parents=[job])
     p.add_argument("config_dir", help="a directory holding sft.yaml, rm.yaml and ppo.yaml")
     p.add_argument("overrides", nargs="*", help="STAGE:dotted.key=value, e.g. ppo:run.steps=10")
     p.set_defaults(fn=_pipeline)
@@ -171,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     from rlhf_dist.errors import RLHFError
 
     try:
-        return args.fn(args)
+        with quiet(getattr(args, "job", False) and not args.verbose):
+            return args.fn(args)
     except ConfigError as e:
         print(f"rlhf-dist: {e}", file=sys.stderr)
         return 2

@@ -46,7 +46,10 @@ class RunLog:
     """Prints and appends to RUN_DIR/train.log, so what happened (restarts, resumes) stays with the run."""
 
     def __init__(self, run_dir: Path, echo=print):
+        from rlhf_dist.console import attach_run_log
+
         self.path, self.echo = run_dir / "train.log", echo
+        attach_run_log(self.path)  # a quiet console sends library output here from now on
 
     def __call__(self, text: str) -> None:
         self.echo(text)

@@ -14,6 +14,7 @@ from rlhf_dist import checkpoint
 from rlhf_dist.checkpoint import Checkpoint, complete_checkpoints, find_resume, load_trainer_state
 from rlhf_dist.cluster import Cluster, init_ray
 from rlhf_dist.config import Config, derive
+from rlhf_dist.console import StepProgress, step_line
 from rlhf_dist.data.batch import build_batch, pad_rows
 from rlhf_dist.data.prompts import PromptLoader, load_prompts
 from rlhf_dist.errors import WorkerDied, wait_all
@@ -87,19 +88,20 @@ def run_session(cfg: Config, derived, run_dir: Path, resume: Checkpoint | None, 
             first = evaluator.run(cluster)
             writer.write(0, first)
             log(f"step 0: {eval_metrics_brief(first)}")
-        steps = range(start + 1, cfg.run.steps + 1)
-        bar = _progress(steps, cfg.run.progress_bar)
-        for step in bar:
+        progress = StepProgress(start + 1, cfg.run.steps, cfg.run.progress_bar, log)
+        for step in range(start + 1, cfg.run.steps + 1):
             metrics = rl_step(cfg, cluster, state, step)
             if evaluator is not None and evaluator.due(step):
                 metrics.update(evaluator.run(cluster))
             writer.write(step, metrics)
-            _show(bar, log, step, metrics)
+            log(step_line(step, metrics))
+            progress.update(step)
             every = cfg.checkpoint.every_n_steps
             if every and (step % every == 0 or step == cfg.run.steps):
                 t0 = time.perf_counter()
                 path = checkpoint.save(cluster, state.state_dict(step), run_dir, step, cfg.checkpoint.keep_last)
                 log(f"checkpoint {path} in {time.perf_counter() - t0:.1f} s")
+        progress.close()
         if cfg.run.save_final:
             t0 = time.perf_counter()
             cluster.save_policy(str(run_dir / "final"))
@@ -294,26 +296,3 @@ def score(cfg: Config, cluster: Cluster, state: LoopState, idx: list[int], respo
 def _mean(rows: list[dict]) -> dict:
     """Average each metric over the ranks of one group."""
     return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
-
-
-def _progress(steps, enabled: bool):
-    import sys
-
-    # A bar only makes sense on a terminal; logs get one plain line per step.
-    if not enabled or not sys.stderr.isatty():
-        return steps
-    from tqdm import tqdm
-
-    return tqdm(steps, desc="train", unit="step", dynamic_ncols=True)
-
-
-def _show(bar, log, step: int, m: dict) -> None:
-    text = (
-        f"reward {m['reward/mean']:.3f} kl {m['kl/mean']:.4f} len {m['response/length_mean']:.1f} "
-        f"step {m['timing/step']:.1f}s sync {m['sync/seconds']:.2f}s"
-    )
-    if hasattr(bar, "set_postfix_str"):
-        bar.set_postfix_str(text)
-        bar.write(f"step {step}: {text}")
-    else:
-        log(f"step {step}: {text}")
