@@ -13,7 +13,10 @@ def _train(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     run_dir = train(cfg, log=echo)
-    echo(f"done: metrics in {run_dir / 'metrics.jsonl'}")
+    from rlhf_dist.report import write_report
+
+    png, _ = write_report([run_dir])
+    echo(f"done: metrics in {run_dir / 'metrics.jsonl'}, report in {png}")
     return 0
 
 
@@ -23,6 +26,19 @@ def _eval(args) -> int:
 
     run_dir = evaluate_saved_policy(load_config(args.config, args.overrides), log=echo)
     echo(f"done: eval metrics in {run_dir / 'eval.json'}, responses in {run_dir / 'eval_samples.jsonl'}")
+    return 0
+
+
+def _report(args) -> int:
+    from pathlib import Path
+
+    from rlhf_dist.config import ConfigError
+    from rlhf_dist.report import write_report
+
+    if args.out is not None and Path(args.out).exists():
+        raise ConfigError(f"report --out: {args.out!r} exists; choose a new path")
+    png, md = write_report(args.run_dirs, args.out)
+    print(f"report written to {png} and {md}")
     return 0
 
 
@@ -165,6 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out_dir")
     p.add_argument("--role", choices=["policy", "critic"], default="policy")
     p.set_defaults(fn=_export)
+
+    p = sub.add_parser("report", help="a PNG of runs' curves (overlaid) and a markdown summary, from metrics.jsonl")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", help="PNG path (default RUN_DIR/report.png of the first run; the .md goes beside it)")
+    p.set_defaults(fn=_report)
 
     p = sub.add_parser("make-tiny-model", help="write a tiny random Llama-style model and tokenizer (no downloads)")
     p.add_argument("out_dir")
