@@ -22,7 +22,7 @@ STYLES = ["-", "--", ":", "-.", (0, (1, 3)), (0, (5, 1))]
 
 def eval_keys(runs: dict[str, list[dict]]) -> list[str]:
     keys = {k for rows in runs.values() for r in rows for k in r if k.startswith("eval/")}
-    return sorted(k for k in keys if "pass@" in k or k.endswith(("/reward_model", "/math_verify_reward")))
+    return sorted(k for k in keys if "pass@" in k or k.endswith("/reward_model"))
 
 
 def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -58,7 +58,9 @@ def figure(runs: dict[str, list[dict]]):
             for j, key in enumerate(keys):
                 x, y = series(rows, key)
                 if x:
-                    ax.plot(x, y, color=colors[i % 10], linestyle=STYLES[j % len(STYLES)], marker="o" if len(x) < 30 else None,
+                    # One run: a colour per metric. Several: a colour per run, a line style per metric.
+                    color, style = (colors[j % 10], "-") if len(runs) == 1 else (colors[i % 10], STYLES[j % len(STYLES)])
+                    ax.plot(x, y, color=color, linestyle=style, marker="o" if len(x) < 30 else None,
                             markersize=3, label=f"{name}: {key}")
                     drawn += 1
         ax.set_title(title)
