@@ -84,7 +84,10 @@ def echo(text: str) -> None:
     if _active is not None:
         _active.echo(text)
     else:
-        print(text, flush=True)
+        from tqdm import tqdm
+
+        tqdm.write(text, file=sys.stdout)  # above a progress bar drawn on stderr
+        sys.stdout.flush()
 
 
 def _duration(seconds: float) -> str:

@@ -77,9 +77,14 @@ def test_eval_in_a_grpo_run_and_on_the_saved_policy(ray_session, tiny_model, tmp
     from rlhf_dist.metrics import read_metrics
     from rlhf_dist.trainers.ppo import train
 
-    run_dir = train(grpo_eval_config(tiny_model, str(tmp_path / "run")))
+    # 4 new tokens: most responses are cut at the limit, and mask_truncated leaves them out of the loss.
+    run_dir = train(grpo_eval_config(tiny_model, str(tmp_path / "run"), "ppo.mask_truncated=true"))
     rows = read_metrics(run_dir)
     assert [r["step"] for r in rows] == [0, 1, 2]  # before training, then every step
+    for r in rows[1:]:
+        assert 0 <= r["response/truncated_fraction"] <= 1
+        if r["response/truncated_fraction"] == 1:
+            assert r["policy/loss"] == 0  # every token masked: nothing to train on
     for r in rows:
         for key in ("eval/greedy/pass@1", "eval/sampled/pass@1", "eval/sampled/pass@4", "eval/greedy/math_verify_reward",
                     "eval/sampled/starts_with_number", "eval/sampled/response_length"):

@@ -64,3 +64,13 @@ def test_report_refuses_a_missing_run_and_an_existing_out(tmp_path, capsys):
     (tmp_path / "mine.png").write_text("keep")
     assert main(["report", str(tmp_path / "r"), "--out", str(tmp_path / "mine.png")]) == 2
     assert (tmp_path / "mine.png").read_text() == "keep"
+
+
+def test_eval_panel_without_pass_at_k_shows_reward_means(tmp_path):
+    (tmp_path / "r").mkdir()
+    rows = [{"step": s, "reward/mean": 0.1, "eval/greedy/char_fraction": 0.3 + s / 100, "eval/greedy/response_length": 9.0,
+             "eval/seconds": 1.0} for s in (0, 5)]
+    (tmp_path / "r" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    fig = figure(load_runs([tmp_path / "r"]))
+    (eval_ax,) = [ax for ax in fig.axes if ax.get_title() == "eval"]
+    assert [(line.get_label(), list(line.get_ydata())) for line in eval_ax.get_lines()] == [("r: eval/greedy/char_fraction", [0.3, 0.35])]
