@@ -151,7 +151,8 @@ class EvalConfig(Strict):
     greedy: bool = True  # one greedy (temperature 0) response per prompt
     n_samples: int = Field(0, ge=0)  # sampled responses per prompt (rollout settings) for pass@k; 0: none
     k: list[int] = Field(default_factory=lambda: [1])  # pass@k reported for each k <= n_samples
-    # A response is correct when this reward function (default: the first) gives at least pass_threshold.
+    # A verifiable reward: a response is correct when this reward function (its name after the colon) gives at
+    # least pass_threshold. Without it there is no pass@k, only mean rewards.
     pass_function: str | None = None
     pass_threshold: float = 1.0
 

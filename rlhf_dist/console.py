@@ -134,5 +134,7 @@ def step_line(step: int, m: dict) -> str:
     )
     if "policy/lr" in m:
         text += f" lr {m['policy/lr']:.2e}"
-    evals = " ".join(f"{k.removeprefix('eval/')} {v:.3f}" for k, v in m.items() if k.startswith("eval/") and "pass@" in k)
+    from rlhf_dist.evaluation import eval_metrics_brief
+
+    evals = eval_metrics_brief(m)
     return text + (f" | eval {evals}" if evals else "")

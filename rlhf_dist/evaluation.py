@@ -41,14 +41,11 @@ class Evaluator:
         )
         self.prompts = load_prompts(data, tokenizer)
         names = rules.names if rules else []
-        if not names and e.n_samples:
-            raise ConfigError("eval.n_samples: pass@k needs a reward function (reward.functions) to decide correctness")
-        self.pass_index = None
-        if names:
-            wanted = e.pass_function or names[0]
-            if wanted not in names:
-                raise ConfigError(f"eval.pass_function: {wanted!r} is not one of reward.functions ({', '.join(names)})")
-            self.pass_index = names.index(wanted)
+        self.pass_index = None  # pass@k only for a verifiable reward, named by eval.pass_function
+        if e.pass_function is not None:
+            if e.pass_function not in names:
+                raise ConfigError(f"eval.pass_function: {e.pass_function!r} is not one of reward.functions ({', '.join(names) or 'none'})")
+            self.pass_index = names.index(e.pass_function)
         if self.prompts.labels is None and rules:
             from rlhf_dist.rewards.functions import label_use
 
@@ -152,8 +149,16 @@ def evaluate_saved_policy(cfg: Config, log=print) -> Path:
     return run_dir
 
 
+def headline_keys(keys) -> list[str]:
+    """The eval metrics worth a glance: pass@k and reward-model scores; without pass@k, each reward mean."""
+    keys = [k for k in keys if k.startswith(("eval/greedy/", "eval/sampled/"))]
+    shown = [k for k in keys if "pass@" in k or k.endswith("/reward_model")]
+    if not any("pass@" in k for k in shown):
+        shown = [k for k in keys if not k.endswith(("/response_length", "/truncated_fraction"))]
+    return shown
+
+
 def eval_metrics_brief(m: dict) -> str:
-    keys = [k for k in m if k.startswith("eval/") and ("pass@" in k or k.endswith("/reward_model"))]
-    return " ".join(f"{k.removeprefix('eval/')} {m[k]:.3f}" for k in keys)
+    return " ".join(f"{k.removeprefix('eval/')} {m[k]:.3f}" for k in headline_keys(m))
 
 

@@ -21,12 +21,9 @@ STYLES = ["-", "--", ":", "-.", (0, (1, 3)), (0, (5, 1))]
 
 
 def eval_keys(runs: dict[str, list[dict]]) -> list[str]:
-    """pass@k and reward-model scores; without pass@k, the mean of each reward function."""
-    keys = {k for rows in runs.values() for r in rows for k in r if k.startswith(("eval/greedy/", "eval/sampled/"))}
-    chosen = sorted(k for k in keys if "pass@" in k or k.endswith("/reward_model"))
-    if not any("pass@" in k for k in chosen):
-        chosen = sorted(k for k in keys if not k.endswith(("/response_length", "/truncated_fraction")))
-    return chosen
+    from rlhf_dist.evaluation import headline_keys
+
+    return sorted(headline_keys({k for rows in runs.values() for r in rows for k in r}))
 
 
 def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:

@@ -49,7 +49,7 @@ def grpo_eval_config(tiny_model, out, *overrides):
     d["placement"].pop("critic")
     d["placement"]["rollout"]["num_engines"] = 2
     d["eval"] = {"prompts": str(ROOT / "configs/data/arith_prompts.jsonl"), "label_key": "answer",
-                 "every_n_steps": 1, "n_samples": 4, "k": [1, 4]}
+                 "every_n_steps": 1, "n_samples": 4, "k": [1, 4], "pass_function": "math_verify_reward"}
     return load_config(None, list(overrides), base=d)
 
 
@@ -66,6 +66,8 @@ def test_eval_section_errors(tiny_model, tmp_path):
     tok = AutoTokenizer.from_pretrained(tiny_model)
     with pytest.raises(ConfigError, match="eval.pass_function: 'nope' is not one of reward.functions"):
         Evaluator(cfg, tok, RuleRewards(cfg.reward.functions, has_labels=True), log=lambda _: None)
+    cfg = grpo_eval_config(tiny_model, str(tmp_path / "o"), "eval.pass_function=null")
+    assert Evaluator(cfg, tok, RuleRewards(cfg.reward.functions, has_labels=True), log=lambda _: None).pass_index is None
     cfg = grpo_eval_config(tiny_model, str(tmp_path / "o"), "eval.label_key=null")
     with pytest.raises(ConfigError, match="eval.label_key: reward function 'rlhf_dist.rewards.math:math_verify_reward' needs a label"):
         Evaluator(cfg, tok, RuleRewards(cfg.reward.functions, has_labels=True), log=lambda _: None)
