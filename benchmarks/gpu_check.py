@@ -6,7 +6,7 @@
 
 `learner`: the project's PolicyWorker under DeepSpeed ZeRO (stage 3 by default) in bf16 (one rank), PPO updates of random
 tokens: training tokens/s and MFU. `ipc`: a model's weights handed from one process to another on the same
-GPU through CUDA IPC buckets (rlhf_dist.sync.ipc), against a plain device-to-device copy. `attention`: the
+GPU through CUDA IPC buckets (benchmarks/ipc_buckets.py), against a plain device-to-device copy. `attention`: the
 learner's log-probs with sdpa and with eager attention in bf16, each against an fp32 eager reference.
 Each prints a table and writes JSON to --out (default benchmarks/results/gpu_WHAT.json). Models are built
 from architecture-only configs with random weights: nothing is downloaded.
@@ -126,7 +126,7 @@ def _ipc_receiver(conn) -> None:
 def _ipc_receive_loop(conn) -> None:
     import torch
 
-    from rlhf_dist.sync.ipc import open_bucket
+    from benchmarks.ipc_buckets import open_bucket
 
     torch.cuda.init()
     conn.send({"ready": True})
@@ -156,7 +156,7 @@ def check_ipc(args) -> dict:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from rlhf_dist.sync.buckets import checksum, plan_buckets
-    from rlhf_dist.sync.ipc import share_bucket
+    from benchmarks.ipc_buckets import share_bucket
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(args.model), dtype=torch.bfloat16).cuda()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -38,8 +39,6 @@ def _fmt(v) -> str:
 
 def medians(rows: list[dict], key: str, by: tuple[str, ...]) -> list[dict]:
     """Median of `key` per group of rows sharing the `by` columns (the number to compare across paths)."""
-    import statistics
-
     groups: dict[tuple, list[float]] = {}
     for r in rows:
         groups.setdefault(tuple(r[b] for b in by), []).append(r[key])
@@ -66,26 +65,23 @@ def _prompts(cfg: Config, n: int, prompt_len: int) -> list[list[int]]:
 
 def bench_rollout(cfg: Config, prompts: int, prompt_len: int, repeats: int, log=print) -> dict:
     """The framework's engines (Ray actors, requests split across engines) vs vLLM called directly."""
-    import ray
-
-    from rlhf_dist.cluster import init_ray
-    from rlhf_dist.groups import ActorGroup, worker_env
-    from rlhf_dist.placement import create_pools, remove_pools, role_slots
-    from rlhf_dist.rollout.engine import RolloutEngine, engine_env
+    from rlhf_dist.data.batch import split_list
+    from rlhf_dist.dist import use_cuda
+    from rlhf_dist.rollout.engine import RolloutEngine, engine_env, engine_spec
+    from rlhf_dist.runtime.roles import Roles, RoleSpec
+    from rlhf_dist.runtime.scaffold import ray_session
 
     derived = derive(cfg)
     batch = _prompts(cfg, prompts, prompt_len)
     rows = []
-    started = init_ray(cfg, derived, log)
-    pools = create_pools(cfg, derived, cfg.timeouts.actor_start_s)
-    try:
-        env = {**worker_env(cfg.cluster.device, cfg.cluster.threads_per_actor), **engine_env(cfg)}
-        group = ActorGroup("rollout", RolloutEngine, role_slots(cfg, derived)["rollout"], pools, (cfg,), env)
-        group.call("setup", timeout_s=cfg.timeouts.actor_start_s)
-        # vLLM directly, one engine in a plain actor on the same bundle: same prompts, same sampling settings.
-        direct = ActorGroup("vllm-direct", DirectVLLM, role_slots(cfg, derived)["rollout"][:1], pools, (cfg,), env)
-        from rlhf_dist.data.batch import split_list
-
+    r, env, spec = cfg.placement.rollout, engine_env(cfg), engine_spec(cfg)
+    specs = [RoleSpec("rollout", RolloutEngine, r.pool, r.num_engines, spec, gpus_per_rank=r.tensor_parallel_size, env=env,
+                      seats=not use_cuda(cfg.cluster.device)),
+             # vLLM directly, one engine in a plain actor on the first engine's bundle: same prompts, same settings.
+             RoleSpec("vllm-direct", DirectVLLM, r.pool, 1, spec, env=env)]
+    with ray_session(cfg, derived, log):
+        roles = Roles(specs, cfg.placement.pools, cfg.run.name, cfg.cluster, cfg.timeouts, log)
+        group, direct = roles["rollout"], roles["vllm-direct"]
         n = len(group)
         chunks = lambda seed: [(c, seed) for c in split_list(batch, n)]  # noqa: E731
         group.call("generate", per_rank=chunks(0), timeout_s=cfg.timeouts.call_s)  # warm-up at full size
@@ -99,12 +95,7 @@ def bench_rollout(cfg: Config, prompts: int, prompt_len: int, repeats: int, log=
             rows.append(_rollout_row("rlhf_dist engines", n, rep, len(batch), tokens, wall))
             out = direct.call("run", batch, rep * 10_000, timeout_s=cfg.timeouts.call_s)[0]
             rows.append(_rollout_row("vLLM direct", 1, rep, len(batch), out["tokens"], out["seconds"]))
-        group.kill()
-        direct.kill()
-    finally:
-        remove_pools(pools)
-        if started:
-            ray.shutdown()
+        roles.shutdown()
     return {"prompt_tokens": prompt_len, "max_new_tokens": cfg.rollout.max_new_tokens, "rows": rows}
 
 
@@ -116,20 +107,28 @@ def _rollout_row(path: str, engines: int, rep: int, prompts: int, tokens: int, s
 class DirectVLLM:
     """vLLM's LLM with the framework's engine settings, no worker extension, no Ray in between."""
 
-    def __init__(self, cfg: Config, rank: int, world_size: int):
+    def __init__(self, spec, rank: int, world_size: int):
+        self.spec, self.rank = spec, rank
+
+    def ready(self) -> dict:
+        import os
+
+        from rlhf_dist.dist import node_ip
+
+        return {"role": "vllm-direct", "rank": self.rank, "ip": node_ip(), "pid": os.getpid()}
+
+    def setup(self) -> dict:
         from vllm import LLM
 
-        from rlhf_dist.rollout.engine import llm_kwargs
-
-        self.cfg = cfg
-        self.llm = LLM(**llm_kwargs(cfg), seed=cfg.run.seed)
+        self.llm = LLM(**self.spec.llm, seed=self.spec.process.seed)
+        return {"rank": self.rank}
 
     def run(self, prompts: list[list[int]], seed: int) -> dict:
         from vllm.inputs import TokensPrompt
 
         from rlhf_dist.rollout.engine import sampling_params
 
-        params = sampling_params(self.cfg, len(prompts), seed)
+        params = sampling_params(self.spec.sampling, len(prompts), seed)
         t0 = time.perf_counter()
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         return {"seconds": time.perf_counter() - t0, "tokens": sum(len(o.outputs[0].token_ids) for o in outs)}
@@ -176,56 +175,65 @@ class RawBroadcaster:
 
 
 def bench_sync(cfg: Config, bucket_mbs: list[float], repeats: int, log=print) -> dict:
-    import ray
-
-    from rlhf_dist.cluster import Cluster, init_ray
-    from rlhf_dist.groups import ActorGroup, worker_env
-    from rlhf_dist.placement import create_pools, remove_pools, role_slots
+    from rlhf_dist.runtime.groups import ActorGroup, worker_env
+    from rlhf_dist.runtime.placement import Slot, create_pools, remove_pools
+    from rlhf_dist.runtime.scaffold import ray_session
+    from rlhf_dist.trainers.rl_roles import RLRoles, role_slots
 
     derived = derive(cfg)
-    started = init_ray(cfg, derived, log)
-    rows = []
+    rows, verified = [], []
     cluster = None
     raw_pools: dict = {}
-    try:
-        cluster = Cluster(cfg, derived, log)
-        total = 0
-        version = 0
-        for mb in bucket_mbs:
-            cluster.buckets = cluster.policy.call("sync_plan", mb, timeout_s=cfg.timeouts.call_s)[0]
-            for rep in range(repeats + 1):  # the first sync of each size is a warm-up
-                version += 1
-                m = cluster.sync_weights(version, verify=False)
-                if rep:
-                    total = m["sync/bytes"]
-                    rows.append({"path": "rlhf_dist sync", "bucket_mb": mb, "buckets": len(cluster.buckets), "repeat": rep,
-                                 "MB": total / 1e6, "seconds": m["sync/seconds"], "GB_per_s": total / m["sync/seconds"] / 1e9,
-                                 "gather_pack_s": m["sync/learner_gather_pack_s"], "broadcast_s": m["sync/learner_broadcast_s"],
-                                 "engine_load_s": m["sync/engine_load_s"]})
-        backend = cluster.sync_backend  # the raw side uses the transport the framework's sync used
-        world = 1 + derived.rollout_gpus
-        slots = role_slots(cfg, derived)
-        raw_slots = slots["policy"][:1] + [s for s in slots["rollout"] for _ in range(cfg.placement.rollout.tensor_parallel_size)]
-        cluster.shutdown()
-        cluster = None
-        raw_pools = create_pools(cfg, derived, cfg.timeouts.actor_start_s)
-        raw = ActorGroup("raw-broadcast", RawBroadcaster, raw_slots[:world], raw_pools, (cfg,),
-                         worker_env(cfg.cluster.device, cfg.cluster.threads_per_actor))
-        addr, port = raw.call("endpoint", ranks=[0], timeout_s=60)[0]
-        raw.call("init", addr, port, backend, timeout_s=cfg.timeouts.rendezvous_s)
-        for mb in bucket_mbs:
-            times = raw.call("broadcast", total, int(mb * 2**20), repeats + 1, timeout_s=cfg.timeouts.call_s)[0][1:]
-            for rep, sec in enumerate(times, 1):
-                rows.append({"path": f"raw torch.distributed ({backend})", "bucket_mb": mb, "buckets": -(-total // int(mb * 2**20)),
-                             "repeat": rep, "MB": total / 1e6, "seconds": sec, "GB_per_s": total / sec / 1e9})
-        raw.kill()
-    finally:
-        if cluster is not None:
+    with ray_session(cfg, derived, log):
+        try:
+            cluster = RLRoles(cfg, log)
+            total = 0
+            version = 0
+            for mb in bucket_mbs:
+                cluster.sync.replan(mb)
+                for rep in range(repeats + 1):  # the first sync of each size is a warm-up
+                    version += 2
+                    # The same sync with verification (checksums on both sides), alternating, for its cost.
+                    checked = cluster.sync_weights(version - 1, verify=True)
+                    m = cluster.sync_weights(version, verify=False)
+                    if rep:
+                        verified.append({"bucket_mb": mb, "repeat": rep, "verified_s": checked["sync/seconds"],
+                                         "unverified_s": m["sync/seconds"]})
+                        total = m["sync/bytes"]
+                        rows.append({"path": "rlhf_dist sync", "bucket_mb": mb, "buckets": len(cluster.sync.buckets), "repeat": rep,
+                                     "MB": total / 1e6, "seconds": m["sync/seconds"], "GB_per_s": total / m["sync/seconds"] / 1e9,
+                                     "gather_pack_s": m["sync/learner_gather_pack_s"], "broadcast_s": m["sync/learner_broadcast_s"],
+                                     "engine_load_s": m["sync/engine_load_s"]})
+            backend = cluster.sync.backend  # the raw side uses the transport the framework's sync used
+            world = 1 + derived.rollout_gpus
+            slots = role_slots(cfg, derived)
+            # One raw rank per engine worker, each on its own bundle of the engine's slot.
+            raw_slots = slots["policy"][:1] + [Slot(s.pool, (b,), s.gpu_fraction) for s in slots["rollout"] for b in s.bundles]
             cluster.shutdown()
-        remove_pools(raw_pools)
-        if started:
-            ray.shutdown()
-    return {"ranks": 1 + derived.rollout_gpus, "rows": rows}
+            cluster = None
+            raw_pools = create_pools(cfg.placement.pools, derived.layout, cfg.run.name, cfg.timeouts.actor_start_s)
+            raw = ActorGroup("raw-broadcast", RawBroadcaster, raw_slots[:world], raw_pools, (cfg,),
+                             worker_env(cfg.cluster.device, cfg.cluster.threads_per_actor))
+            addr, port = raw.call("endpoint", ranks=[0], timeout_s=60)[0]
+            raw.call("init", addr, port, backend, timeout_s=cfg.timeouts.rendezvous_s)
+            for mb in bucket_mbs:
+                times = raw.call("broadcast", total, int(mb * 2**20), repeats + 1, timeout_s=cfg.timeouts.call_s)[0][1:]
+                for rep, sec in enumerate(times, 1):
+                    rows.append({"path": f"raw torch.distributed ({backend})", "bucket_mb": mb, "buckets": -(-total // int(mb * 2**20)),
+                                 "repeat": rep, "MB": total / 1e6, "seconds": sec, "GB_per_s": total / sec / 1e9})
+            raw.kill()
+        finally:
+            if cluster is not None:
+                cluster.shutdown()
+            remove_pools(raw_pools)
+    return {"ranks": 1 + derived.rollout_gpus, "rows": rows, "verification": verification_cost(verified)}
+
+
+def verification_cost(rows: list[dict]) -> dict:
+    """Median seconds of verified and unverified syncs of the same weights, and the verification's share."""
+    v = statistics.median(r["verified_s"] for r in rows)
+    u = statistics.median(r["unverified_s"] for r in rows)
+    return {"rows": rows, "median_verified_s": v, "median_unverified_s": u, "share_of_sync": (v - u) / v}
 
 
 def bench_step(cfg: Config, log=print) -> dict:

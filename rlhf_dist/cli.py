@@ -102,6 +102,10 @@ def _bench(args) -> int:
                    "step": ("step_s", ())}[args.what]
     result["summary"] = bench.medians(result["rows"], *summary_key)
     print("\n" + bench.table(result["summary"], list(result["summary"][0])))
+    if "verification" in result:
+        c = result["verification"]
+        print(f"verification: median sync {c['median_verified_s']:.4f} s verified, {c['median_unverified_s']:.4f} s not "
+              f"({100 * c['share_of_sync']:.1f}% of a verified sync)")
     print(f"written to {bench.write(args.out, args.what, {'config': args.config, 'overrides': args.overrides, **result})}")
     return 0
 

@@ -1,4 +1,5 @@
-"""Typed configuration: YAML + dotted CLI overrides, validated once, derived values computed in one place.
+"""Typed configuration: YAML + dotted CLI overrides (rlhf_dist.config_io), validated once, derived values
+computed in one place.
 
 Workers receive the validated config (a frozen pydantic model) and never change it.
 """
@@ -8,17 +9,13 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-
-class ConfigError(ValueError):
-    """A config problem, worded for the user: names the field and what is wrong."""
-
-
-class Strict(BaseModel):
-    # Unknown keys are errors (a typo must not silently fall back to a default); configs are immutable.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from rlhf_dist.algorithms.registry import ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, names
+from rlhf_dist.config_extra import EvalConfig, LRSchedule, Strict  # noqa: F401 - re-exported
+from rlhf_dist.config_io import read_config_data, to_yaml, validate  # noqa: F401 - re-exported for the commands
+from rlhf_dist.errors import ConfigError
+from rlhf_dist.layout import PoolLayout, pool_layout
 
 
 class RunConfig(Strict):
@@ -69,15 +66,6 @@ class RolloutConfig(Strict):
     enforce_eager: bool = True
 
 
-class LRSchedule(Strict):
-    """Learning-rate schedule: warmup (in the stage's steps), then constant or a decay to min_ratio x lr."""
-
-    kind: Literal["constant", "linear", "cosine"] = "constant"
-    warmup_steps: int = Field(0, ge=0)
-    min_ratio: float = Field(0.0, ge=0, le=1)
-    total_steps: int | None = Field(None, ge=1)  # the decay's length; default: the run's steps
-
-
 class RewardFunction(Strict):
     name: str  # "package.module:function", called as fn(prompt: str, response: str, **kwargs) -> float
     weight: float = 1.0
@@ -112,9 +100,9 @@ class PPOConfig(Strict):
     mini_batch_size: int = Field(8, ge=1)  # samples per optimizer step, across all data-parallel ranks
     micro_batch_size: int = Field(4, ge=1)  # samples per forward/backward on one rank
     epochs: int = Field(1, ge=1)  # passes over each step's samples
-    advantage_estimator: Literal["gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"] = "gae"
-    policy_loss: Literal["ppo", "dual_clip", "clip_higher", "gspo"] = "ppo"
-    loss_aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
+    advantage_estimator: names(ADVANTAGE_ESTIMATORS) = "gae"
+    policy_loss: names(POLICY_LOSSES) = "ppo"
+    loss_aggregation: names(AGGREGATIONS) = "token_mean"
     clip_eps: float = Field(0.2, gt=0)  # lower clip (and upper, unless clip_eps_high is set)
     clip_eps_high: float | None = Field(None, gt=0)  # DAPO clip-higher
     dual_clip_c: float = Field(3.0, gt=1)
@@ -122,11 +110,11 @@ class PPOConfig(Strict):
     gamma: float = Field(1.0, ge=0, le=1)
     lam: float = Field(0.95, ge=0, le=1)
     kl_coef: float = Field(0.0, ge=0)  # KL penalty put in the per-token rewards (gae, reinforce_pp*)
-    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    kl_estimator: names(KL_ESTIMATORS) = "k1"
     kl_target: float | None = Field(None, gt=0)  # adaptive kl_coef toward this per-token KL; None: fixed
     kl_horizon: int = Field(10000, ge=1)
     kl_loss_coef: float = Field(0.0, ge=0)  # KL to the reference as a loss term (GRPO style)
-    kl_loss_estimator: Literal["k1", "k2", "k3"] = "k3"
+    kl_loss_estimator: names(KL_ESTIMATORS) = "k3"
     whiten_advantages: bool = True  # gae only; the others normalise as their definition says
     entropy_coef: float = 0.0
     dynamic_sampling: bool = False  # DAPO: drop prompt groups whose scores are all equal, refill
@@ -139,31 +127,6 @@ class PPOConfig(Strict):
     lr_schedule: LRSchedule = LRSchedule()  # policy and critic; warmup counted in PPO steps
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0)
-
-
-class EvalConfig(Strict):
-    """Held-out evaluation through the rollout engines: every N steps, at the start and at the end."""
-
-    prompts: str  # JSONL or parquet, read as data.prompts is (chat template and length limit included)
-    prompt_key: str = "prompt"
-    label_key: str | None = None  # passed to reward functions as `label`
-    every_n_steps: int = Field(0, ge=0)  # 0: at the start and the end only
-    greedy: bool = True  # one greedy (temperature 0) response per prompt
-    n_samples: int = Field(0, ge=0)  # sampled responses per prompt (rollout settings) for pass@k; 0: none
-    k: list[int] = Field(default_factory=lambda: [1])  # pass@k reported for each k <= n_samples
-    # A verifiable reward: a response is correct when this reward function (its name after the colon) gives at
-    # least pass_threshold. Without it there is no pass@k, only mean rewards.
-    pass_function: str | None = None
-    pass_threshold: float = 1.0
-
-    @model_validator(mode="after")
-    def _k_fits(self):
-        for k in self.k:
-            if k < 1 or (self.n_samples and k > self.n_samples):
-                raise ValueError(f"eval.k: {k} must be between 1 and eval.n_samples ({self.n_samples})")
-        if not self.greedy and not self.n_samples:
-            raise ValueError("eval: set greedy: true and/or n_samples > 0; there is nothing to evaluate")
-        return self
 
 
 class PoolConfig(Strict):
@@ -208,6 +171,9 @@ class PlacementConfig(Strict):
 class SyncConfig(Strict):
     bucket_mb: float = Field(64, gt=0)
     verify_every: int = Field(1, ge=0)  # hash-check engines against the learner every N syncs; 0 = off
+    # Stop the run when the engines' log-probs of their sampled tokens differ from the learner's by more than this
+    # (the probe `rollout/engine_learner_logprob_diff_max`, every step); None: reported only.
+    max_logprob_diff: float | None = Field(None, gt=0)
 
 
 class ClusterConfig(Strict):
@@ -275,9 +241,19 @@ class Derived:
     grad_accum_critic: int
     optimizer_steps_per_step: int
     rollout_gpus: int
-    gpus_per_pool: dict[str, int]
-    roles_per_pool: dict[str, list[str]]
-    total_gpus: int
+    layout: PoolLayout  # pools -> roles and reserved GPUs (rlhf_dist.layout, shared with every command)
+
+    @property
+    def gpus_per_pool(self) -> dict[str, int]:
+        return self.layout.gpus_per_pool
+
+    @property
+    def roles_per_pool(self) -> dict[str, list[str]]:
+        return self.layout.roles_per_pool
+
+    @property
+    def total_gpus(self) -> int:
+        return self.layout.total_gpus
 
     def table(self) -> str:
         rows = [
@@ -297,10 +273,11 @@ class Derived:
         return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
 
 
-CRITIC_ESTIMATORS = {"gae"}
-GROUP_ESTIMATORS = {"grpo", "dr_grpo", "rloo", "reinforce_pp_baseline"}
+# The estimators' properties come from their registry entries (rlhf_dist.algorithms.registry).
+CRITIC_ESTIMATORS = {n for n, e in ADVANTAGE_ESTIMATORS.items() if e.needs_critic}
+GROUP_ESTIMATORS = {n for n, e in ADVANTAGE_ESTIMATORS.items() if e.needs_groups}
 # Estimators whose advantages come from sequence scores alone: a per-token KL reward would be ignored.
-SCORE_ONLY_ESTIMATORS = {"grpo", "dr_grpo", "rloo"}
+SCORE_ONLY_ESTIMATORS = {n for n, e in ADVANTAGE_ESTIMATORS.items() if not e.uses_kl_reward}
 
 
 def uses_critic(cfg: Config) -> bool:
@@ -332,19 +309,7 @@ def derive(cfg: Config) -> Derived:
     ppo, p = cfg.ppo, cfg.placement
     samples = ppo.rollout_batch_size * cfg.rollout.n_samples_per_prompt
     roles = role_gpus(cfg)
-    roles_per_pool: dict[str, list[str]] = {name: [] for name in p.pools}
-    for role, (pool, n) in roles.items():
-        if pool not in p.pools:
-            raise ConfigError(f"placement.{role}.pool: {pool!r} is not one of placement.pools ({', '.join(p.pools)})")
-        size = p.pools[pool].gpus
-        if n > size:
-            raise ConfigError(
-                f"placement.{role}: needs {n} GPUs but pool {pool!r} has {size} "
-                f"({p.pools[pool].nodes} nodes x {p.pools[pool].gpus_per_node} GPUs); short by {n - size}"
-            )
-        roles_per_pool[pool].append(role)
-    # A used pool is reserved whole (nodes x gpus_per_node); colocated roles share its GPUs.
-    gpus_per_pool = {name: p.pools[name].gpus if roles_per_pool[name] else 0 for name in p.pools}
+    layout = pool_layout(p.pools, roles)
     tp = p.rollout.tensor_parallel_size
     if tp > p.pools[p.rollout.pool].gpus_per_node:
         raise ConfigError(
@@ -384,9 +349,7 @@ def derive(cfg: Config) -> Derived:
         grad_accum_critic=ga_critic,
         optimizer_steps_per_step=ppo.epochs * samples // ppo.mini_batch_size,
         rollout_gpus=p.rollout.num_engines * tp,
-        gpus_per_pool=gpus_per_pool,
-        roles_per_pool=roles_per_pool,
-        total_gpus=sum(gpus_per_pool.values()),
+        layout=layout,
     )
 
 
@@ -415,71 +378,8 @@ def check_algorithm(cfg: Config) -> None:
         )
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like dotted.key=value")
-    key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else ""
-    return key.strip().split("."), value
-
-
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    for text in overrides:
-        keys, value = parse_override(text)
-        node = data
-        for k in keys[:-1]:
-            nxt = node.get(k)
-            if nxt is None:
-                nxt = node[k] = {}
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"override {text!r}: {'.'.join(keys[:-1])} is not a section")
-            node = nxt
-        node[keys[-1]] = value
-    return data
-
-
-def format_validation_error(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling against the README's config reference)"
-        lines.append(f"{loc}: {msg}")
-    return "invalid config:\n  " + "\n  ".join(lines)
-
-
 def load_config(path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None) -> Config:
     """Read YAML (or start from `base`), apply dotted overrides, validate. Raises ConfigError with field names."""
     cfg = validate(Config, read_config_data(path, overrides, base))
     derive(cfg)  # arithmetic errors surface here, before anything starts
     return cfg
-
-
-def read_config_data(path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None) -> dict:
-    """The YAML file's mapping (over `base`), with dotted overrides applied; not yet validated."""
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping of sections")
-    if base is not None:
-        data = {**base, **data}
-    return apply_overrides(data, overrides or [])
-
-
-def validate(cls, data: dict):
-    try:
-        return cls.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e)) from None
-
-
-def to_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

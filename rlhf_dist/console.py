@@ -134,7 +134,18 @@ def step_line(step: int, m: dict) -> str:
     )
     if "policy/lr" in m:
         text += f" lr {m['policy/lr']:.2e}"
-    from rlhf_dist.evaluation import eval_metrics_brief
-
     evals = eval_metrics_brief(m)
     return text + (f" | eval {evals}" if evals else "")
+
+
+def headline_keys(keys) -> list[str]:
+    """The eval metrics worth a glance: pass@k and reward-model scores; without pass@k, each reward mean."""
+    keys = [k for k in keys if k.startswith(("eval/greedy/", "eval/sampled/"))]
+    shown = [k for k in keys if "pass@" in k or k.endswith("/reward_model")]
+    if not any("pass@" in k for k in shown):
+        shown = [k for k in keys if not k.endswith(("/response_length", "/truncated_fraction"))]
+    return shown
+
+
+def eval_metrics_brief(m: dict) -> str:
+    return " ".join(f"{k.removeprefix('eval/')} {m[k]:.3f}" for k in headline_keys(m))

@@ -5,6 +5,10 @@ import time
 from typing import Any, Sequence
 
 
+class ConfigError(ValueError):
+    """A config problem, worded for the user: names the field and what is wrong."""
+
+
 class RLHFError(RuntimeError):
     pass
 

@@ -58,14 +58,22 @@ class Evaluator:
         every = self.e.every_n_steps
         return step == 0 or step == self.cfg.run.steps or bool(every and step % every == 0)
 
-    def run(self, cluster, samples_path: Path | None = None) -> dict:
+    def before_training(self, roles, writer, log) -> None:
+        """Step 0: the policy as training starts."""
+        from rlhf_dist.console import eval_metrics_brief
+
+        metrics = self.run(roles)
+        writer.write(0, metrics)
+        log(f"step 0: {eval_metrics_brief(metrics)}")
+
+    def run(self, roles, samples_path: Path | None = None) -> dict:
         t0 = time.perf_counter()
         metrics: dict[str, float] = {}
         rows: list[dict] = []
         if self.e.greedy:
-            metrics.update(self._one(cluster, "greedy", 1, {"temperature": 0.0}, rows))
+            metrics.update(self._one(roles, "greedy", 1, {"temperature": 0.0}, rows))
         if self.e.n_samples:
-            metrics.update(self._one(cluster, "sampled", self.e.n_samples, None, rows))
+            metrics.update(self._one(roles, "sampled", self.e.n_samples, None, rows))
         metrics["eval/seconds"] = time.perf_counter() - t0
         if samples_path is not None:
             import json
@@ -73,12 +81,12 @@ class Evaluator:
             samples_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         return metrics
 
-    def _one(self, cluster, mode: str, n: int, sampling: dict | None, rows: list) -> dict:
+    def _one(self, roles, mode: str, n: int, sampling: dict | None, rows: list) -> dict:
         p = self.prompts
         idx = [i for i in range(len(p.ids)) for _ in range(n)]
-        engines = len(cluster.rollout)
+        engines = len(roles.rollout)
         req = _padded(idx, engines)
-        gen = cluster.generate([p.ids[i] for i in req], seed=self.cfg.run.seed * 7919, sampling=sampling)
+        gen = roles.generate([p.ids[i] for i in req], seed=self.cfg.run.seed * 7919, sampling=sampling)
         responses = gen["responses"][: len(idx)]
         texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
         prompts = [p.texts[i] for i in idx]
@@ -92,9 +100,9 @@ class Evaluator:
             table = self.rules.per_function(prompts, texts, labels)
             for j, (name, spec) in enumerate(zip(self.rules.names, self.rules.specs)):
                 columns[name] = [row[j] / spec.weight if spec.weight else row[j] for row in table]
-        if cluster.reward is not None:
-            padded = _padded([a + b for a, b in zip(prompts, texts)], len(cluster.reward))
-            columns["reward_model"] = cluster.reward_scores(padded)[: len(idx)]
+        if roles.reward is not None:
+            padded = _padded([a + b for a, b in zip(prompts, texts)], len(roles.reward))
+            columns["reward_model"] = roles.reward_scores(padded)[: len(idx)]
         for name, values in columns.items():
             out[f"eval/{mode}/{name}"] = sum(values) / len(values)
         if self.pass_index is not None:
@@ -115,11 +123,12 @@ def evaluate_saved_policy(cfg: Config, log=print) -> Path:
     the eval section once, write RUN_DIR/metrics.jsonl (step 0), eval.json and eval_samples.jsonl."""
     import json
 
-    from rlhf_dist.cluster import Cluster, init_ray
     from rlhf_dist.config import derive
     from rlhf_dist.metrics import RunLog, fresh_run_dir, write_config
     from rlhf_dist.preflight import prepare_model
     from rlhf_dist.rewards.functions import RuleRewards
+    from rlhf_dist.runtime.scaffold import ray_session
+    from rlhf_dist.trainers.rl_roles import RLRoles
 
     if cfg.eval is None:
         raise ConfigError("eval: the config has no eval section (prompts file, n_samples, k)")
@@ -130,35 +139,14 @@ def evaluate_saved_policy(cfg: Config, log=print) -> Path:
     log = RunLog(run_dir, log)
     write_config(run_dir, cfg, None)
     evaluator = Evaluator(cfg, tokenizer, rules, log)
-    started = init_ray(cfg, derived, log)
-    cluster = None
-    try:
-        cluster = Cluster(cfg, derived, log)  # the engines load model.policy themselves: no sync needed
-        metrics = evaluator.run(cluster, run_dir / "eval_samples.jsonl")
-    finally:
-        if cluster is not None:
-            cluster.shutdown()
-        if started:
-            import ray
-
-            ray.shutdown()
+    with ray_session(cfg, derived, log):
+        roles = RLRoles(cfg, log)  # the engines load model.policy themselves: no sync needed
+        try:
+            metrics = evaluator.run(roles, run_dir / "eval_samples.jsonl")
+        finally:
+            roles.shutdown()
     (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 0, **metrics}) + "\n")
     (run_dir / "eval.json").write_text(json.dumps({"policy": cfg.model.policy, **metrics}, indent=1))
     width = max(map(len, metrics))
     log("\n".join(f"  {k:<{width}}  {v:.4f}" for k, v in metrics.items()))
     return run_dir
-
-
-def headline_keys(keys) -> list[str]:
-    """The eval metrics worth a glance: pass@k and reward-model scores; without pass@k, each reward mean."""
-    keys = [k for k in keys if k.startswith(("eval/greedy/", "eval/sampled/"))]
-    shown = [k for k in keys if "pass@" in k or k.endswith("/reward_model")]
-    if not any("pass@" in k for k in shown):
-        shown = [k for k in keys if not k.endswith(("/response_length", "/truncated_fraction"))]
-    return shown
-
-
-def eval_metrics_brief(m: dict) -> str:
-    return " ".join(f"{k.removeprefix('eval/')} {m[k]:.3f}" for k in headline_keys(m))
-
-

@@ -21,7 +21,7 @@ STYLES = ["-", "--", ":", "-.", (0, (1, 3)), (0, (5, 1))]
 
 
 def eval_keys(runs: dict[str, list[dict]]) -> list[str]:
-    from rlhf_dist.evaluation import headline_keys
+    from rlhf_dist.console import headline_keys
 
     return sorted(headline_keys({k for rows in runs.values() for r in rows for k in r}))
 

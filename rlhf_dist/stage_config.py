@@ -5,7 +5,6 @@ same classes, so a stage is configured, placed and launched the way a PPO job is
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Literal
 
@@ -28,6 +27,7 @@ from rlhf_dist.config import (
     read_config_data,
     validate,
 )
+from rlhf_dist.layout import pool_layout
 
 
 class StageRun(Strict):
@@ -179,31 +179,8 @@ class LabelConfig(Strict):
         return self
 
 
-@dataclasses.dataclass(frozen=True)
-class StageDerived:
-    """Pool arithmetic for a stage, in the shape placement and Ray start-up read."""
-
-    gpus_per_pool: dict[str, int]
-    roles_per_pool: dict[str, list[str]]
-    total_gpus: int
-
-
-def stage_derive(pools: dict[str, PoolConfig], roles: dict[str, tuple[str, int]]) -> StageDerived:
-    """roles: role -> (pool, GPUs). Checks each role fits its pool; a used pool is reserved whole."""
-    per_pool: dict[str, list[str]] = {name: [] for name in pools}
-    for role, (pool, n) in roles.items():
-        if pool not in pools:
-            raise ConfigError(f"placement.{role}.pool: {pool!r} is not one of placement.pools ({', '.join(pools)})")
-        if n > pools[pool].gpus:
-            raise ConfigError(
-                f"placement.{role}: needs {n} GPUs but pool {pool!r} has {pools[pool].gpus}; short by {n - pools[pool].gpus}"
-            )
-        per_pool[pool].append(role)
-    gpus = {name: pools[name].gpus if per_pool[name] else 0 for name in pools}
-    return StageDerived(gpus, per_pool, sum(gpus.values()))
-
-
 def stage_roles(cfg) -> dict[str, tuple[str, int]]:
+    """role -> (pool, GPUs) of a stage or labelling config, for the pool arithmetic (rlhf_dist.layout)."""
     if isinstance(cfg, LabelConfig):
         p = cfg.placement
         roles = {"rollout": (p.rollout.pool, p.rollout.num_engines * p.rollout.tensor_parallel_size)}
@@ -237,7 +214,7 @@ STAGES = {"sft": SFTConfig, "rm": RMConfig, "dpo": DPOConfig, "label": LabelConf
 def load_stage_config(kind: str, path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None):
     """Read the YAML of stage `kind`, apply dotted overrides, validate; ConfigError names the field."""
     cfg = validate(STAGES[kind], read_config_data(path, overrides, base))
-    stage_derive(cfg.placement.pools, stage_roles(cfg))
+    pool_layout(cfg.placement.pools, stage_roles(cfg))
     if kind != "label":
         check_stage(kind, cfg)
     return cfg

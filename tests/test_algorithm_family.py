@@ -15,7 +15,8 @@ from rlhf_dist.algorithms.advantages import (
 )
 from rlhf_dist.algorithms.core import kl_estimate
 from rlhf_dist.algorithms.losses import PolicyLoss
-from rlhf_dist.algorithms.policy_losses import AdaptiveKLController, aggregate, dual_clip, gspo, ppo_clip
+from rlhf_dist.algorithms.kl import AdaptiveKLController
+from rlhf_dist.algorithms.policy_losses import aggregate, dual_clip, gspo, ppo_clip
 
 G = 4  # samples per prompt
 

@@ -40,9 +40,14 @@ def test_bench_rollout_compares_with_vllm_direct(ray_session, config, tmp_path, 
 def test_bench_sync_compares_with_raw_broadcast(ray_session, config, tmp_path):
     out = tmp_path / "sync.json"
     assert main(["bench", "sync", config, "--bucket-mb", "0.25", "--repeats", "1", "--out", str(out)]) == 0
-    rows = json.loads(out.read_text())["rows"]
+    result = json.loads(out.read_text())
+    rows = result["rows"]
     assert [r["path"] for r in rows] == ["rlhf_dist sync", "raw torch.distributed (gloo)"]
     assert rows[0]["MB"] == rows[1]["MB"] > 0 and all(r["GB_per_s"] > 0 for r in rows)
+    # The verification's cost: the same weights synced with and without it, one pair per repeat.
+    cost = result["verification"]
+    assert [r["repeat"] for r in cost["rows"]] == [1] and cost["median_verified_s"] > 0 and cost["median_unverified_s"] > 0
+    assert cost["share_of_sync"] == pytest.approx(1 - cost["median_unverified_s"] / cost["median_verified_s"])
 
 
 @pytest.mark.slow

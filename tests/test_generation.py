@@ -31,15 +31,15 @@ def test_masked_rows_carry_no_loss_gradient():
 
 
 def test_sampling_settings_reach_vllm(tmp_path):
-    from rlhf_dist.rollout.engine import sampling_params
+    from rlhf_dist.rollout.engine import engine_spec, sampling_params
 
     d = demo_config_dict(str(tmp_path / "m"), "p.jsonl", str(tmp_path / "o"))
     d["rollout"].update(stop=["\n\n", "Q:"], stop_token_ids=[7], top_k=20, min_p=0.05, top_p=0.9)
     cfg = load_config(None, base=d)
-    a, b = sampling_params(cfg, 2, seed=10)
+    a, b = sampling_params(engine_spec(cfg).sampling, 2, seed=10)
     assert (a.stop, a.stop_token_ids, a.top_k, a.min_p, a.top_p, a.max_tokens) == (["\n\n", "Q:"], [7], 20, 0.05, 0.9, 12)
     assert (a.seed, b.seed) == (10, 11)
-    greedy = sampling_params(cfg, 1, seed=0, overrides={"temperature": 0.0, "stop": []})[0]
+    greedy = sampling_params(engine_spec(cfg).sampling, 1, seed=0, overrides={"temperature": 0.0, "stop": []})[0]
     assert greedy.temperature == 0.0 and greedy.stop == [] and greedy.max_tokens == 12
 
 
@@ -48,14 +48,14 @@ def test_stop_string_and_stop_token_end_generation_where_asked(ray_session, tiny
     from transformers import AutoTokenizer
 
     from rlhf_dist.errors import wait_all
-    from rlhf_dist.rollout.engine import RolloutEngine, engine_env
+    from rlhf_dist.rollout.engine import RolloutEngine, engine_env, engine_spec
 
     d = demo_config_dict(tiny_model, str(tmp_path / "p.jsonl"), str(tmp_path / "run"))
     d["rollout"]["max_new_tokens"] = 16
     cfg = load_config(None, base=d)
     tok = AutoTokenizer.from_pretrained(tiny_model)
     prompt = tok("the cat sat on")["input_ids"]
-    engine = ray_session.remote(num_cpus=0)(RolloutEngine).options(runtime_env={"env_vars": engine_env(cfg)}).remote(cfg, 0, 1)
+    engine = ray_session.remote(num_cpus=0)(RolloutEngine).options(runtime_env={"env_vars": engine_env(cfg)}).remote(engine_spec(cfg), 0, 1)
 
     def generate(**sampling):
         ref = engine.generate.remote([prompt], 0, None, {"temperature": 0.0, **sampling})

@@ -5,7 +5,7 @@ import pytest
 
 from rlhf_dist.config import derive, load_config
 from rlhf_dist.metrics import read_metrics
-from rlhf_dist.placement import role_slots
+from rlhf_dist.trainers.rl_roles import role_slots
 
 from tests.conftest import demo_config_dict
 

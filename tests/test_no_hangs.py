@@ -31,13 +31,14 @@ def test_learner_peer_never_joining_deepspeed_rendezvous(ray_session, tmp_path):
     from rlhf_dist.config import load_config
     from rlhf_dist.errors import wait_all
     from rlhf_dist.learner.workers import PolicyWorker
+    from rlhf_dist.trainers.rl_roles import learner_spec
 
     from tests.conftest import demo_config_dict
 
     d = demo_config_dict(str(tmp_path / "m"), str(tmp_path / "p.jsonl"), str(tmp_path / "run"))
     d["timeouts"]["rendezvous_s"] = 3
     cfg = load_config(None, base=d)
-    actor = ray_session.remote(num_cpus=0)(PolicyWorker).remote(cfg, 0, 2)
+    actor = ray_session.remote(num_cpus=0)(PolicyWorker).remote(learner_spec(cfg, "policy"), 0, 2)
     t0 = time.monotonic()
     with pytest.raises(WaitTimeout, match=r"policy rank 0: DeepSpeed rendezvous \(rank 0 of 2\) at 127.0.0.1:\d+ gave up"):
         wait_all([actor.setup.remote("127.0.0.1", free_port())], ["policy rank 0"], "DeepSpeed rendezvous", timeout_s=60)

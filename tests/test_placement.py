@@ -2,8 +2,9 @@
 import pytest
 
 from rlhf_dist.config import ConfigError, derive, load_config
-from rlhf_dist.groups import ActorGroup
-from rlhf_dist.placement import create_pools, remove_pools, role_slots
+from rlhf_dist.runtime.groups import ActorGroup
+from rlhf_dist.runtime.placement import create_pools, remove_pools
+from rlhf_dist.trainers.rl_roles import role_slots
 
 from tests.conftest import LOGICAL_GPUS, demo_config_dict
 
@@ -34,7 +35,7 @@ def test_two_pools_get_separate_gpus_and_colocated_roles_share(ray_session, tmp_
     ray = ray_session
     cfg = two_pool_config(tmp_path)
     derived = derive(cfg)
-    pools = create_pools(cfg, derived, timeout_s=30)
+    pools = create_pools(cfg.placement.pools, derived.layout, cfg.run.name, timeout_s=30)
     try:
         slots = role_slots(cfg, derived)
         # Three roles share pool 'learn': each actor takes a third of a GPU.
@@ -57,12 +58,12 @@ def test_two_pools_get_separate_gpus_and_colocated_roles_share(ray_session, tmp_
 def test_layout_too_big_is_refused_before_any_actor(ray_session, tmp_path):
     from ray.util import placement_group_table
 
-    from rlhf_dist.cluster import Cluster
+    from rlhf_dist.trainers.rl_roles import RLRoles
 
     cfg = two_pool_config(tmp_path, learner_gpus=2, rollout_gpus=LOGICAL_GPUS)
     before = len(placement_group_table())
     with pytest.raises(ConfigError) as e:
-        Cluster(cfg, derive(cfg))
+        RLRoles(cfg)
     assert str(e.value) == (
         f"placement.pools.gen: needs {LOGICAL_GPUS} GPUs but the cluster has {LOGICAL_GPUS}, "
         "2 of them taken by the pools before it; short by 2"
@@ -71,14 +72,14 @@ def test_layout_too_big_is_refused_before_any_actor(ray_session, tmp_path):
 
 
 def test_pool_wider_than_any_node_is_refused(ray_session, tmp_path):
-    from rlhf_dist.placement import check_cluster_fits
+    from rlhf_dist.runtime.placement import check_cluster_fits
 
     d = demo_config_dict(str(tmp_path / "m"), str(tmp_path / "p.jsonl"), str(tmp_path / "run"))
     d["placement"]["pools"]["main"] = {"nodes": 2, "gpus_per_node": 2}
     cfg = load_config(None, base=d)
     nodes = [{"Alive": True, "Resources": {"GPU": 1}} for _ in range(4)]
     with pytest.raises(ConfigError, match=r"placement.pools.main.gpus_per_node: 2 GPUs per node, but the largest node"):
-        check_cluster_fits(cfg, derive(cfg), {"GPU": 4}, nodes)
+        check_cluster_fits(cfg.placement.pools, derive(cfg).layout, {"GPU": 4}, nodes)
 
 
 def test_wait_names_the_stuck_rank(ray_session):

@@ -71,9 +71,10 @@ def test_ppo_reward_role_scores_as_training_did(pipeline):
 
     from rlhf_dist.config import load_config
     from rlhf_dist.learner.workers import RewardModelWorker
+    from rlhf_dist.trainers.rl_roles import reward_spec
 
     cfg = load_config(pipeline["ppo"] / "config.yaml")
-    worker = RewardModelWorker(cfg, rank=0, world_size=1)
+    worker = RewardModelWorker(reward_spec(cfg), rank=0, world_size=1)
     worker.setup()
     texts = ["the cat is good and happy", "the cat is bad and sad"]
     got = worker.score(texts)

@@ -3,7 +3,7 @@ import pytest
 
 from rlhf_dist.config import load_config
 from rlhf_dist.errors import WeightSyncError, wait_all
-from rlhf_dist.rollout.engine import RolloutEngine, engine_env
+from rlhf_dist.rollout.engine import RolloutEngine, engine_env, engine_spec
 
 from tests.conftest import demo_config_dict
 
@@ -11,7 +11,7 @@ from tests.conftest import demo_config_dict
 @pytest.mark.slow
 def test_generate_refuses_weights_of_another_version(ray_session, tiny_model, tmp_path):
     cfg = load_config(None, base=demo_config_dict(tiny_model, str(tmp_path / "p.jsonl"), str(tmp_path / "run")))
-    engine = ray_session.remote(num_cpus=0)(RolloutEngine).options(runtime_env={"env_vars": engine_env(cfg)}).remote(cfg, 0, 1)
+    engine = ray_session.remote(num_cpus=0)(RolloutEngine).options(runtime_env={"env_vars": engine_env(cfg)}).remote(engine_spec(cfg), 0, 1)
     try:
         wait_all([engine.setup.remote()], ["rollout rank 0"], "engine start", 300)
         out = wait_all([engine.generate.remote([[5, 6, 7]], 0)], ["rollout rank 0"], "generate", 120)[0]

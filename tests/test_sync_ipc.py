@@ -10,7 +10,7 @@ from rlhf_dist.sync.buckets import plan_buckets
 
 def _receiver(conn) -> None:
     from rlhf_dist.errors import WeightSyncError
-    from rlhf_dist.sync.ipc import open_bucket
+    from benchmarks.ipc_buckets import open_bucket
 
     out = []
     while True:
@@ -46,7 +46,7 @@ def weights():
 
 
 def test_receiver_reads_the_senders_bucket_in_place(receiver):
-    from rlhf_dist.sync.ipc import share_bucket
+    from benchmarks.ipc_buckets import share_bucket
 
     w = weights()
     (bucket,) = plan_buckets([(k, tuple(v.shape), v.dtype) for k, v in w.items()], bucket_bytes=1 << 20)
@@ -60,7 +60,7 @@ def test_receiver_reads_the_senders_bucket_in_place(receiver):
 
 
 def test_corrupted_bucket_is_refused(receiver):
-    from rlhf_dist.sync.ipc import share_bucket
+    from benchmarks.ipc_buckets import share_bucket
 
     w = weights()
     (bucket,) = plan_buckets([(k, tuple(v.shape), v.dtype) for k, v in w.items()], bucket_bytes=1 << 20)

@@ -5,6 +5,7 @@ import torch
 from rlhf_dist.config import load_config
 from rlhf_dist.data.batch import build_batch
 from rlhf_dist.rewards.functions import RuleRewards
+from rlhf_dist.trainers.rl_roles import reference_spec, reward_spec
 
 from tests.conftest import demo_config_dict
 
@@ -28,7 +29,7 @@ def test_reward_model_scores_at_last_token(tiny_model, reward_model, tmp_path):
 
     from rlhf_dist.learner.workers import RewardModelWorker
 
-    worker = RewardModelWorker(config(tiny_model, tmp_path, model=reward_model), rank=0, world_size=1)
+    worker = RewardModelWorker(reward_spec(config(tiny_model, tmp_path, model=reward_model)), rank=0, world_size=1)
     worker.setup()
     texts = ["the red cat", "a dog runs fast and the sun is hot", "yes"]
     scores = worker.score(texts)
@@ -46,7 +47,7 @@ def test_reference_logprobs_match_transformers(tiny_model, tmp_path):
 
     from rlhf_dist.learner.workers import ReferenceWorker
 
-    worker = ReferenceWorker(config(tiny_model, tmp_path, model=None), rank=0, world_size=1)
+    worker = ReferenceWorker(reference_spec(config(tiny_model, tmp_path, model=None)), rank=0, world_size=1)
     worker.setup()
     prompts, responses = [[5, 6, 7], [8, 9]], [[10, 11], [12, 13, 14, 15]]
     got = worker.infer(build_batch(prompts, responses, pad_id=2))["logprobs"]

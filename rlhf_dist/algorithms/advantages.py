@@ -26,6 +26,7 @@ class Estimator:
     needs_critic: bool
     needs_groups: bool
     doc: str
+    uses_kl_reward: bool = True  # False: advantages come from sequence scores alone (a KL reward is ignored)
 
 
 def _groups(x: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -38,9 +39,12 @@ def _broadcast(per_seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return per_seq.to(mask.dtype)[:, None] * mask
 
 
-def gae(inp: AdvantageInputs, gamma: float = 1.0, lam: float = 0.95, **_) -> tuple[torch.Tensor, torch.Tensor]:
+def gae(inp: AdvantageInputs, gamma: float = 1.0, lam: float = 0.95, whiten: bool = True, **_) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation on KL-shaped token rewards; advantages whitened over the batch unless
+    `whiten` is off (returns, the critic's targets, never are)."""
     rewards = shape_token_rewards(inp.scores, inp.kl, inp.mask, inp.kl_coef)
-    return compute_gae(rewards, inp.values, inp.mask, gamma, lam)
+    advantages, returns = compute_gae(rewards, inp.values, inp.mask, gamma, lam)
+    return (masked_whiten(advantages, inp.mask) if whiten else advantages), returns
 
 
 def grpo(inp: AdvantageInputs, eps: float = 1e-6, **_) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,9 +96,9 @@ def reinforce_pp_baseline(inp: AdvantageInputs, gamma: float = 1.0, **_) -> tupl
 
 ADVANTAGE_ESTIMATORS: dict[str, Estimator] = {
     "gae": Estimator(gae, needs_critic=True, needs_groups=False, doc="PPO with a critic; reward-model RLHF"),
-    "grpo": Estimator(grpo, needs_critic=False, needs_groups=True, doc="group-normalised scores; verifiable rewards"),
-    "dr_grpo": Estimator(dr_grpo, needs_critic=False, needs_groups=True, doc="GRPO without std or length bias"),
-    "rloo": Estimator(rloo, needs_critic=False, needs_groups=True, doc="leave-one-out baseline; unbiased, low variance"),
+    "grpo": Estimator(grpo, needs_critic=False, needs_groups=True, doc="group-normalised scores; verifiable rewards", uses_kl_reward=False),
+    "dr_grpo": Estimator(dr_grpo, needs_critic=False, needs_groups=True, doc="GRPO without std or length bias", uses_kl_reward=False),
+    "rloo": Estimator(rloo, needs_critic=False, needs_groups=True, doc="leave-one-out baseline; unbiased, low variance", uses_kl_reward=False),
     "reinforce_pp": Estimator(reinforce_pp, needs_critic=False, needs_groups=False, doc="global whitening, 1 sample/prompt ok"),
     "reinforce_pp_baseline": Estimator(
         reinforce_pp_baseline, needs_critic=False, needs_groups=True, doc="REINFORCE++ with a per-prompt baseline"

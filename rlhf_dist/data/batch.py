@@ -1,4 +1,10 @@
-"""Assembling [prompt | response] batches and splitting them across data-parallel ranks."""
+"""Assembling [prompt | response] batches and splitting them across data-parallel ranks.
+
+The grouping contract, written once here: with G samples per prompt, the rows of one prompt are consecutive,
+so prompt group g is rows [g*G, (g+1)*G). The loop requests each prompt G times in a row, the engines answer
+in request order, and the group estimators, dynamic sampling and labelling read groups by this layout;
+`check_groups` verifies it where a batch is assembled.
+"""
 from __future__ import annotations
 
 import torch
@@ -42,3 +48,12 @@ def split_list(items: list, n: int) -> list[list]:
 
 def concat(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def check_groups(prompt_index: list[int], group_size: int) -> None:
+    """Raise unless `prompt_index` (the prompt of each row) holds whole groups of one prompt each."""
+    if len(prompt_index) % group_size:
+        raise ValueError(f"{len(prompt_index)} rows do not split into groups of {group_size} samples per prompt")
+    for start in range(0, len(prompt_index), group_size):
+        if len(set(prompt_index[start : start + group_size])) != 1:
+            raise ValueError(f"rows {start}..{start + group_size - 1} mix prompts: the samples of a prompt must be consecutive")

@@ -1,32 +1,9 @@
 """DeepSpeed engine construction for a learner role (ZeRO 0-3, optional CPU offload)."""
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
-from rlhf_dist.config import Config, LearnerRole, LRSchedule
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainSpec:
-    """What a learner rank needs to know to train, whatever the stage (PPO, SFT, reward model, DPO)."""
-
-    micro_batch_size: int  # samples per forward/backward on one rank
-    mini_batch_size: int  # samples per optimizer step, across all ranks
-    epochs: int  # passes over each batch handed to train()
-    lr: float
-    weight_decay: float
-    grad_clip: float
-    dtype: str
-    role: LearnerRole  # ranks, ZeRO stage, offload
-    schedule: LRSchedule = LRSchedule()
-    total_steps: int = 1  # the stage's steps in the whole run (PPO steps, or optimizer steps)
-    optimizer_steps_per_step: int = 1  # optimizer steps in one of those steps
-
-    @property
-    def grad_accum(self) -> int:
-        return self.mini_batch_size // (self.micro_batch_size * self.role.num_gpus)
+from rlhf_dist.specs import TrainSpec
 
 
 def ds_config(spec: TrainSpec) -> dict:
@@ -62,34 +39,35 @@ def skip_shm_comm() -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
-def init_distributed(backend: str, master_addr: str, port: int, rank: int, world_size: int, timeout) -> None:
+def init_distributed(backend: str, master_addr: str, port: int, rank: int, world_size: int, rendezvous_s: float,
+                     collective_s: float) -> None:
+    """The role's default process group, then DeepSpeed on top of it. The rendezvous (every rank reaching the
+    store) is bounded by `rendezvous_s`; each collective afterwards by `collective_s` (timeouts.collective_s)."""
+    import datetime
     import os
 
     import deepspeed
+    import torch.distributed as dist
 
     # Ray gives each actor its own visible device(s), so the local device index is always 0.
     os.environ.update(
         {"LOCAL_RANK": "0", "RANK": str(rank), "WORLD_SIZE": str(world_size), "MASTER_ADDR": master_addr, "MASTER_PORT": str(port)}
     )
-    deepspeed.init_distributed(
-        dist_backend=backend,
-        init_method=f"tcp://{master_addr}:{port}",
-        rank=rank,
-        world_size=world_size,
-        timeout=timeout,
-        auto_mpi_discovery=False,
-        verbose=False,
-    )
+    store = dist.TCPStore(master_addr, port, world_size, is_master=rank == 0, timeout=datetime.timedelta(seconds=rendezvous_s))
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=collective_s))
+    # DeepSpeed finds the group initialised and only sets up its communication wrapper.
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False,
+                               timeout=datetime.timedelta(seconds=collective_s))
 
 
-def inference_ds_config(cfg: Config, world_size: int) -> dict:
+def inference_ds_config(micro_batch_size: int, dtype: str, world_size: int) -> dict:
     """ZeRO-3 without an optimizer: weights partitioned, gathered per layer in the forward pass."""
     return {
-        "train_micro_batch_size_per_gpu": cfg.ppo.micro_batch_size,
-        "train_batch_size": cfg.ppo.micro_batch_size * world_size,
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "train_batch_size": micro_batch_size * world_size,
         "zero_optimization": {"stage": 3},
-        "bf16": {"enabled": cfg.model.dtype == "bfloat16"},
-        "fp16": {"enabled": cfg.model.dtype == "float16"},
+        "bf16": {"enabled": dtype == "bfloat16"},
+        "fp16": {"enabled": dtype == "float16"},
         "steps_per_print": 2**31 - 1,
     }
 

@@ -46,9 +46,11 @@ class Multiplier:
 def make_scheduler(optimizer, schedule, total_steps: int, steps_per_unit: int = 1):
     """A LambdaLR over optimizer steps. `schedule` (an LRSchedule config) counts warmup in the stage's own
     steps (PPO steps for PPO, optimizer steps for SFT/RM/DPO); `steps_per_unit` converts them. A resumed
-    run continues the schedule its checkpoint holds."""
+    run continues the schedule its checkpoint holds. `schedule` None: a constant rate."""
     from torch.optim.lr_scheduler import LambdaLR
 
+    if schedule is None:
+        return LambdaLR(optimizer, Multiplier(total_steps * steps_per_unit, "constant", 0, 0.0))
     total = schedule.total_steps or total_steps
     fn = Multiplier(total * steps_per_unit, schedule.kind, schedule.warmup_steps * steps_per_unit, schedule.min_ratio)
     return LambdaLR(optimizer, fn)

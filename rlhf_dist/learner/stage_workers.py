@@ -6,26 +6,14 @@ import torch
 
 from rlhf_dist.algorithms.preference import sequence_logprob
 from rlhf_dist.learner import models
-from rlhf_dist.learner.deepspeed_setup import TrainSpec
 from rlhf_dist.learner.workers import LearnerWorker, _micro_batches
 
 
 class StageWorker(LearnerWorker):
     role = "learner"
 
-    def train_spec(self) -> TrainSpec:
-        t = self.cfg.train
-        # One optimizer step per train() call: the controller hands each rank its share of one batch.
-        return TrainSpec(
-            micro_batch_size=t.micro_batch_size, mini_batch_size=t.batch_size, epochs=1, lr=t.lr,
-            weight_decay=t.weight_decay, grad_clip=t.grad_clip, dtype=self.cfg.model.dtype,
-            role=self.cfg.placement.learner,
-            # run_stage hands the workers train.max_steps set to the run's step count (from the data size).
-            schedule=t.lr_schedule, total_steps=t.max_steps or 1,
-        )
-
     def load_model(self):
-        m = self.cfg.model
+        m = self.settings.model
         model = models.load_causal_lm(m.path, m.dtype, m.attn_implementation)
         self.pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
         return model
@@ -33,9 +21,9 @@ class StageWorker(LearnerWorker):
 
 class SFTWorker(StageWorker):
     def outputs(self, batch, with_entropy):
-        d = self.cfg.data
-        if d.packing:
-            return {"logprobs": models.packed_response_logprobs(self.engine, batch, d.max_length, self.pad_id)}
+        s = self.settings
+        if s.packing:
+            return {"logprobs": models.packed_response_logprobs(self.engine, batch, s.max_length, self.pad_id)}
         logits = models.response_logits(self.engine, batch)
         tokens = batch["input_ids"][:, -batch["mask"].shape[1] :]
         return {"logprobs": models.token_logprobs(logits, tokens, 1.0)}
@@ -53,7 +41,7 @@ class RewardTrainWorker(StageWorker):
     def load_model(self):
         from transformers import AutoTokenizer
 
-        m = self.cfg.model
+        m = self.settings.model
         model = models.load_reward_model(m.path, m.dtype, m.attn_implementation)
         if model.config.pad_token_id is None:
             # The classifier finds the last real token by the pad id; it is saved with the model.
@@ -84,13 +72,13 @@ class DPOWorker(StageWorker):
         """[B, 2] sequence log-probs under the frozen reference, called for every pair before training starts.
         Without model.reference the reference is this model before its first step, so no second copy is
         loaded (and under ZeRO-3 all ranks run it together)."""
-        m = self.cfg.model
-        if m.reference is None:
+        ref = self.settings.reference
+        if ref is None:
             model = self.engine
             self.engine.eval()
         else:
             if getattr(self, "_reference", None) is None:
-                self._reference = models.load_causal_lm(m.reference, m.dtype, m.attn_implementation).to(self.device)
+                self._reference = models.load_causal_lm(ref.path, ref.dtype, ref.attn_implementation).to(self.device)
                 self._reference.eval().requires_grad_(False)
             model = self._reference
         out = [self._pair_logps(model, mb).float().cpu() for mb in _micro_batches(self._to_device(batch), self.spec.micro_batch_size)]

@@ -12,9 +12,13 @@ from collections import defaultdict
 import torch
 
 from rlhf_dist import dist as D
-from rlhf_dist.config import Config
+from rlhf_dist.algorithms import entropy_from_logits
+from rlhf_dist.errors import WaitTimeout
 from rlhf_dist.learner import models
-from rlhf_dist.sync.buckets import Bucket, checksum, pack, plan_buckets
+from rlhf_dist.learner.deepspeed_setup import ds_config, inference_ds_config, init_distributed, make_engine, skip_shm_comm
+from rlhf_dist.specs import LearnerSpec, ReferenceSpec, RewardSpec
+from rlhf_dist.sync.buckets import Bucket, plan_buckets
+from rlhf_dist.sync.sender import WeightSender
 
 
 def _micro_batches(batch: dict[str, torch.Tensor], size: int):
@@ -26,12 +30,13 @@ def _micro_batches(batch: dict[str, torch.Tensor], size: int):
 class _Base:
     role = "base"
 
-    def __init__(self, cfg: Config, rank: int, world_size: int):
-        self.cfg, self.rank, self.world_size = cfg, rank, world_size
-        self.device = D.torch_device(cfg.cluster.device)
+    def __init__(self, spec, rank: int, world_size: int):
+        self.settings, self.rank, self.world_size = spec, rank, world_size  # this role's narrow spec
+        proc = spec.process
+        self.device = D.torch_device(proc.device)
         if self.device.type == "cpu":
-            D.set_threads(cfg.cluster.threads_per_actor)
-        torch.manual_seed(cfg.run.seed + 1000 * rank)
+            D.set_threads(proc.threads)
+        torch.manual_seed(proc.seed + 1000 * rank)
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
@@ -46,20 +51,15 @@ class _Base:
 
     def _rendezvous(self, master_addr: str, port: int) -> None:
         """Join this role's DeepSpeed process group; a peer that never comes is a named error."""
-        from rlhf_dist.learner.deepspeed_setup import init_distributed, skip_shm_comm
-
-        cfg = self.cfg
-        if self.device.type == "cpu" and not cfg.cluster.deepspeed_shm_comm:
+        proc = self.settings.process
+        if self.device.type == "cpu" and not proc.shm_comm:
             skip_shm_comm()
         t0 = time.perf_counter()
         try:
             init_distributed(
-                D.backend_for(cfg.cluster.device), master_addr, port, self.rank, self.world_size,
-                D.timedelta(cfg.timeouts.rendezvous_s),
+                D.backend_for(proc.device), master_addr, port, self.rank, self.world_size, proc.rendezvous_s, proc.collective_s
             )
         except (RuntimeError, torch.distributed.DistStoreError) as e:
-            from rlhf_dist.errors import WaitTimeout
-
             raise WaitTimeout(
                 f"DeepSpeed rendezvous (rank {self.rank} of {self.world_size}) at {master_addr}:{port} gave up "
                 f"after {time.perf_counter() - t0:.0f} s (timeouts.rendezvous_s): {str(e).splitlines()[0]}"
@@ -72,10 +72,10 @@ class _Base:
 class LearnerWorker(_Base):
     """One rank of a DeepSpeed-trained model. Subclasses say how to load the model and what it outputs."""
 
-    def setup(self, master_addr: str, port: int) -> dict:
-        from rlhf_dist.learner.deepspeed_setup import ds_config, make_engine
+    settings: LearnerSpec
 
-        self.spec = self.train_spec()
+    def setup(self, master_addr: str, port: int) -> dict:
+        self.spec = self.settings.train
         t0 = time.perf_counter()
         self._rendezvous(master_addr, port)
         self._hf_ds = None
@@ -85,7 +85,7 @@ class LearnerWorker(_Base):
 
             self._hf_ds = HfDeepSpeedConfig(ds_config(self.spec))
         model = self.load_model()
-        if self.cfg.model.gradient_checkpointing:
+        if self.settings.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         self.engine = make_engine(model, self.spec)
         self.zero3 = self.spec.role.zero_stage == 3
@@ -93,10 +93,6 @@ class LearnerWorker(_Base):
 
     # --- what subclasses provide ---
     def load_model(self):
-        raise NotImplementedError
-
-    def train_spec(self):
-        """A TrainSpec: batch sizes, optimiser settings and placement of this role."""
         raise NotImplementedError
 
     def outputs(self, batch: dict[str, torch.Tensor], with_entropy: bool) -> dict[str, torch.Tensor]:
@@ -203,8 +199,8 @@ class LearnerWorker(_Base):
             n += size
         return {k: v / max(n, 1) for k, v in sums.items()}
 
-    def save_hf(self, path: str, bucket_mb: float = 64) -> str | None:
-        """Gather the full weights bucket by bucket and write a HuggingFace directory (rank 0 writes)."""
+    def save_hf(self, path: str, bucket_mb: float) -> str | None:
+        """Gather the full weights bucket by bucket (`sync.bucket_mb`) and write a HuggingFace directory (rank 0 writes)."""
         buckets = plan_buckets(self.named_full_params(), int(bucket_mb * 2**20))
         state = {}
         for bucket, tensors in self.iter_full_buckets(buckets):
@@ -217,78 +213,41 @@ class LearnerWorker(_Base):
         return path
 
 
-def ppo_spec(cfg: Config, role, lr: float):
-    from rlhf_dist.config import derive
-    from rlhf_dist.learner.deepspeed_setup import TrainSpec
-
-    p = cfg.ppo
-    return TrainSpec(
-        micro_batch_size=p.micro_batch_size, mini_batch_size=p.mini_batch_size, epochs=p.epochs, lr=lr,
-        weight_decay=p.weight_decay, grad_clip=p.grad_clip, dtype=cfg.model.dtype, role=role,
-        schedule=p.lr_schedule, total_steps=cfg.run.steps, optimizer_steps_per_step=derive(cfg).optimizer_steps_per_step,
-    )
-
-
 class PolicyWorker(LearnerWorker):
     role = "policy"
 
     def load_model(self):
-        m = self.cfg.model
-        return models.load_causal_lm(m.policy, m.dtype, m.attn_implementation)
-
-    def train_spec(self):
-        return ppo_spec(self.cfg, self.cfg.placement.policy, self.cfg.ppo.policy_lr)
+        m = self.settings.model
+        return models.load_causal_lm(m.path, m.dtype, m.attn_implementation)
 
     def outputs(self, batch, with_entropy):
         logits = models.response_logits(self.engine, batch)
         tokens = batch["input_ids"][:, -batch["mask"].shape[1] :]
-        out = {"logprobs": models.token_logprobs(logits, tokens, self.cfg.rollout.temperature)}
+        out = {"logprobs": models.token_logprobs(logits, tokens, self.settings.temperature)}
         if with_entropy:
-            from rlhf_dist.algorithms import entropy_from_logits
-
-            out["entropy"] = entropy_from_logits(logits / self.cfg.rollout.temperature)
+            out["entropy"] = entropy_from_logits(logits / self.settings.temperature)
         return out
 
-    # --- weight sync (rank 0 broadcasts; every rank joins the ZeRO-3 gathers) ---
-    def sync_plan(self, bucket_mb: float | None = None) -> list[Bucket]:
-        mb = self.cfg.sync.bucket_mb if bucket_mb is None else bucket_mb
-        self._buckets = plan_buckets(self.named_full_params(), int(mb * 2**20))
-        return self._buckets
+    # --- weight sync (rlhf_dist.sync.sender: rank 0 broadcasts; every rank joins the ZeRO-3 gathers) ---
+    def sync_plan(self, bucket_mb: float) -> list[Bucket]:
+        self._sender = getattr(self, "_sender", None) or WeightSender(self.rank)
+        return self._sender.plan(self.named_full_params(), bucket_mb)
 
     def init_weight_sync(self, master_addr: str, port: int, world_size: int, backend: str) -> bool:
-        from rlhf_dist.sync.group import SyncGroup
-
-        if self.rank == 0:
-            # gloo buckets live in host memory (also on GPUs, when policy and engines share them).
-            self._sync = SyncGroup(master_addr, port, 0, world_size, backend, self.cfg.timeouts.rendezvous_s)
+        p = self.settings.process
+        self._sender.connect(master_addr, port, world_size, backend, p.rendezvous_s, p.collective_s)
         return True
 
     def broadcast_weights(self, verify: bool) -> dict:
-        t0 = time.perf_counter()
-        sums, nbytes, sending = [], 0, 0.0
-        for bucket, tensors in self.iter_full_buckets(self._buckets):
-            if self.rank != 0:
-                continue
-            flat = pack(tensors, bucket.empty(self._sync.device))
-            t1 = time.perf_counter()
-            self._sync.broadcast(flat)
-            sending += time.perf_counter() - t1
-            nbytes += bucket.nbytes
-            if verify:
-                sums.append(checksum(flat))
-        # Time in broadcast includes waiting for the engines to finish loading the previous bucket.
-        return {"seconds": time.perf_counter() - t0, "bytes": nbytes, "checksums": sums, "broadcast_s": sending}
+        return self._sender.send(self.iter_full_buckets(self._sender.buckets), verify)
 
 
 class CriticWorker(LearnerWorker):
     role = "critic"
 
     def load_model(self):
-        m = self.cfg.model
-        return models.load_value_model(m.critic or m.policy, m.dtype, m.attn_implementation)
-
-    def train_spec(self):
-        return ppo_spec(self.cfg, self.cfg.placement.critic, self.cfg.ppo.critic_lr)
+        m = self.settings.model
+        return models.load_value_model(m.path, m.dtype, m.attn_implementation)
 
     def outputs(self, batch, with_entropy):
         R = batch["mask"].shape[1]
@@ -305,14 +264,15 @@ class ReferenceWorker(_Base):
     one partition per rank, with all ranks running each forward pass together."""
 
     role = "reference"
+    settings: ReferenceSpec
 
     @property
     def sharded(self) -> bool:
-        return self.cfg.placement.reference.zero_stage == 3
+        return self.settings.zero_stage == 3
 
     def setup(self, master_addr: str | None = None, port: int | None = None) -> dict:
-        m = self.cfg.model
-        path = m.reference or m.policy
+        m = self.settings.model
+        path = m.path
         if not self.sharded:
             self.model = models.load_causal_lm(path, m.dtype, m.attn_implementation).to(self.device)
             self.model.eval().requires_grad_(False)
@@ -320,10 +280,8 @@ class ReferenceWorker(_Base):
         import deepspeed
         from transformers.integrations import HfDeepSpeedConfig
 
-        from rlhf_dist.learner.deepspeed_setup import inference_ds_config
-
         self._rendezvous(master_addr, port)
-        ds = inference_ds_config(self.cfg, self.world_size)
+        ds = inference_ds_config(self.settings.micro_batch_size, m.dtype, self.world_size)
         self._hf_ds = HfDeepSpeedConfig(ds)  # from_pretrained then loads the weights already partitioned
         model = models.load_causal_lm(path, m.dtype, m.attn_implementation).requires_grad_(False)
         self.model, *_ = deepspeed.initialize(model=model, config=ds)
@@ -333,39 +291,32 @@ class ReferenceWorker(_Base):
     @torch.no_grad()
     def infer(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = []
-        for mb in _micro_batches(self._to_device(batch), self.cfg.ppo.micro_batch_size):
+        for mb in _micro_batches(self._to_device(batch), self.settings.micro_batch_size):
             logits = models.response_logits(self.model, mb)
             tokens = mb["input_ids"][:, -mb["mask"].shape[1] :]
-            out.append(models.token_logprobs(logits, tokens, self.cfg.rollout.temperature).cpu())
+            out.append(models.token_logprobs(logits, tokens, self.settings.temperature).cpu())
         return {"logprobs": torch.cat(out)}
 
 
 class RewardModelWorker(_Base):
-    """Sequence-classification reward model, scored at the last token; tokenizes text with its own tokenizer."""
+    """Sequence-classification reward model (or labelling judge), scored at the last token; tokenizes text with
+    its own tokenizer."""
 
     role = "reward"
-
-    def model_path(self) -> str:
-        return self.cfg.reward.model
-
-    def normalize(self) -> bool:
-        return self.cfg.reward.model_normalize
-
-    def batch_size(self) -> int:
-        return self.cfg.ppo.micro_batch_size
+    settings: RewardSpec
 
     def setup(self) -> dict:
         from transformers import AutoTokenizer
 
-        m = self.cfg.model
-        path = self.model_path()
+        m = self.settings.model
+        path = m.path
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.tokenizer.padding_side = "right"
         self.model = models.load_reward_model(path, m.dtype, m.attn_implementation).to(self.device).eval()
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.shift, self.scale = 0.0, 1.0
-        if self.normalize():
+        if self.settings.normalize:
             import json
             import os
 
@@ -377,7 +328,7 @@ class RewardModelWorker(_Base):
     @torch.no_grad()
     def score(self, texts: list[str]) -> list[float]:
         out = []
-        size = self.batch_size()
+        size = self.settings.batch_size
         for i in range(0, len(texts), size):
             enc = self.tokenizer(texts[i : i + size], return_tensors="pt", padding=True)
             logits = self.model(**{k: v.to(self.device) for k, v in enc.items()}).logits

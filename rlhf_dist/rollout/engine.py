@@ -4,12 +4,14 @@ from __future__ import annotations
 import os
 import time
 
-from rlhf_dist.config import Config
-from rlhf_dist.dist import use_cuda
-from rlhf_dist.learner.models import DTYPES
+from rlhf_dist.dist import node_ip
+from rlhf_dist.errors import WeightSyncError
+from rlhf_dist.specs import EngineSpec, SamplingSpec, process_spec
+
+RECEIVER = "rlhf_dist.sync.receiver.WeightReceiver"
 
 
-def engine_env(cfg: Config) -> dict[str, str]:
+def engine_env(cfg) -> dict[str, str]:
     """Environment for an engine process, set before vLLM is imported there."""
     env = {
         # The engine core runs inside this actor's process: 3-4 s to start instead of about 18 s, and
@@ -29,12 +31,13 @@ def engine_env(cfg: Config) -> dict[str, str]:
     return env
 
 
-def llm_kwargs(cfg: Config) -> dict:
-    """The vLLM settings every engine uses (the rollout benchmark's direct vLLM too, so both sides match)."""
+def llm_kwargs(cfg) -> dict:
+    """The vLLM settings every engine uses (the rollout benchmark's direct vLLM too, so both sides match).
+    `cfg`: a PPO or labelling config (both have these sections)."""
     return dict(
         model=cfg.model.policy,
         # vLLM would silently downcast an fp32 checkpoint to bf16 unless the dtype is explicit.
-        dtype=DTYPES[cfg.model.dtype],
+        dtype=cfg.model.dtype,
         max_model_len=cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
         enforce_eager=cfg.rollout.enforce_eager,
         gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
@@ -43,12 +46,17 @@ def llm_kwargs(cfg: Config) -> dict:
     )
 
 
-def sampling_params(cfg: Config, n: int, seed: int, overrides: dict | None = None) -> list:
+def engine_spec(cfg) -> EngineSpec:
+    r = cfg.rollout
+    sampling = SamplingSpec(r.max_new_tokens, r.temperature, r.top_p, r.top_k, r.min_p, tuple(r.stop), tuple(r.stop_token_ids))
+    return EngineSpec(process_spec(cfg), llm_kwargs(cfg), cfg.placement.rollout.tensor_parallel_size, sampling, RECEIVER)
+
+
+def sampling_params(r: SamplingSpec, n: int, seed: int, overrides: dict | None = None) -> list:
     """One seed per request: reproducible runs, and repeated prompts still get different samples.
     `overrides` replaces settings for one call (evaluation: greedy is temperature 0)."""
     from vllm import SamplingParams
 
-    r = cfg.rollout
     settings = dict(
         max_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, min_p=r.min_p,
         stop=list(r.stop), stop_token_ids=list(r.stop_token_ids), logprobs=0,
@@ -60,8 +68,8 @@ def sampling_params(cfg: Config, n: int, seed: int, overrides: dict | None = Non
 class RolloutEngine:
     role = "rollout"
 
-    def __init__(self, cfg: Config, rank: int, world_size: int):
-        self.cfg, self.rank = cfg, rank
+    def __init__(self, spec: EngineSpec, rank: int, world_size: int):
+        self.settings, self.rank = spec, rank
 
     def setup(self) -> dict:
         import logging
@@ -74,27 +82,32 @@ class RolloutEngine:
             lambda r: "RotaryEmbedding" not in r.getMessage()
         )
 
-        cfg = self.cfg
+        s = self.settings
         t0 = time.perf_counter()
-        tp = cfg.placement.rollout.tensor_parallel_size
+        tp = s.tensor_parallel_size
         kwargs = {}
         if tp > 1:
-            # GPU: vLLM starts its TP workers as Ray actors inside this engine's placement group. The CPU build
-            # has no Ray executor; there the workers are child processes of this actor.
-            kwargs["distributed_executor_backend"] = "ray" if use_cuda(cfg.cluster.device) else "mp"
-        self.llm = LLM(
-            **llm_kwargs(cfg),
-            tensor_parallel_size=tp,
-            seed=cfg.run.seed + self.rank,
-            worker_extension_cls="rlhf_dist.rollout.extension.WeightReceiver",
-            **kwargs,
-        )
+            # This actor holds no GPU; its TP workers use the bundles the runtime gave it (RLHF_DIST_BUNDLES,
+            # one per worker, distinct across engines). GPU only (not exercised by the CPU tests): vLLM starts
+            # the workers as Ray actors on exactly those bundles of this engine's placement group. The CPU
+            # build has no Ray executor: the workers are child processes of this actor, and the runtime's
+            # seats hold the same bundles' shares, so Ray's accounting matches a GPU run.
+            if not os.environ.get("RLHF_DIST_SEATS"):  # the runtime left the bundles to vLLM's Ray workers
+                os.environ["VLLM_RAY_BUNDLE_INDICES"] = os.environ["RLHF_DIST_BUNDLES"]
+                os.environ["VLLM_RAY_PER_WORKER_GPUS"] = os.environ["RLHF_DIST_GPU_SHARE"]
+                kwargs["distributed_executor_backend"] = "ray"
+            else:
+                kwargs["distributed_executor_backend"] = "mp"
+        if s.worker_extension:
+            kwargs["worker_extension_cls"] = s.worker_extension
+        self.llm = LLM(**s.llm, tensor_parallel_size=tp, seed=s.process.seed + self.rank, **kwargs)
         return {"rank": self.rank, "seconds": time.perf_counter() - t0, "pid": os.getpid()}
 
     def ready(self) -> dict:
-        from rlhf_dist.dist import node_ip
+        import ray
 
-        return {"role": self.role, "rank": self.rank, "ip": node_ip(), "pid": os.getpid()}
+        return {"role": self.role, "rank": self.rank, "ip": node_ip(), "pid": os.getpid(),
+                "bundles": os.environ.get("RLHF_DIST_BUNDLES"), "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
 
     def generate(self, prompts: list[list[int]], seed: int, version: int | None = None, sampling: dict | None = None) -> dict:
         """`version`: the weights version the controller last synced; every worker must hold it.
@@ -105,11 +118,9 @@ class RolloutEngine:
         if version is not None:
             held = self.llm.collective_rpc("rlhf_version")
             if any(v != version for v in held):
-                from rlhf_dist.errors import WeightSyncError
-
                 raise WeightSyncError(f"engine workers hold weights {held}, but version {version} was synced: refusing stale weights")
 
-        params = sampling_params(self.cfg, len(prompts), seed, sampling)
+        params = sampling_params(self.settings.sampling, len(prompts), seed, sampling)
         t0 = time.perf_counter()
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         seconds = time.perf_counter() - t0
@@ -122,14 +133,18 @@ class RolloutEngine:
             finish.append(c.finish_reason)
         return {"responses": responses, "logprobs": logprobs, "finish_reasons": finish, "seconds": seconds}
 
-    def init_weight_sync(self, master_addr: str, port: int, first_rank: int, world_size: int, backend: str) -> list[int]:
+    def init_weight_sync(self, master_addr: str, port: int, first_rank: int, world_size: int, backend: str, buckets) -> list[int]:
+        """Join the sync group; `buckets` is the plan agreed once, used by every later receive."""
+        p = self.settings.process
         return self.llm.collective_rpc(
-            "rlhf_init_sync",
-            args=(master_addr, port, first_rank, world_size, backend, self.cfg.timeouts.rendezvous_s),
+            "rlhf_init_sync", args=(master_addr, port, first_rank, world_size, backend, p.rendezvous_s, p.collective_s, buckets)
         )
 
-    def receive_weights(self, buckets, version: int, verify: bool) -> list[dict]:
-        out = self.llm.collective_rpc("rlhf_receive", args=(buckets, version, verify))
+    def set_sync_plan(self, buckets) -> list[bool]:
+        return self.llm.collective_rpc("rlhf_set_plan", args=(buckets,))
+
+    def receive_weights(self, version: int, verify: bool) -> list[dict]:
+        out = self.llm.collective_rpc("rlhf_receive", args=(version, verify))
         # Cached prefix KV was computed with the old weights; reload_weights does not drop it.
         self.llm.reset_prefix_cache()
         return out

@@ -1,58 +1,27 @@
-"""Judges for AI-feedback labelling: a reward model, a Python function, or an LLM asked which answer is better.
+"""The LLM judge for AI-feedback labelling: a vLLM engine asked which of two answers is better.
 
-The LLM judge reads its verdict from log-probabilities, not from sampled text: for each comparison it scores
-both labels (" A", " B") after the judge prompt, and every pair is asked in both orders to cancel the
-judge's bias toward a position.
+It reads its verdict from log-probabilities, not from sampled text: for each comparison it scores both labels
+(" A", " B") after the judge prompt, and every pair is asked in both orders to cancel the judge's bias toward a
+position. (A reward-model judge is the reward role's worker with the judge's settings.)
 """
 from __future__ import annotations
 
-import os
+from rlhf_dist.rollout.engine import RolloutEngine
+from rlhf_dist.specs import EngineSpec, process_spec
 
-from rlhf_dist.learner.models import DTYPES
-from rlhf_dist.learner.workers import RewardModelWorker
+JUDGE_LABEL_ROOM = 16  # positions past judge.max_prompt_tokens for the label tokens
 
 
-class JudgeRewardWorker(RewardModelWorker):
-    """A reward model scoring `prompt + response` texts, configured by the label config's judge section."""
+def judge_engine_spec(cfg) -> EngineSpec:
+    """From a labelling config: the judge model (default: the policy) with the engines' vLLM settings."""
+    j = cfg.judge
+    llm = dict(model=j.model or cfg.model.policy, dtype=cfg.model.dtype, max_model_len=j.max_prompt_tokens + JUDGE_LABEL_ROOM,
+               enforce_eager=cfg.rollout.enforce_eager, gpu_memory_utilization=cfg.rollout.gpu_memory_utilization)
+    return EngineSpec(process_spec(cfg), llm)
 
+
+class JudgeEngine(RolloutEngine):
     role = "judge"
-
-    def model_path(self) -> str:
-        return self.cfg.judge.model
-
-    def normalize(self) -> bool:
-        return False
-
-    def batch_size(self) -> int:
-        return 16
-
-
-class JudgeEngine:
-    role = "judge"
-
-    def __init__(self, cfg, rank: int, world_size: int):
-        self.cfg, self.rank = cfg, rank
-
-    def ready(self) -> dict:
-        from rlhf_dist.dist import node_ip
-
-        return {"role": self.role, "rank": self.rank, "ip": node_ip(), "pid": os.getpid()}
-
-    def setup(self) -> dict:
-        from vllm import LLM
-
-        from rlhf_dist.trainers.label import JUDGE_LABEL_ROOM
-
-        cfg, j = self.cfg, self.cfg.judge
-        self.llm = LLM(
-            model=j.model or cfg.model.policy,
-            dtype=DTYPES[cfg.model.dtype],
-            max_model_len=j.max_prompt_tokens + JUDGE_LABEL_ROOM,
-            enforce_eager=cfg.rollout.enforce_eager,
-            gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
-            seed=cfg.run.seed + self.rank,
-        )
-        return {"rank": self.rank}
 
     def label_logprobs(self, prompts: list[list[int]], labels: list[list[int]]) -> list[list[float]]:
         """[prompt][label] log-probability of the label's tokens right after the judge prompt."""

@@ -10,6 +10,8 @@ import dataclasses
 import torch
 
 _DTYPES = {str(d): d for d in (torch.float32, torch.bfloat16, torch.float16)}
+# Bucket size for gathering a model to save it where no sync.bucket_mb is configured (the SFT/RM/DPO stages).
+GATHER_BUCKET_MB = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,16 +84,27 @@ def pack(tensors: list[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
     return out
 
 
+_PERIOD = 65521  # word i is weighted by i % _PERIOD + 1
+_WEIGHTS: dict = {}  # device -> the weights of one period, made once per device
+
+
 def checksum(flat: torch.Tensor) -> int:
     """Position-weighted sum of the buffer's 32-bit words, computed where the buffer lives (no host copy).
 
     Integer arithmetic wraps identically on every device, so learner and engine get the same number for the
-    same bytes, and a swapped, stale or corrupted parameter changes it.
+    same bytes, and a swapped, stale or corrupted parameter changes it. The words are read in place as int32
+    and weighted one period at a time (no int64 copy of the buffer): this runs on every verified sync.
     """
     raw = flat.detach().contiguous().reshape(-1).view(torch.uint8)  # any shape: the bytes in order
     pad = (-raw.numel()) % 4
     if pad:
         raw = torch.cat([raw, raw.new_zeros(pad)])
-    words = raw.view(torch.int32).to(torch.int64)
-    weights = torch.arange(words.numel(), device=words.device, dtype=torch.int64) % 65521 + 1
-    return int((words * weights).sum().item()) ^ (int(words.sum().item()) << 1)
+    words = raw.view(torch.int32)
+    w = _WEIGHTS.get(words.device)
+    if w is None:
+        w = _WEIGHTS[words.device] = torch.arange(1, _PERIOD + 1, dtype=torch.int32, device=words.device)
+    n = words.numel()
+    k = n // _PERIOD
+    weighted = (words[: k * _PERIOD].view(k, _PERIOD) * w).sum(dtype=torch.int64)
+    weighted += (words[k * _PERIOD :] * w[: n - k * _PERIOD]).sum(dtype=torch.int64)
+    return int(weighted.item()) ^ (int(words.sum(dtype=torch.int64).item()) << 1)

@@ -16,11 +16,15 @@ from rlhf_dist.errors import WaitTimeout
 
 
 class SyncGroup:
-    def __init__(self, master_addr: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float):
+    """`timeout_s` bounds the rendezvous (timeouts.rendezvous_s); `collective_s` each broadcast
+    (timeouts.collective_s; the rendezvous deadline when not given)."""
+
+    def __init__(self, master_addr: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float,
+                 collective_s: float | None = None):
         self.rank, self.world_size, self.backend = rank, world_size, backend
         t0 = time.monotonic()
         try:
-            self._connect(master_addr, port, timeout_s)
+            self._connect(master_addr, port, timeout_s, timeout_s if collective_s is None else collective_s)
         except (RuntimeError, dist.DistStoreError) as e:
             raise WaitTimeout(
                 f"weight-sync rendezvous: rank {rank} of {world_size} ({backend}, {master_addr}:{port}) gave up after "
@@ -28,11 +32,12 @@ class SyncGroup:
                 f"{str(e).splitlines()[0]}"
             ) from None
 
-    def _connect(self, master_addr: str, port: int, timeout_s: float) -> None:
+    def _connect(self, master_addr: str, port: int, timeout_s: float, collective_s: float) -> None:
         rank, world_size = self.rank, self.world_size
-        timeout = datetime.timedelta(seconds=timeout_s)
+        # The store's deadline is the rendezvous (every rank connects); the group's is each collective.
+        timeout = datetime.timedelta(seconds=collective_s)
         # The store must outlive the group: keep a reference.
-        self.store = dist.TCPStore(master_addr, port, world_size, is_master=(rank == 0), timeout=timeout)
+        self.store = dist.TCPStore(master_addr, port, world_size, is_master=(rank == 0), timeout=datetime.timedelta(seconds=timeout_s))
         prefixed = dist.PrefixStore("rlhf_dist/weight_sync", self.store)
         if self.backend == "nccl":
             opts = dist.ProcessGroupNCCL.Options()

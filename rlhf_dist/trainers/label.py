@@ -8,19 +8,37 @@ import math
 import time
 from pathlib import Path
 
-from rlhf_dist.metrics import RunLog, fresh_run_dir, write_config
-from rlhf_dist.stage_config import LabelConfig, stage_derive, stage_roles
+from rlhf_dist.data.prompts import load_prompts
+from rlhf_dist.dist import use_cuda
+from rlhf_dist.layout import pool_layout
+from rlhf_dist.learner.workers import RewardModelWorker
+from rlhf_dist.preflight import check_model_path, prepare_tokenizer
+from rlhf_dist.rewards.functions import RuleRewards
+from rlhf_dist.rollout.engine import RolloutEngine, engine_env, engine_spec
+from rlhf_dist.rollout.judge import JUDGE_LABEL_ROOM, JudgeEngine, judge_engine_spec
+from rlhf_dist.runtime.roles import Roles, RoleSpec, role_gpus
+from rlhf_dist.runtime.scaffold import open_run, ray_session
+from rlhf_dist.specs import ModelSpec, RewardSpec, process_spec
+from rlhf_dist.stage_config import LabelConfig
+
+JUDGE_BATCH_SIZE = 16  # texts per forward pass of a reward-model judge
 
 
-JUDGE_LABEL_ROOM = 16  # positions past judge.max_prompt_tokens for the label tokens
+def label_roles(cfg: LabelConfig) -> list[RoleSpec]:
+    """The rollout engines, and (for reward-model and LLM judges) the judge on its own pool."""
+    p, m = cfg.placement, cfg.model
+    env = engine_env(cfg)
+    specs = [RoleSpec("rollout", RolloutEngine, p.rollout.pool, p.rollout.num_engines, engine_spec(cfg),
+                      gpus_per_rank=p.rollout.tensor_parallel_size, env=env, seats=not use_cuda(cfg.cluster.device))]
+    if cfg.judge.kind == "llm":
+        specs.append(RoleSpec("judge", JudgeEngine, p.judge.pool, p.judge.num_gpus, judge_engine_spec(cfg), env=env))
+    elif cfg.judge.kind == "reward_model":
+        spec = RewardSpec(process_spec(cfg), ModelSpec(cfg.judge.model, m.dtype, m.attn_implementation), False, JUDGE_BATCH_SIZE)
+        specs.append(RoleSpec("judge", RewardModelWorker, p.judge.pool, p.judge.num_gpus, spec, env=env))
+    return specs
 
 
 def run_label(cfg: LabelConfig, log=print) -> Path:
-    from rlhf_dist.cluster import init_ray
-    from rlhf_dist.data.prompts import load_prompts
-    from rlhf_dist.preflight import check_model_path, prepare_tokenizer
-    from rlhf_dist.rewards.functions import RuleRewards
-
     # 1. Model paths, the judge and the prompts are checked before any actor starts.
     m, j = cfg.model, cfg.judge
     tokenizer = prepare_tokenizer(
@@ -35,17 +53,22 @@ def run_label(cfg: LabelConfig, log=print) -> Path:
                           "judge.max_prompt_tokens + 16", log, who="judge")
     rules = RuleRewards([j.function]) if j.kind == "function" else None
     prompts = load_prompts(cfg.data, tokenizer)
-    run_dir = fresh_run_dir(cfg.run.output_dir)
-    log = RunLog(run_dir, log)
-    write_config(run_dir, cfg, None)
+    run = open_run(cfg, log, resumable=False)
+    run_dir, log = run.dir, run.log
     n = cfg.rollout.n_samples_per_prompt
     log(f"label: {len(prompts.texts)} prompts x {n} samples, judge: {j.kind}; writing {run_dir / 'preferences.jsonl'}")
 
-    pools = stage_derive(cfg.placement.pools, stage_roles(cfg))
-    started_ray = init_ray(cfg, pools, log)
+    specs = label_roles(cfg)
+    with ray_session(cfg, pool_layout(cfg.placement.pools, role_gpus(specs)), log):
+        _label(cfg, specs, prompts, tokenizer, rules, run_dir, log)
+    return run_dir
+
+
+def _label(cfg: LabelConfig, specs, prompts, tokenizer, rules, run_dir: Path, log) -> None:
+    j, n = cfg.judge, cfg.rollout.n_samples_per_prompt
     roles = None
     try:
-        roles = LabelRoles(cfg, pools, log)
+        roles = LabelRoles(cfg, specs, log)
         judge = _judge(cfg, roles, rules, tokenizer)
         counts = {"written": 0, "ties": 0, "empty": 0, "too_long": 0}
         t0 = time.perf_counter()
@@ -53,6 +76,7 @@ def run_label(cfg: LabelConfig, log=print) -> Path:
             for start in range(0, len(prompts.texts), cfg.batch_size):
                 idx = list(range(start, min(start + cfg.batch_size, len(prompts.texts))))
                 texts = [prompts.texts[i] for i in idx]
+                # Each prompt n times in a row: its samples come back as one group (see rlhf_dist.data.batch).
                 samples = roles.generate([prompts.ids[i] for i in idx for _ in range(n)], seed=cfg.run.seed * 1_000_003 + start)
                 responses = [tokenizer.batch_decode(samples[k * n : (k + 1) * n], skip_special_tokens=True) for k in range(len(idx))]
                 for prompt, resp, scores in zip(texts, responses, judge(texts, responses)):
@@ -71,11 +95,6 @@ def run_label(cfg: LabelConfig, log=print) -> Path:
     finally:
         if roles is not None:
             roles.shutdown()
-        if started_ray:
-            import ray
-
-            ray.shutdown()
-    return run_dir
 
 
 def preference_row(prompt: str, responses: list[str], scores: list[float], judge: str) -> dict | str:
@@ -130,57 +149,27 @@ def _round_robin(prompt: str, responses: list[str], j, judge_tok, labels, roles)
 
 
 class LabelRoles:
-    """The rollout engines and (for reward-model and LLM judges) the judge, on their pools."""
+    """The started engines and judge, with the verbs labelling uses on them."""
 
-    def __init__(self, cfg: LabelConfig, pools_derived, log):
-        import ray
-
-        from rlhf_dist.errors import wait_all
-        from rlhf_dist.groups import ActorGroup, worker_env
-        from rlhf_dist.placement import Slot, check_cluster_fits, create_pools
-        from rlhf_dist.rollout.engine import RolloutEngine, engine_env
-        from rlhf_dist.rollout.judge import JudgeEngine, JudgeRewardWorker
-
-        self.cfg, t = cfg, cfg.timeouts
-        check_cluster_fits(cfg, pools_derived, ray.cluster_resources(), ray.nodes())
-        self.pools = create_pools(cfg, pools_derived, t.actor_start_s)
-        p = cfg.placement
-        share = lambda pool: 1.0 / len(pools_derived.roles_per_pool[pool])  # noqa: E731
-        env = {**worker_env(cfg.cluster.device, cfg.cluster.threads_per_actor), **engine_env(cfg)}
-        tp = p.rollout.tensor_parallel_size
-        engine_slots = [Slot(p.rollout.pool, b, share(p.rollout.pool)) for b in range(0, p.rollout.num_engines * tp, tp)]
-        self.groups = {"rollout": ActorGroup("rollout", RolloutEngine, engine_slots, self.pools, (cfg,), env)}
-        if cfg.judge.kind != "function":
-            cls = JudgeEngine if cfg.judge.kind == "llm" else JudgeRewardWorker
-            slots = [Slot(p.judge.pool, b, share(p.judge.pool)) for b in range(p.judge.num_gpus)]
-            self.groups["judge"] = ActorGroup("judge", cls, slots, self.pools, (cfg,), env)
-        t0 = time.perf_counter()
-        for method, limit in (("ready", t.actor_start_s), ("setup", t.actor_start_s)):
-            refs, labels = [], []
-            for g in self.groups.values():
-                r, lab = g.submit(method)
-                refs, labels = refs + r, labels + lab
-            wait_all(refs, labels, f"label actors {method}", limit)
-        log(f"label actors up in {time.perf_counter() - t0:.1f} s ({', '.join(f'{k}: {len(g)}' for k, g in self.groups.items())})")
+    def __init__(self, cfg: LabelConfig, specs: list[RoleSpec], log):
+        self.roles = Roles(specs, cfg.placement.pools, cfg.run.name, cfg.cluster, cfg.timeouts, log)
+        self.groups = self.roles.groups
 
     def generate(self, prompts: list[list[int]], seed: int) -> list[list[int]]:
         g = self.groups["rollout"]
         parts = _chunks(prompts, len(g))
         offsets = [sum(len(c) for c in parts[:i]) for i in range(len(parts))]
-        outs = g.call("generate", per_rank=[(c, seed + o) for c, o in zip(parts, offsets)], ranks=range(len(parts)),
-                      timeout_s=self.cfg.timeouts.call_s)
+        outs = self.roles.call("rollout", "generate", per_rank=[(c, seed + o) for c, o in zip(parts, offsets)], ranks=range(len(parts)))
         return [r for o in outs for r in o["responses"]]
 
     def call_judge(self, method: str, items: list, *extra) -> list:
         g = self.groups["judge"]
         parts = _chunks(items, len(g))
-        outs = g.call(method, per_rank=[(c, *extra) for c in parts], ranks=range(len(parts)), timeout_s=self.cfg.timeouts.call_s)
+        outs = self.roles.call("judge", method, per_rank=[(c, *extra) for c in parts], ranks=range(len(parts)))
         return [x for o in outs for x in o]
 
     def shutdown(self) -> None:
-        from rlhf_dist.groups import stop_all
-
-        stop_all(self.groups.values(), self.pools)
+        self.roles.shutdown()
 
 
 def _chunks(items: list, n: int) -> list[list]:

@@ -6,23 +6,24 @@ from pathlib import Path
 
 import torch
 
-from rlhf_dist.algorithms import kl_estimate, masked_mean, masked_whiten
+from rlhf_dist.algorithms import kl_estimate, masked_mean
 from rlhf_dist.algorithms.advantages import AdvantageInputs, estimate_advantages, informative_groups, overlong_penalty
+from rlhf_dist.algorithms.kl import kl_controller
 from rlhf_dist.algorithms.losses import ClippedValueLoss, PolicyLoss
-from rlhf_dist.algorithms.policy_losses import AdaptiveKLController, FixedKLController
 from rlhf_dist import checkpoint
-from rlhf_dist.checkpoint import Checkpoint, complete_checkpoints, find_resume, load_trainer_state
-from rlhf_dist.cluster import Cluster, init_ray
+from rlhf_dist.checkpoint import Checkpoint, load_trainer_state
 from rlhf_dist.config import Config, derive
 from rlhf_dist.console import StepProgress, step_line
-from rlhf_dist.data.batch import build_batch, pad_rows
+from rlhf_dist.data.batch import build_batch, check_groups, pad_rows
 from rlhf_dist.data.prompts import PromptLoader, load_prompts
-from rlhf_dist.errors import WorkerDied, wait_all
-from rlhf_dist.evaluation import Evaluator, eval_metrics_brief
-from rlhf_dist.metrics import MetricsWriter, RunLog, fresh_run_dir, set_aside_metrics_after, write_config
+from rlhf_dist.evaluation import Evaluator
+from rlhf_dist.metrics import MetricsWriter, set_aside_metrics_after
 from rlhf_dist.preflight import prepare_model
 from rlhf_dist.rewards.functions import RuleRewards
 from rlhf_dist.rollout.finish import drop_truncated, truncated_flags
+from rlhf_dist.runtime.scaffold import log_skipped, open_run, ray_session, with_restarts
+from rlhf_dist.sync.weights import check_logprob_match
+from rlhf_dist.trainers.rl_roles import RLRoles
 
 
 def train(cfg: Config, log=print) -> Path:
@@ -31,87 +32,62 @@ def train(cfg: Config, log=print) -> Path:
     tokenizer = prepare_model(cfg, log)
     prompts = load_prompts(cfg.data, tokenizer)
     rules = RuleRewards(cfg.reward.functions, has_labels=prompts.labels is not None)
-    resume = find_resume(cfg)
-    run_dir = resume.run_dir if resume else fresh_run_dir(cfg.run.output_dir)
-    log = RunLog(run_dir, log)
-    write_config(run_dir, cfg, resume, derived.table())
+    run = open_run(cfg, log, table=derived.table())
+    run_dir, log, resume = run.dir, run.log, run.resume
     log(f"run directory: {run_dir}\nderived values:\n{derived.table()}")
     log(f"prompts: {len(prompts.texts)} from {cfg.data.prompts}")
-    if prompts.skipped:
-        shown = "\n  ".join(prompts.skipped[:5])
-        log(f"skipped {len(prompts.skipped)} bad lines (data.skip_bad_lines), first ones:\n  {shown}")
+    log_skipped(log, prompts.skipped)
     data = (prompts.ids, prompts.texts, prompts.labels, tokenizer, rules)
     evaluator = Evaluator(cfg, tokenizer, rules, log) if cfg.eval is not None else None
 
-    started_ray = init_ray(cfg, derived, log)
-    restarts = 0
-    try:
-        while True:
-            try:
-                run_session(cfg, derived, run_dir, resume, data, log, evaluator)
-                break
-            except WorkerDied as e:
-                # A dead worker stops the step; with restarts allowed, every group restarts from the last checkpoint.
-                log(f"worker died: {e}")
-                if restarts >= cfg.fault_tolerance.max_restarts:
-                    raise
-                restarts += 1
-                done = complete_checkpoints(run_dir)
-                resume = done[-1] if done else None
-                where = f"checkpoint step {resume.step}" if resume else "the start (no checkpoint yet)"
-                log(f"restart {restarts}/{cfg.fault_tolerance.max_restarts}: restarting all actor groups, resuming from {where}")
-    finally:
-        if started_ray:
-            import ray
-
-            ray.shutdown()
+    with ray_session(cfg, derived, log):
+        with_restarts(lambda resume: run_session(cfg, derived, run_dir, resume, data, log, evaluator), resume, run_dir,
+                      cfg.fault_tolerance.max_restarts, log)
     return run_dir
 
 
 def run_session(cfg: Config, derived, run_dir: Path, resume: Checkpoint | None, data, log, evaluator=None) -> None:
     """One life of the actor groups: start, optionally resume, train to the last step, save."""
-    cluster = writer = None
+    roles = writer = None
     try:
-        cluster = Cluster(cfg, derived, log)
+        roles = RLRoles(cfg, log)
         state = LoopState(cfg, *data)
         start = 0
         if resume is not None:
-            cluster.load_checkpoint(str(resume.path))
+            roles.load_checkpoint(str(resume.path))
             state.load_state_dict(load_trainer_state(resume))
             start = resume.step
             set_aside_metrics_after(run_dir, start)
             log(f"resumed from {resume.path} (step {start})")
         writer = MetricsWriter(run_dir, cfg.run, {**cfg.model_dump(mode="json"), "derived_table": derived.table()})
         # Version `start` pushes the learner's (possibly restored) weights to the engines and proves the path.
-        log(f"initial weight sync: {cluster.sync_weights(start, verify=cfg.sync.verify_every > 0)['sync/seconds']:.2f} s")
+        log(f"initial weight sync: {roles.sync_weights(start, verify=cfg.sync.verify_every > 0)['sync/seconds']:.2f} s")
         if evaluator is not None and start == 0:
-            first = evaluator.run(cluster)
-            writer.write(0, first)
-            log(f"step 0: {eval_metrics_brief(first)}")
+            evaluator.before_training(roles, writer, log)
         progress = StepProgress(start + 1, cfg.run.steps, cfg.run.progress_bar, log)
         for step in range(start + 1, cfg.run.steps + 1):
-            metrics = rl_step(cfg, cluster, state, step)
+            metrics = rl_step(cfg, roles, state, step)
             if evaluator is not None and evaluator.due(step):
-                metrics.update(evaluator.run(cluster))
+                metrics.update(evaluator.run(roles))
             writer.write(step, metrics)
             log(step_line(step, metrics))
             progress.update(step)
             every = cfg.checkpoint.every_n_steps
             if every and (step % every == 0 or step == cfg.run.steps):
                 t0 = time.perf_counter()
-                path = checkpoint.save(cluster, state.state_dict(step), run_dir, step, cfg.checkpoint.keep_last)
+                path = checkpoint.save(roles, state.state_dict(step), run_dir, step, cfg.checkpoint.keep_last)
                 log(f"checkpoint {path} in {time.perf_counter() - t0:.1f} s")
         progress.close()
         if cfg.run.save_final:
             t0 = time.perf_counter()
-            cluster.save_policy(str(run_dir / "final"))
+            roles.save_policy(str(run_dir / "final"))
             state.tokenizer.save_pretrained(str(run_dir / "final"))
             log(f"saved HuggingFace policy to {run_dir / 'final'} in {time.perf_counter() - t0:.1f} s")
     finally:
         if writer is not None:
             writer.close()
-        if cluster is not None:
-            cluster.shutdown()
+        if roles is not None:
+            roles.shutdown()
 
 
 class LoopState:
@@ -122,7 +98,7 @@ class LoopState:
         self.tokenizer, self.rules = tokenizer, rules
         self.loader = PromptLoader(len(prompt_ids), cfg.ppo.rollout_batch_size, cfg.run.seed)
         p = cfg.ppo
-        self.kl_ctl = AdaptiveKLController(p.kl_coef, p.kl_target, p.kl_horizon) if p.kl_target else FixedKLController(p.kl_coef)
+        self.kl_ctl = kl_controller(p.kl_coef, p.kl_target, p.kl_horizon)
         self.policy_loss = PolicyLoss(
             name=p.policy_loss, clip_eps=p.clip_eps, clip_eps_high=p.clip_eps_high, dual_clip_c=p.dual_clip_c,
             aggregation=p.loss_aggregation, norm_constant=float(cfg.rollout.max_new_tokens),
@@ -137,26 +113,30 @@ class LoopState:
         self.kl_ctl.load_state_dict(state["kl_ctl"])
 
 
-def rl_step(cfg: Config, cluster: Cluster, state: LoopState, step: int) -> dict:
+def rl_step(cfg: Config, roles: RLRoles, state: LoopState, step: int) -> dict:
     ppo = cfg.ppo
     t_step = time.perf_counter()
     timing = {}
 
     # 2-3a. Rollouts and their scores (with DAPO dynamic sampling, more rounds until enough groups differ).
-    roll, roll_metrics = collect_rollouts(cfg, cluster, state, step, timing)
+    roll, roll_metrics = collect_rollouts(cfg, roles, state, step, timing)
     batch = build_batch(roll["prompt_ids"], roll["responses"], state.tokenizer.pad_token_id)
     mask = batch["mask"]
     scores = roll["scores"]
 
     # 3b. Reference, critic and policy passes, in parallel.
     t0 = time.perf_counter()
-    infer = {"reference": cluster.submit_infer(cluster.reference, batch), "policy": cluster.submit_infer(cluster.policy, batch)}
-    if cluster.critic is not None:
-        infer["critic"] = cluster.submit_infer(cluster.critic, batch)
-    ref_lp = cluster.gather_infer(infer["reference"], "reference log-probs")["logprobs"]
-    old_lp = cluster.gather_infer(infer["policy"], "policy log-probs")["logprobs"]
-    values = cluster.gather_infer(infer["critic"], "critic values")["values"] if "critic" in infer else None
+    infer = {"reference": roles.submit_infer(roles.reference, batch), "policy": roles.submit_infer(roles.policy, batch)}
+    if roles.critic is not None:
+        infer["critic"] = roles.submit_infer(roles.critic, batch)
+    ref_lp = roles.gather_infer(infer["reference"], "reference log-probs")["logprobs"]
+    old_lp = roles.gather_infer(infer["policy"], "policy log-probs")["logprobs"]
+    values = roles.gather_infer(infer["critic"], "critic values")["values"] if "critic" in infer else None
     timing["infer"] = time.perf_counter() - t0
+
+    # The engines sampled with the weights the policy just scored: their log-probs must agree.
+    probe = float(((roll["engine_logprobs"] - old_lp).abs() * mask).max())
+    check_logprob_match(probe, cfg.sync.max_logprob_diff, step)
 
     # 4. Advantages and returns: pure tensor math, chosen by name.
     kl = kl_estimate(old_lp, ref_lp, ppo.kl_estimator) * mask
@@ -164,9 +144,9 @@ def rl_step(cfg: Config, cluster: Cluster, state: LoopState, step: int) -> dict:
         scores=scores, mask=mask, kl=kl, kl_coef=state.kl_ctl.value,
         group_size=cfg.rollout.n_samples_per_prompt, values=values,
     )
-    advantages, returns = estimate_advantages(ppo.advantage_estimator, inputs, gamma=ppo.gamma, lam=ppo.lam)
-    if ppo.advantage_estimator == "gae" and ppo.whiten_advantages:
-        advantages = masked_whiten(advantages, mask)
+    advantages, returns = estimate_advantages(
+        ppo.advantage_estimator, inputs, gamma=ppo.gamma, lam=ppo.lam, whiten=ppo.whiten_advantages
+    )
 
     # 5. Policy (and critic) updates, concurrently on their own ranks.
     t0 = time.perf_counter()
@@ -175,18 +155,17 @@ def rl_step(cfg: Config, cluster: Cluster, state: LoopState, step: int) -> dict:
     batch.update(old_logprobs=old_lp, advantages=advantages)
     if state.policy_loss.needs_reference:
         batch["ref_logprobs"] = ref_lp
-    refs, labels = cluster.submit_train(cluster.policy, batch, state.policy_loss, seed=step)
-    n_policy = len(refs)
-    if cluster.critic is not None:
+    updates = [roles.submit_train(roles.policy, batch, state.policy_loss, seed=step)]
+    if roles.critic is not None:
         critic_batch = {**batch, "returns": returns, "old_values": values}
-        r, lab = cluster.submit_train(cluster.critic, critic_batch, ClippedValueLoss(ppo.value_clip_eps), seed=step)
-        refs, labels = refs + r, labels + lab
-    results = wait_all(refs, labels, f"policy update (step {step})", cfg.timeouts.call_s)
+        updates.append(roles.submit_train(roles.critic, critic_batch, ClippedValueLoss(ppo.value_clip_eps), seed=step))
+    results = roles.wait(updates, f"policy update (step {step})")
+    n_policy = len(roles.policy)
     timing["update"] = time.perf_counter() - t0
 
     # 6. New weights to the engines, verified every `verify_every` syncs.
     verify = cfg.sync.verify_every > 0 and step % cfg.sync.verify_every == 0
-    sync = cluster.sync_weights(step, verify)
+    sync = roles.sync_weights(step, verify)
     timing["sync"] = sync["sync/seconds"]
     timing["step"] = time.perf_counter() - t_step
 
@@ -201,7 +180,7 @@ def rl_step(cfg: Config, cluster: Cluster, state: LoopState, step: int) -> dict:
         "advantages/mean": float(masked_mean(advantages, mask)),
         "returns/mean": float(masked_mean(returns, mask)),
         "response/length_mean": float(mask.sum(1).mean()),
-        "rollout/engine_learner_logprob_diff_max": float(((roll["engine_logprobs"] - old_lp).abs() * mask).max()),
+        "rollout/engine_learner_logprob_diff_max": probe,
         **roll_metrics,
     }
     if values is not None:
@@ -215,7 +194,7 @@ def rl_step(cfg: Config, cluster: Cluster, state: LoopState, step: int) -> dict:
     return metrics
 
 
-def collect_rollouts(cfg: Config, cluster: Cluster, state: LoopState, step: int, timing: dict) -> tuple[dict, dict]:
+def collect_rollouts(cfg: Config, roles: RLRoles, state: LoopState, step: int, timing: dict) -> tuple[dict, dict]:
     """Generate and score `rollout_batch_size` prompt groups. With dynamic sampling, groups whose samples all
     score the same are dropped and more prompts are drawn, up to `max_sampling_rounds` rounds; if still short,
     the batch is filled with dropped groups and the shortfall is reported in the metrics."""
@@ -229,11 +208,11 @@ def collect_rollouts(cfg: Config, cluster: Cluster, state: LoopState, step: int,
         rounds += 1
         idx = [i for i in state.loader.next_batch() for _ in range(n)]
         t0 = time.perf_counter()
-        gen = cluster.generate([state.prompt_ids[i] for i in idx], seed=cfg.run.seed * 1_000_003 + step * 10_007 + rounds)
+        gen = roles.generate([state.prompt_ids[i] for i in idx], seed=cfg.run.seed * 1_000_003 + step * 10_007 + rounds)
         gen_s += time.perf_counter() - t0
         tokens += sum(len(r) for r in gen["responses"])
         t0 = time.perf_counter()
-        scores, parts = score(cfg, cluster, state, idx, gen["responses"])
+        scores, parts = score(cfg, roles, state, idx, gen["responses"])
         score_s += time.perf_counter() - t0
         groups = [
             {"idx": idx[g * n : (g + 1) * n], "responses": gen["responses"][g * n : (g + 1) * n],
@@ -251,6 +230,7 @@ def collect_rollouts(cfg: Config, cluster: Cluster, state: LoopState, step: int,
     filled = max(0, want - len(kept))
     chosen = (kept + spare)[:want]
     timing["generate"], timing["score"] = gen_s, score_s
+    check_groups([i for g in chosen for i in g["idx"]], n)
     R = max(1, max(len(r) for g in chosen for r in g["responses"]))
     roll = {
         "prompt_ids": [state.prompt_ids[i] for g in chosen for i in g["idx"]],
@@ -269,7 +249,7 @@ def collect_rollouts(cfg: Config, cluster: Cluster, state: LoopState, step: int,
     return roll, metrics
 
 
-def score(cfg: Config, cluster: Cluster, state: LoopState, idx: list[int], responses: list[list[int]]):
+def score(cfg: Config, roles: RLRoles, state: LoopState, idx: list[int], responses: list[list[int]]):
     """Rule functions + weighted reward model + optional overlong penalty: (scores [N], unweighted parts)."""
     texts = state.tokenizer.batch_decode(responses, skip_special_tokens=True)
     prompts = [state.prompt_texts[i] for i in idx]
@@ -281,8 +261,8 @@ def score(cfg: Config, cluster: Cluster, state: LoopState, idx: list[int], respo
         scores += table.sum(1)
         for j, (name, spec) in enumerate(zip(state.rules.names, state.rules.specs)):
             parts[name] = table[:, j] / spec.weight if spec.weight else table[:, j]
-    if cluster.reward is not None:
-        rm = torch.tensor(cluster.reward_scores([p + r for p, r in zip(prompts, texts)]), dtype=torch.float32)
+    if roles.reward is not None:
+        rm = torch.tensor(roles.reward_scores([p + r for p, r in zip(prompts, texts)]), dtype=torch.float32)
         scores += cfg.reward.model_weight * rm
         parts["reward_model"] = rm
     if cfg.ppo.overlong_buffer is not None:

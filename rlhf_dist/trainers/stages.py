@@ -17,11 +17,17 @@ import torch
 from rlhf_dist.algorithms.losses import DPOLoss, PairwiseRewardLoss, SFTLoss
 from rlhf_dist.data.batch import concat, split
 from rlhf_dist.data.stage_data import Examples, make_batch, train_eval_split
-from rlhf_dist.errors import wait_all
 from rlhf_dist import checkpoint
-from rlhf_dist.checkpoint import find_resume, load_tensors, load_trainer_state
-from rlhf_dist.metrics import MetricsWriter, RunLog, fresh_run_dir, set_aside_metrics_after, write_config
-from rlhf_dist.stage_config import ConfigError, StageConfig, stage_derive, stage_roles
+from rlhf_dist.checkpoint import load_tensors, load_trainer_state
+from rlhf_dist.layout import pool_layout
+from rlhf_dist.learner.stage_workers import DPOWorker, RewardTrainWorker, SFTWorker
+from rlhf_dist.metrics import MetricsWriter, set_aside_metrics_after
+from rlhf_dist.preflight import prepare_stage_model
+from rlhf_dist.runtime.roles import Roles, RoleSpec, role_gpus
+from rlhf_dist.runtime.scaffold import log_skipped, open_run, ray_session
+from rlhf_dist.specs import LearnerSpec, ModelSpec, TrainSpec, process_spec
+from rlhf_dist.stage_config import ConfigError, StageConfig
+from rlhf_dist.sync.buckets import GATHER_BUCKET_MB
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,28 +72,44 @@ def loss_for(kind: str, cfg: StageConfig):
     return DPOLoss(cfg.dpo.beta, cfg.dpo.loss)
 
 
-def run_stage(kind: str, cfg: StageConfig, log=print) -> Path:
-    from rlhf_dist.cluster import init_ray
-    from rlhf_dist.preflight import prepare_stage_model
+def learner_role(kind: str, cfg: StageConfig, total_steps: int) -> RoleSpec:
+    """The stage's one role: DeepSpeed-trained ranks with the stage's batch sizes and optimiser.
+    `total_steps`: the run's optimizer steps (from the data size), the LR schedule's length."""
+    t, m, p = cfg.train, cfg.model, cfg.placement.learner
+    # One optimizer step per train() call: the controller hands each rank its share of one batch.
+    train = TrainSpec(micro_batch_size=t.micro_batch_size, mini_batch_size=t.batch_size, epochs=1, lr=t.lr,
+                      weight_decay=t.weight_decay, grad_clip=t.grad_clip, dtype=m.dtype, role=p,
+                      schedule=t.lr_schedule, total_steps=total_steps)
+    ref = getattr(m, "reference", None)
+    spec = LearnerSpec(
+        process_spec(cfg), ModelSpec(m.path, m.dtype, m.attn_implementation, m.gradient_checkpointing), train,
+        reference=ModelSpec(ref, m.dtype, m.attn_implementation) if ref else None,
+        packing=cfg.data.packing, max_length=cfg.data.max_length,
+    )
+    worker = {"sft": SFTWorker, "rm": RewardTrainWorker, "dpo": DPOWorker}[kind]
+    return RoleSpec("learner", worker, p.pool, p.num_gpus, spec, rendezvous=True)
 
+
+def run_stage(kind: str, cfg: StageConfig, log=print) -> Path:
     # 1. Model, data and arithmetic are checked before any actor starts.
     tokenizer = prepare_stage_model(cfg.model, cfg.data.max_length, log)
     train_set, eval_set = train_eval_split(cfg.data, kind, tokenizer, cfg.run.seed)
     nums = numbers(cfg, len(train_set), len(eval_set) if eval_set is not None else 0)
-    resume = find_resume(cfg)
-    run_dir = resume.run_dir if resume else fresh_run_dir(cfg.run.output_dir)
-    log = RunLog(run_dir, log)
-    write_config(run_dir, cfg, resume, nums.table())
+    run = open_run(cfg, log, table=nums.table())
+    run_dir, log, resume = run.dir, run.log, run.resume
     log(f"{kind}: run directory {run_dir}\n{nums.table()}")
-    if train_set.skipped:
-        log(f"skipped {len(train_set.skipped)} bad rows (data.skip_bad_lines), first ones:\n  " + "\n  ".join(train_set.skipped[:5]))
-    pools = stage_derive(cfg.placement.pools, stage_roles(cfg))
-    started_ray = init_ray(cfg, pools, log)
+    log_skipped(log, train_set.skipped, "bad rows")
+    role = learner_role(kind, cfg, nums.total_steps)
+    with ray_session(cfg, pool_layout(cfg.placement.pools, role_gpus([role])), log):
+        _run(kind, cfg, role, nums, (train_set, eval_set), tokenizer, run_dir, resume, log)
+    return run_dir
+
+
+def _run(kind, cfg: StageConfig, role: RoleSpec, nums, data, tokenizer, run_dir: Path, resume, log) -> None:
+    train_set, eval_set = data
     learners = writer = None
     try:
-        # The learners' LR schedule needs the run's length, which only the data size gives.
-        sized = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": nums.total_steps})})
-        learners = StageLearners(kind, sized, pools, log)
+        learners = StageLearners(cfg, role, log)
         if resume is not None:
             learners.load_checkpoint(str(resume.path))
             set_aside_metrics_after(run_dir, resume.step)
@@ -108,11 +130,6 @@ def run_stage(kind: str, cfg: StageConfig, log=print) -> Path:
             writer.close()
         if learners is not None:
             learners.shutdown()
-        if started_ray:
-            import ray
-
-            ray.shutdown()
-    return run_dir
 
 
 def loop(kind, cfg: StageConfig, nums: StageNumbers, learners, data, pad_id: int, writer, log, run_dir, resume) -> None:
@@ -125,7 +142,7 @@ def loop(kind, cfg: StageConfig, nums: StageNumbers, learners, data, pad_id: int
         refs["train"] = learners.reference_logps(train_set, pad_id)
         if nums.eval_samples:
             refs["eval"] = learners.reference_logps(eval_set, pad_id)
-        learners.group.call("drop_reference", timeout_s=cfg.timeouts.call_s)
+        learners.roles.call("learner", "drop_reference")
         log(f"reference log-probs for {len(train_set)} + {nums.eval_samples} pairs in {time.perf_counter() - t0:.1f} s")
     evaluate = lambda: learners.evaluate(eval_set, kind, pad_id, loss_fn, nums.eval_samples, refs.get("eval"))  # noqa: E731
 
@@ -181,30 +198,14 @@ def _brief(m: dict) -> str:
 class StageLearners:
     """The learner ranks of one stage: placed on their pool, rendezvoused, called together with deadlines."""
 
-    def __init__(self, kind: str, cfg: StageConfig, pools_derived, log):
-        import ray
-
-        from rlhf_dist.groups import ActorGroup, worker_env
-        from rlhf_dist.learner.stage_workers import DPOWorker, RewardTrainWorker, SFTWorker
-        from rlhf_dist.placement import Slot, check_cluster_fits, create_pools
-
-        self.cfg, t = cfg, cfg.timeouts
-        check_cluster_fits(cfg, pools_derived, ray.cluster_resources(), ray.nodes())
-        self.pools = create_pools(cfg, pools_derived, t.actor_start_s)
-        role = cfg.placement.learner
-        cls = {"sft": SFTWorker, "rm": RewardTrainWorker, "dpo": DPOWorker}[kind]
-        slots = [Slot(role.pool, b, 1.0) for b in range(role.num_gpus)]
-        env = worker_env(cfg.cluster.device, cfg.cluster.threads_per_actor)
-        t0 = time.perf_counter()
-        self.group = ActorGroup("learner", cls, slots, self.pools, (cfg,), env)
-        self.group.call("ready", timeout_s=t.actor_start_s)
-        addr, port = self.group.call("master_endpoint", ranks=[0], timeout_s=t.call_s)[0]
-        info = self.group.call("setup", addr, port, timeout_s=t.actor_start_s)
-        log(f"learner: {len(self.group)} ranks up in {time.perf_counter() - t0:.1f} s, {info[0]['params'] / 1e6:.2f}M parameters")
+    def __init__(self, cfg: StageConfig, role: RoleSpec, log):
+        self.cfg = cfg
+        self.roles = Roles([role], cfg.placement.pools, cfg.run.name, cfg.cluster, cfg.timeouts, log)
+        self.group = self.roles["learner"]
+        log(f"learner: {len(self.group)} ranks, {self.roles.setup_info['learner'][0]['params'] / 1e6:.2f}M parameters")
 
     def _all(self, method: str, per_rank, what: str):
-        refs, labels = self.group.submit(method, per_rank=per_rank)
-        return wait_all(refs, labels, what, self.cfg.timeouts.call_s)
+        return self.roles.wait([self.group.submit(method, per_rank=per_rank)], what)
 
     def train(self, batch, loss_fn, seed: int) -> dict:
         shards = split(batch, len(self.group))
@@ -234,18 +235,16 @@ class StageLearners:
         return concat(self._all("infer", [(s,) for s in split(batch, len(self.group))], "learner inference"))
 
     def save_checkpoint(self, path: str) -> None:
-        self.group.call("save_checkpoint", f"{path}/learner", timeout_s=self.cfg.timeouts.call_s)
+        self.roles.call("learner", "save_checkpoint", f"{path}/learner")
 
     def load_checkpoint(self, path: str) -> None:
-        self.group.call("load_checkpoint", f"{path}/learner", timeout_s=self.cfg.timeouts.call_s)
+        self.roles.call("learner", "load_checkpoint", f"{path}/learner")
 
     def save_hf(self, path: str) -> None:
-        self.group.call("save_hf", path, timeout_s=self.cfg.timeouts.call_s)
+        self.roles.call("learner", "save_hf", path, GATHER_BUCKET_MB)
 
     def shutdown(self) -> None:
-        from rlhf_dist.groups import stop_all
-
-        stop_all([self.group], self.pools)
+        self.roles.shutdown()
 
 
 def reward_stats(learners: StageLearners, ex: Examples, pad_id: int, ranks: int, limit: int = 1024) -> dict:

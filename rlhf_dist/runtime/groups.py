@@ -1,17 +1,15 @@
 """An actor group: N ranks of one role placed on pool bundles, called together with one deadline."""
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
+from rlhf_dist.dist import LOCAL_IP_ENV
 from rlhf_dist.errors import wait_all
-from rlhf_dist.placement import Slot
+from rlhf_dist.runtime.placement import Slot, remove_pools
 
 
 def worker_env(device: str, threads: int) -> dict[str, str]:
-    import os
-
-    from rlhf_dist.dist import LOCAL_IP_ENV
-
     env = {
         "TOKENIZERS_PARALLELISM": "false",
         "PYTHONUNBUFFERED": "1",
@@ -32,8 +30,6 @@ def worker_env(device: str, threads: int) -> dict[str, str]:
 
 def stop_all(groups, pools: dict) -> None:
     """Kill the groups' actors and remove the pools' placement groups: best effort, on the way out."""
-    from rlhf_dist.placement import remove_pools
-
     for g in groups:
         try:
             g.kill()
@@ -42,26 +38,56 @@ def stop_all(groups, pools: dict) -> None:
     remove_pools(pools)
 
 
+class BundleSeat:
+    """Holds one tensor-parallel worker's GPU share on its bundle where the engine's TP workers are not Ray
+    actors (the CPU build runs them as child processes of the engine actor): the pool is then reserved exactly
+    as on GPUs, where vLLM's Ray workers take these bundles themselves."""
+
+    def __init__(self, role: str, rank: int, bundle: int):
+        self.where = {"role": role, "rank": rank, "bundle": bundle}
+
+    def gpus(self) -> dict:
+        import ray
+
+        return {**self.where, "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+
+
 class ActorGroup:
-    def __init__(self, role: str, worker_cls: type, slots: Sequence[Slot], pools: dict, args: tuple, env: dict[str, str]):
+    """One actor per slot. A slot of several bundles (a tensor-parallel engine) gets an actor holding no GPU:
+    its workers use the bundles' GPUs (`RLHF_DIST_BUNDLES` tells it which), and with `seats` a `BundleSeat`
+    per bundle reserves them (`RLHF_DIST_SEATS` tells the actor that its workers need not take them)."""
+
+    def __init__(self, role: str, worker_cls: type, slots: Sequence[Slot], pools: dict, args: tuple, env: dict[str, str],
+                 seats: bool = False):
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self.role = role
         remote_cls = ray.remote(worker_cls)
-        self.actors = []
+        self.actors, self.seats = [], []
         for rank, slot in enumerate(slots):
             strategy = PlacementGroupSchedulingStrategy(pools[slot.pool], placement_group_bundle_index=slot.bundle)
+            tp = len(slot.bundles) > 1
+            bundles = {"RLHF_DIST_BUNDLES": ",".join(map(str, slot.bundles)), "RLHF_DIST_GPU_SHARE": str(slot.gpu_fraction),
+                       "RLHF_DIST_SEATS": "1" if tp and seats else ""}
             self.actors.append(
                 remote_cls.options(
                     # CPUs are not reserved: on small machines roles share cores (threads are capped instead).
                     num_cpus=0,
-                    num_gpus=slot.gpu_fraction,
+                    num_gpus=0 if tp else slot.gpu_fraction,
                     scheduling_strategy=strategy,
-                    runtime_env={"env_vars": env},
+                    runtime_env={"env_vars": {**env, **bundles}},
                     max_restarts=0,
                 ).remote(*args, rank, len(slots))
             )
+            if tp and seats:
+                seat = ray.remote(BundleSeat)
+                self.seats += [
+                    seat.options(num_cpus=0, num_gpus=slot.gpu_fraction, max_restarts=0,
+                                 scheduling_strategy=PlacementGroupSchedulingStrategy(pools[slot.pool], placement_group_bundle_index=b))
+                    .remote(role, rank, b)
+                    for b in slot.bundles
+                ]
 
     def __len__(self) -> int:
         return len(self.actors)
@@ -85,5 +111,5 @@ class ActorGroup:
     def kill(self) -> None:
         import ray
 
-        for a in self.actors:
+        for a in self.actors + self.seats:
             ray.kill(a, no_restart=True)

@@ -6,6 +6,7 @@ engine maps the same device memory and reads the weights in place. The handle is
 travel through a Ray call); the learner must keep the bucket alive until the engine has loaded it.
 
 The same functions share CPU tensors through shared memory, which is how they are tested without a GPU.
+Not part of the sync path yet (it needs a GPU to be exercised end to end), so it lives with the GPU checks.
 """
 from __future__ import annotations
 

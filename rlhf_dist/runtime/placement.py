@@ -1,32 +1,47 @@
-"""Pools of GPUs -> Ray placement groups; roles map to pools; roles on one pool are colocated.
+"""Pools of GPUs -> Ray placement groups, and the one place where actors get their slots.
 
-Each pool is one placement group of `nodes * gpus_per_node` bundles of one GPU. A role with k GPUs takes the
-pool's first k bundles; when several roles share a pool, each of their actors asks for 1/len(roles) of the
-bundle's GPU so they fit side by side. On a CPU-only machine the same code runs on Ray's logical GPUs.
+Each pool is one placement group of `nodes * gpus_per_node` bundles of one GPU, reserved whole. A role with k
+ranks of g GPUs each takes the pool's first k*g bundles, g consecutive bundles per rank (a tensor-parallel
+engine's workers); when several roles share a pool, each actor asks for 1/len(roles) of its bundle's GPU so
+they fit side by side. On a CPU-only machine the same code runs on Ray's logical GPUs.
 """
 from __future__ import annotations
 
 import dataclasses
 import uuid
 
-from rlhf_dist.config import Config, ConfigError, Derived, role_gpus
-from rlhf_dist.errors import WaitTimeout
+from rlhf_dist.errors import ConfigError, WaitTimeout
+from rlhf_dist.layout import PoolLayout
 
 
 @dataclasses.dataclass(frozen=True)
 class Slot:
-    """Where one actor of a role goes."""
+    """Where one actor of a role goes: its pool, the bundles it owns (several for a TP engine) and its share."""
 
     pool: str
-    bundle: int
+    bundles: tuple[int, ...]
     gpu_fraction: float
 
+    @property
+    def bundle(self) -> int:
+        """The bundle the actor itself is scheduled on."""
+        return self.bundles[0]
 
-def check_cluster_fits(cfg: Config, derived: Derived, resources: dict, nodes: list[dict]) -> None:
+
+def plan_slots(specs, layout: PoolLayout) -> dict[str, list[Slot]]:
+    """role name -> one Slot per rank, for role specs with `name`, `pool`, `ranks` and `gpus_per_rank`."""
+    out: dict[str, list[Slot]] = {}
+    for s in specs:
+        g = s.gpus_per_rank
+        out[s.name] = [Slot(s.pool, tuple(range(r * g, (r + 1) * g)), layout.share(s.pool)) for r in range(s.ranks)]
+    return out
+
+
+def check_cluster_fits(pools: dict, layout: PoolLayout, resources: dict, nodes: list[dict]) -> None:
     """Refuse layouts the cluster cannot hold, naming the pool and the shortfall. Pure: takes Ray's numbers."""
     have = int(resources.get("GPU", 0))
     left = have
-    for name, need in derived.gpus_per_pool.items():
+    for name, need in layout.gpus_per_pool.items():
         if need > left:
             taken = have - left
             raise ConfigError(
@@ -37,45 +52,34 @@ def check_cluster_fits(cfg: Config, derived: Derived, resources: dict, nodes: li
         left -= need
     gpus_on_node = [int(n.get("Resources", {}).get("GPU", 0)) for n in nodes if n.get("Alive", True)]
     biggest = max(gpus_on_node, default=0)
-    for name, pool in cfg.placement.pools.items():
-        if derived.gpus_per_pool[name] and pool.gpus_per_node > biggest:
+    for name, pool in pools.items():
+        if layout.gpus_per_pool[name] and pool.gpus_per_node > biggest:
             raise ConfigError(
                 f"placement.pools.{name}.gpus_per_node: {pool.gpus_per_node} GPUs per node, but the largest node "
                 f"in the cluster has {biggest}; short by {pool.gpus_per_node - biggest}"
             )
 
 
-def role_slots(cfg: Config, derived: Derived) -> dict[str, list[Slot]]:
-    """role -> one Slot per actor. Rollout engines with tensor parallelism take tp bundles each (the first given)."""
-    out: dict[str, list[Slot]] = {}
-    tp = cfg.placement.rollout.tensor_parallel_size
-    for role, (pool, n) in role_gpus(cfg).items():
-        frac = 1.0 / len(derived.roles_per_pool[pool])
-        step = tp if role == "rollout" else 1
-        out[role] = [Slot(pool, b, frac) for b in range(0, n, step)]
-    return out
-
-
-def create_pools(cfg: Config, derived: Derived, timeout_s: float) -> dict:
+def create_pools(pools: dict, layout: PoolLayout, run_name: str, timeout_s: float) -> dict:
     """One placement group per used pool; waits for all of them, naming the pool that cannot be placed."""
     import ray
     from ray.util.placement_group import placement_group
 
     groups = {}
-    for name, pool in cfg.placement.pools.items():
-        n = derived.gpus_per_pool[name]
-        if n == 0:
+    for name, pool in pools.items():
+        if layout.gpus_per_pool[name] == 0:
             continue
         # Whole pool size is reserved so that colocated roles and later scaling see the same GPUs.
         bundles = [{"GPU": 1.0} for _ in range(pool.gpus)]
         # Ray removes placement groups asynchronously: a restart (or the next job) must not reuse the name.
         unique = uuid.uuid4().hex[:8]
-        groups[name] = placement_group(bundles, strategy="PACK", name=f"rlhf_dist/{cfg.run.name}/{name}/{unique}")
+        groups[name] = placement_group(bundles, strategy="PACK", name=f"rlhf_dist/{run_name}/{name}/{unique}")
     for name, pg in groups.items():
         ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
         if not ready:
+            remove_pools(groups)
             raise WaitTimeout(
-                f"placement group for pool {name!r} ({cfg.placement.pools[name].gpus} GPUs) not placed within "
+                f"placement group for pool {name!r} ({pools[name].gpus} GPUs) not placed within "
                 f"{timeout_s:.0f} s: the cluster has {ray.available_resources().get('GPU', 0):.0f} free GPUs"
             )
     return groups

@@ -1,0 +1,106 @@
+"""The role runtime: a list of role specs in, started and rendezvoused actor groups out.
+
+Every command (PPO, SFT/RM/DPO, labelling, the benchmarks) describes its roles as `RoleSpec`s; this module does
+the rest in one order: layout and fit check, placement groups, slots, actors, `ready`, DeepSpeed rendezvous
+(roles that ask for it) and `setup`, each wait with a deadline from `timeouts`, and shutdown. A command keeps
+only its own verbs on the groups.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+from rlhf_dist.errors import wait_all
+from rlhf_dist.layout import pool_layout
+from rlhf_dist.runtime.groups import ActorGroup, stop_all, worker_env
+from rlhf_dist.runtime.placement import check_cluster_fits, create_pools, plan_slots
+
+
+@dataclasses.dataclass(frozen=True)
+class RoleSpec:
+    name: str
+    worker: type  # constructed as worker(spec, rank, world_size) in its own Ray actor
+    pool: str
+    ranks: int
+    spec: Any  # the narrow, per-role settings each rank receives (never the whole config)
+    gpus_per_rank: int = 1  # > 1: a tensor-parallel engine owning that many consecutive bundles of one node
+    rendezvous: bool = False  # the ranks form a DeepSpeed process group: setup(master_addr, port)
+    env: dict = dataclasses.field(default_factory=dict)  # extra environment for this role's processes
+    # gpus_per_rank > 1 where the workers are not Ray actors (vLLM on CPU): a seat per bundle holds its share.
+    seats: bool = False
+
+    @property
+    def gpus(self) -> int:
+        return self.ranks * self.gpus_per_rank
+
+
+def role_gpus(specs) -> dict[str, tuple[str, int]]:
+    return {s.name: (s.pool, s.gpus) for s in specs}
+
+
+class Roles:
+    """The started actor groups of one job, by role name; `shutdown` kills them and frees their pools."""
+
+    def __init__(self, specs: list[RoleSpec], pools: dict, run_name: str, cluster, timeouts, log=print):
+        import ray
+
+        self.timeouts, self.log, self.groups, self.pools = timeouts, log, {}, {}
+        layout = pool_layout(pools, role_gpus(specs))
+        check_cluster_fits(pools, layout, ray.cluster_resources(), ray.nodes())
+        self.pools = create_pools(pools, layout, run_name, timeouts.actor_start_s)
+        try:
+            slots = plan_slots(specs, layout)
+            self.slots = slots
+            env = worker_env(cluster.device, cluster.threads_per_actor)
+            for s in specs:
+                self.groups[s.name] = ActorGroup(s.name, s.worker, slots[s.name], self.pools, (s.spec,), {**env, **s.env}, s.seats)
+            self.setup_info = self._start(specs)
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def _start(self, specs: list[RoleSpec]) -> dict[str, list]:
+        t = self.timeouts
+        t0 = time.perf_counter()
+        infos = self.wait([g.submit("ready") for g in self.groups.values()], "actor start", t.actor_start_s)
+        self.device = infos[0].get("device", "cpu")
+        i = 0
+        for role, g in self.groups.items():
+            where = ", ".join(f"rank {x['rank']} pid {x['pid']} on {x['ip']}" for x in infos[i : i + len(g)])
+            self.log(f"{role}: {where}")
+            i += len(g)
+        # Roles with a DeepSpeed process group rendezvous; the others load their models meanwhile.
+        submitted = []
+        for s in specs:
+            g = self.groups[s.name]
+            if s.rendezvous:
+                addr, port = g.call("master_endpoint", ranks=[0], timeout_s=t.call_s)[0]
+                submitted.append(g.submit("setup", addr, port))
+            else:
+                submitted.append(g.submit("setup"))
+        done = self.wait(submitted, "model load and DeepSpeed rendezvous", t.actor_start_s)
+        self.log(f"actors up in {time.perf_counter() - t0:.1f} s ({sum(len(g) for g in self.groups.values())} actors)")
+        out, i = {}, 0
+        for s in specs:
+            out[s.name], i = done[i : i + s.ranks], i + s.ranks
+        return out
+
+    def __getitem__(self, role: str) -> ActorGroup:
+        return self.groups[role]
+
+    def get(self, role: str) -> ActorGroup | None:
+        return self.groups.get(role)
+
+    def wait(self, submitted: list, what: str, timeout_s: float | None = None) -> list:
+        """Wait for several `ActorGroup.submit` results at once, with one deadline (timeouts.call_s by default)."""
+        refs = [r for rs, _ in submitted for r in rs]
+        labels = [lab for _, labs in submitted for lab in labs]
+        return wait_all(refs, labels, what, self.timeouts.call_s if timeout_s is None else timeout_s)
+
+    def call(self, role: str, method: str, *args, **kwargs) -> list:
+        return self.groups[role].call(method, *args, timeout_s=self.timeouts.call_s, **kwargs)
+
+    def shutdown(self) -> None:
+        stop_all(self.groups.values(), self.pools)
+        self.groups, self.pools = {}, {}

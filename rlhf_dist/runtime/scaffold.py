@@ -1,0 +1,89 @@
+"""What every command does around its loop: the run directory (fresh or resumed), the run's log and config,
+metrics, Ray start-up and teardown."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from pathlib import Path
+
+from rlhf_dist.checkpoint import Checkpoint, complete_checkpoints, find_resume
+from rlhf_dist.dist import local_cluster_env
+from rlhf_dist.errors import WorkerDied
+from rlhf_dist.metrics import RunLog, fresh_run_dir, write_config
+
+
+@dataclasses.dataclass
+class Run:
+    dir: Path
+    log: RunLog
+    resume: Checkpoint | None
+
+
+def open_run(cfg, log=print, resumable: bool = True, table: str | None = None) -> Run:
+    """The run directory (the resumed run's, or a fresh one that never overwrites), its log and config.yaml
+    (with `table`, the derived values, as derived.txt beside it)."""
+    resume = find_resume(cfg) if resumable else None
+    run_dir = resume.run_dir if resume else fresh_run_dir(cfg.run.output_dir)
+    run_log = RunLog(run_dir, log)
+    write_config(run_dir, cfg, resume, table)
+    return Run(run_dir, run_log, resume)
+
+
+def log_skipped(log, skipped: list[str], what: str = "bad lines") -> None:
+    if skipped:
+        shown = "\n  ".join(skipped[:5])
+        log(f"skipped {len(skipped)} {what} (data.skip_bad_lines), first ones:\n  {shown}")
+
+
+def init_ray(cfg, derived, log=print) -> bool:
+    """Start or join Ray. Returns True if this call started it (and so should shut it down)."""
+    import ray
+    import torch
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if cfg.cluster.address:
+        ray.init(address=cfg.cluster.address, log_to_driver=True)
+        return True
+    kwargs = {}
+    if not torch.cuda.is_available():
+        # No GPUs here: Ray's logical GPUs stand in, so the placement code runs unchanged.
+        kwargs["num_gpus"] = derived.total_gpus
+        log(f"no CUDA device: local Ray with {derived.total_gpus} logical GPUs")
+    # A local cluster listens on loopback only, and so do the job's own process groups.
+    os.environ.update(local_cluster_env())
+    ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=True, **kwargs)
+    return True
+
+
+@contextlib.contextmanager
+def ray_session(cfg, derived, log=print):
+    """Ray for the duration of a command: started here (and shut down on the way out) unless already running."""
+    started = init_ray(cfg, derived, log)
+    try:
+        yield
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def with_restarts(session, resume: Checkpoint | None, run_dir: Path, max_restarts: int, log):
+    """Run `session(resume)`; when a worker dies and restarts are allowed, run it again (every actor group
+    started afresh) from the last complete checkpoint."""
+    restarts = 0
+    while True:
+        try:
+            return session(resume)
+        except WorkerDied as e:
+            log(f"worker died: {e}")
+            if restarts >= max_restarts:
+                raise
+            restarts += 1
+            done = complete_checkpoints(run_dir)
+            resume = done[-1] if done else None
+            where = f"checkpoint step {resume.step}" if resume else "the start (no checkpoint yet)"
+            log(f"restart {restarts}/{max_restarts}: restarting all actor groups, resuming from {where}")

@@ -1,0 +1,90 @@
+"""The engines' side of weight sync: a vLLM worker extension whose methods run inside each vLLM worker (via
+`collective_rpc`).
+
+The bucket plan arrives once, when the sync group is set up; each sync then streams the buckets over the
+dedicated group straight into vLLM's `reload_weights` (HF checkpoint names; works for fp32 CPU models whose
+linear weights oneDNN has pre-packed, and for GPU models). Each worker reports what the loader did with the
+tensors: the checksum over exactly the bytes handed to it, the names it never took from the stream (never
+silently drained), and the engine parameters vLLM's load_weights did not write.
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from rlhf_dist.sync.buckets import Bucket, checksum
+from rlhf_dist.sync.group import SyncGroup
+
+
+class WeightReceiver:
+    def rlhf_init_sync(self, master_addr: str, port: int, first_rank: int, world_size: int, backend: str,
+                       rendezvous_s: float, collective_s: float, buckets: list[Bucket]) -> int:
+        # With one engine per tensor-parallel group, a worker's vLLM rank is its TP rank.
+        self._rlhf_sync = SyncGroup(master_addr, port, first_rank + self.rank, world_size, backend, rendezvous_s, collective_s)
+        self._rlhf_buckets = buckets
+        self._rlhf_version = -1  # no weights received yet: the checkpoint loaded at start-up
+        return self._rlhf_sync.rank
+
+    def rlhf_set_plan(self, buckets: list[Bucket]) -> bool:
+        """A new bucket plan (the sync benchmark compares bucket sizes); a run keeps the one agreed at set-up."""
+        self._rlhf_buckets = buckets
+        return True
+
+    def rlhf_receive(self, version: int, verify: bool) -> dict:
+        sums: list = []
+        device = self._rlhf_sync.device
+        # Checksums run beside the loader (torch releases the GIL), off the sync's critical path.
+        hasher = ThreadPoolExecutor(1) if verify else None
+        waited = 0.0  # seconds blocked in broadcasts; the rest of the call is vLLM loading the weights
+        taken = 0  # tensors the loader pulled from the stream
+        t_start = time.perf_counter()
+
+        def stream():
+            nonlocal waited, taken
+            for bucket in self._rlhf_buckets:
+                flat = bucket.empty(device)
+                t0 = time.perf_counter()
+                self._rlhf_sync.broadcast(flat)
+                waited += time.perf_counter() - t0
+                if verify:
+                    sums.append(hasher.submit(checksum, flat))
+                for item in bucket.unpack(flat):
+                    taken += 1
+                    yield item
+
+        weights = stream()
+        written = self._rlhf_load(weights)
+        # A loader that stops early leaves tensors in the stream: they are still received (the sender's
+        # broadcasts must complete) and named in the report, which the controller refuses.
+        consumed = taken
+        left = [name for name, _ in weights]
+        if hasher is not None:
+            sums = [f.result() for f in sums]  # the loader only reads the buffers: the bytes are those received
+            hasher.shutdown()
+        # Recorded only once the loader has returned: generate() checks it before sampling.
+        self._rlhf_version = version
+        total = time.perf_counter() - t_start
+        return {"checksums": sums, "broadcast_s": waited, "load_s": total - waited, "consumed": consumed,
+                "left_in_stream": left, "not_written": written}
+
+    def _rlhf_load(self, weights) -> list[str]:
+        """reload_weights, keeping what vLLM's own load_weights reports: the engine parameters it wrote (fused
+        and sharded names). Returns the parameters it did not write, which vLLM itself would only log."""
+        model = self.model_runner.get_model()
+        expected = {name for name, _ in model.named_parameters()}
+        real, written = model.load_weights, set()
+
+        def load_weights(items):
+            loaded = real(items)
+            written.update(loaded or ())
+            return loaded
+
+        model.load_weights = load_weights  # an instance attribute: the class's method is untouched
+        try:
+            self.model_runner.reload_weights(weights_iterator=weights)
+        finally:
+            del model.load_weights
+        return sorted(expected - written)
+
+    def rlhf_version(self) -> int:
+        return getattr(self, "_rlhf_version", -1)

@@ -1,0 +1,51 @@
+"""The learner's side of weight sync: the bucket plan, and per sync gather (all ranks join the ZeRO-3 gathers),
+pack, checksum and broadcast (rank 0 only, over the dedicated sync group)."""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from rlhf_dist.sync.buckets import Bucket, checksum, pack, plan_buckets
+from rlhf_dist.sync.group import SyncGroup
+
+
+class WeightSender:
+    def __init__(self, rank: int):
+        self.rank = rank
+        self.buckets: list[Bucket] = []
+        self.group: SyncGroup | None = None
+
+    def plan(self, named_params: list[tuple[str, tuple[int, ...], torch.dtype]], bucket_mb: float) -> list[Bucket]:
+        """`named_params`: (name, full shape, dtype) in the order the model holds them; `bucket_mb`: sync.bucket_mb."""
+        self.buckets = plan_buckets(named_params, int(bucket_mb * 2**20))
+        return self.buckets
+
+    def connect(self, master_addr: str, port: int, world_size: int, backend: str, rendezvous_s: float, collective_s: float) -> None:
+        if self.rank == 0:
+            # gloo buckets live in host memory (also on GPUs, when policy and engines share them).
+            self.group = SyncGroup(master_addr, port, 0, world_size, backend, rendezvous_s, collective_s)
+
+    def send(self, full_buckets, verify: bool) -> dict:
+        """`full_buckets`: (bucket, [full tensors]) for every bucket of the plan, in order (every rank iterates
+        it, so ZeRO-3 gathers complete); rank 0 packs and broadcasts each one."""
+        t0 = time.perf_counter()
+        sums, nbytes, sending = [], 0, 0.0
+        # Checksums run beside the next gather and broadcast (torch releases the GIL).
+        hasher = ThreadPoolExecutor(1) if verify and self.rank == 0 else None
+        for bucket, tensors in full_buckets:
+            if self.rank != 0:
+                continue
+            flat = pack(tensors, bucket.empty(self.group.device))
+            t1 = time.perf_counter()
+            self.group.broadcast(flat)
+            sending += time.perf_counter() - t1
+            nbytes += bucket.nbytes
+            if verify:
+                sums.append(hasher.submit(checksum, flat))
+        if hasher is not None:
+            sums = [f.result() for f in sums]
+            hasher.shutdown()
+        # Time in broadcast includes waiting for the engines to finish loading the previous bucket.
+        return {"seconds": time.perf_counter() - t0, "bytes": nbytes, "checksums": sums, "broadcast_s": sending}

@@ -1,0 +1,91 @@
+"""The controller's side of weight sync: the bucket plan agreed once at set-up, the sync group's rendezvous,
+and each versioned sync with its verification (every engine worker must report the bytes the policy sent)."""
+from __future__ import annotations
+
+import time
+
+from rlhf_dist.errors import WeightSyncError
+
+
+class WeightSync:
+    def __init__(self, roles, device: str, same_pool: bool, tp: int, bucket_mb: float, timeouts, log=print):
+        self.roles, self.timeouts, self.tp = roles, timeouts, tp
+        self.policy, self.rollout = roles["policy"], roles["rollout"]
+        self.version = None  # weights version last synced to the engines
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        if backend == "nccl" and same_pool:
+            # NCCL refuses two ranks on one GPU. Until the CUDA-IPC handoff (benchmarks/ipc_buckets.py) is wired in, colocated
+            # engines receive over gloo with the buckets staged in host memory: slower, same protocol and checks.
+            backend = "gloo"
+            log("weight sync: policy and rollout share GPUs, so buckets go over gloo through host memory")
+        self.backend = backend
+        # The plan is agreed once, here: the engines keep it, so a sync ships only the weights.
+        self.buckets = self.policy.call("sync_plan", bucket_mb, timeout_s=timeouts.call_s)[0]
+        self.names = [n for b in self.buckets for n in b.names]
+        addr, port = self.policy.call("master_endpoint", ranks=[0], timeout_s=timeouts.call_s)[0]
+        world = 1 + len(self.rollout) * tp
+        per_engine = [(addr, port, 1 + e * tp, world, backend, self.buckets) for e in range(len(self.rollout))]
+        roles.wait(
+            [self.policy.submit("init_weight_sync", addr, port, world, backend),
+             self.rollout.submit("init_weight_sync", per_rank=per_engine)],
+            f"weight-sync rendezvous ({backend}, {world} ranks)", timeouts.rendezvous_s,
+        )
+        total = sum(b.nbytes for b in self.buckets)
+        log(f"weight sync: {len(self.buckets)} buckets, {total / 2**20:.1f} MiB, {world} ranks over {backend}")
+
+    def replan(self, bucket_mb: float) -> None:
+        """Another bucket size for learner and engines alike (the sync benchmark compares sizes)."""
+        self.buckets = self.policy.call("sync_plan", bucket_mb, timeout_s=self.timeouts.call_s)[0]
+        self.rollout.call("set_sync_plan", self.buckets, timeout_s=self.timeouts.call_s)
+
+    def sync(self, version: int, verify: bool) -> dict:
+        """Policy -> every engine; with `verify`, each engine worker's checksums must equal the learner's."""
+        t0 = time.perf_counter()
+        results = self.roles.wait(
+            [self.policy.submit("broadcast_weights", verify), self.rollout.submit("receive_weights", version, verify)],
+            f"weight sync v{version}",
+        )
+        sent, engines = results[0], results[len(self.policy) :]
+        for e, workers in enumerate(engines):
+            for w, got in enumerate(workers):
+                if got["left_in_stream"] or got["not_written"] or got["consumed"] != len(self.names):
+                    raise WeightSyncError(
+                        f"weight sync v{version}: rollout engine {e} worker {w}: vLLM's loader took {got['consumed']} of "
+                        f"the policy's {len(self.names)} tensors" + _named("; left in the stream", got["left_in_stream"])
+                        + _named("; engine parameters it did not write", got["not_written"])
+                    )
+                if verify and got["checksums"] != sent["checksums"]:
+                    bad = next(i for i, (a, b) in enumerate(zip(sent["checksums"], got["checksums"])) if a != b)
+                    names = self.buckets[bad].names
+                    raise WeightSyncError(
+                        f"weight sync v{version}: rollout engine {e} worker {w} received different bytes than the "
+                        f"policy sent in bucket {bad} ({names[0]} .. {names[-1]})"
+                    )
+        self.version = version  # every later generate() checks that the engines hold this version
+        workers = [w for ws in engines for w in ws]
+        return {
+            "sync/seconds": time.perf_counter() - t0,
+            "sync/learner_gather_pack_s": sent["seconds"] - sent["broadcast_s"],
+            "sync/learner_broadcast_s": sent["broadcast_s"],
+            "sync/engine_load_s": max(w["load_s"] for w in workers),
+            "sync/bytes": sent["bytes"],
+            "sync/verified": bool(verify),
+            "sync/version": version,
+        }
+
+
+def _named(what: str, names: list[str]) -> str:
+    if not names:
+        return ""
+    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+    return f"{what}: {', '.join(names[:5])}{more}"
+
+
+def check_logprob_match(diff_max: float, limit: float | None, step: int) -> None:
+    """The engines' log-probs of the tokens they sampled against the learner's for the same sequences: with
+    `sync.max_logprob_diff` set, a larger gap means the engines do not hold the policy's weights."""
+    if limit is not None and not diff_max <= limit:
+        raise WeightSyncError(
+            f"step {step}: engine and learner log-probs of the same sampled tokens differ by up to {diff_max:.3g}, "
+            f"more than sync.max_logprob_diff={limit:g}: the engines do not hold the weights the policy trains"
+        )

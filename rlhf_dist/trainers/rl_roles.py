@@ -1,0 +1,138 @@
+"""The RL job's roles (policy, critic, reference, reward model, rollout engines) as role specs for the runtime,
+and the verbs the loop uses on them. Start-up, placement and shutdown belong to rlhf_dist.runtime."""
+from __future__ import annotations
+
+from rlhf_dist.config import Config, Derived, derive, uses_critic
+from rlhf_dist.data.batch import concat, split, split_list
+from rlhf_dist.dist import use_cuda
+from rlhf_dist.learner.workers import (
+    CriticWorker,
+    PolicyWorker,
+    ReferenceWorker,
+    RewardModelWorker,
+)
+from rlhf_dist.rollout.engine import RolloutEngine, engine_env, engine_spec
+from rlhf_dist.runtime.placement import plan_slots
+from rlhf_dist.runtime.roles import Roles, RoleSpec
+from rlhf_dist.specs import (
+    LearnerSpec,
+    ModelSpec,
+    ReferenceSpec,
+    RewardSpec,
+    TrainSpec,
+    process_spec,
+)
+from rlhf_dist.sync.weights import WeightSync
+
+
+def _model(cfg: Config, path: str) -> ModelSpec:
+    m = cfg.model
+    return ModelSpec(path, m.dtype, m.attn_implementation, m.gradient_checkpointing)
+
+
+def learner_spec(cfg: Config, role: str) -> LearnerSpec:
+    """Policy or critic: its weights, batch sizes and optimiser (the two differ in weights and learning rate)."""
+    p, m = cfg.ppo, cfg.model
+    path, lr = (m.policy, p.policy_lr) if role == "policy" else (m.critic or m.policy, p.critic_lr)
+    train = TrainSpec(micro_batch_size=p.micro_batch_size, mini_batch_size=p.mini_batch_size, epochs=p.epochs, lr=lr,
+                      weight_decay=p.weight_decay, grad_clip=p.grad_clip, dtype=m.dtype, role=getattr(cfg.placement, role),
+                      # The LR schedule counts PPO steps; the learners step it once per optimizer step.
+                      schedule=p.lr_schedule, total_steps=cfg.run.steps,
+                      optimizer_steps_per_step=derive(cfg).optimizer_steps_per_step)
+    return LearnerSpec(process_spec(cfg), _model(cfg, path), train, temperature=cfg.rollout.temperature)
+
+
+def reference_spec(cfg: Config) -> ReferenceSpec:
+    return ReferenceSpec(process_spec(cfg), _model(cfg, cfg.model.reference or cfg.model.policy),
+                         cfg.placement.reference.zero_stage, cfg.ppo.micro_batch_size, cfg.rollout.temperature)
+
+
+def reward_spec(cfg: Config) -> RewardSpec:
+    return RewardSpec(process_spec(cfg), _model(cfg, cfg.reward.model), cfg.reward.model_normalize, cfg.ppo.micro_batch_size)
+
+
+def role_specs(cfg: Config) -> list[RoleSpec]:
+    """Only the roles this job uses: no critic for critic-free estimators, no reward model without reward.model."""
+    p = cfg.placement
+    specs = [RoleSpec("policy", PolicyWorker, p.policy.pool, p.policy.num_gpus, learner_spec(cfg, "policy"), rendezvous=True)]
+    if uses_critic(cfg):
+        specs.append(RoleSpec("critic", CriticWorker, p.critic.pool, p.critic.num_gpus, learner_spec(cfg, "critic"), rendezvous=True))
+    specs.append(RoleSpec("reference", ReferenceWorker, p.reference.pool, p.reference.num_gpus, reference_spec(cfg),
+                          rendezvous=p.reference.zero_stage == 3))
+    if cfg.reward.model is not None:
+        specs.append(RoleSpec("reward", RewardModelWorker, p.reward.pool, p.reward.num_gpus, reward_spec(cfg)))
+    specs.append(RoleSpec("rollout", RolloutEngine, p.rollout.pool, p.rollout.num_engines, engine_spec(cfg),
+                          gpus_per_rank=p.rollout.tensor_parallel_size, env=engine_env(cfg), seats=not use_cuda(cfg.cluster.device)))
+    return specs
+
+
+def role_slots(cfg: Config, derived: Derived) -> dict:
+    """role -> one Slot per actor, as the runtime will place them."""
+    return plan_slots(role_specs(cfg), derived.layout)
+
+
+class RLRoles:
+    """The started roles of one RL job, with the weight-sync path between policy and engines."""
+
+    def __init__(self, cfg: Config, log=print, specs: list[RoleSpec] | None = None):
+        """`specs`: the roles to start (default: `role_specs(cfg)`)."""
+        self.cfg, t = cfg, cfg.timeouts
+        self.roles = Roles(specs or role_specs(cfg), cfg.placement.pools, cfg.run.name, cfg.cluster, t, log)
+        try:
+            self.policy, self.critic = self.roles["policy"], self.roles.get("critic")
+            self.reference, self.rollout, self.reward = self.roles["reference"], self.roles["rollout"], self.roles.get("reward")
+            pl = cfg.placement
+            self.sync = WeightSync(self.roles, self.roles.device, pl.rollout.pool == pl.policy.pool,
+                                   pl.rollout.tensor_parallel_size, cfg.sync.bucket_mb, t, log)
+        except BaseException:
+            self.roles.shutdown()
+            raise
+
+    def wait(self, submitted: list, what: str) -> list:
+        return self.roles.wait(submitted, what)
+
+    def generate(self, prompts: list[list[int]], seed: int, sampling: dict | None = None) -> dict:
+        """`sampling`: settings that replace the rollout's for this call (evaluation's greedy decoding)."""
+        n = len(self.rollout)
+        chunks = split_list(prompts, n)
+        offsets = [i * len(chunks[0]) for i in range(n)]
+        per_rank = [(c, seed + o, self.sync.version, sampling) for c, o in zip(chunks, offsets)]
+        outs = self.roles.call("rollout", "generate", per_rank=per_rank)
+        return {
+            "responses": [r for o in outs for r in o["responses"]],
+            "logprobs": [r for o in outs for r in o["logprobs"]],
+            "finish_reasons": [r for o in outs for r in o["finish_reasons"]],
+            "engine_seconds": [o["seconds"] for o in outs],
+        }
+
+    def submit_infer(self, group, batch: dict):
+        return group.submit("infer", per_rank=[(s,) for s in split(batch, len(group))])
+
+    def gather_infer(self, submitted, what: str) -> dict:
+        return concat(self.roles.wait([submitted], what))
+
+    def submit_train(self, group, batch: dict, loss_fn, seed: int):
+        return group.submit("train", per_rank=[(s, loss_fn, seed + r) for r, s in enumerate(split(batch, len(group)))])
+
+    def reward_scores(self, texts: list[str]) -> list[float]:
+        parts = self.roles.call("reward", "score", per_rank=[(c,) for c in split_list(texts, len(self.reward))])
+        return [s for p in parts for s in p]
+
+    def sync_weights(self, version: int, verify: bool) -> dict:
+        return self.sync.sync(version, verify)
+
+    def learner_groups(self) -> list:
+        return [g for g in (self.policy, self.critic) if g is not None]
+
+    def save_checkpoint(self, path: str) -> None:
+        """Every learner rank writes its own partitions (all ranks must join DeepSpeed's save)."""
+        self.roles.wait([g.submit("save_checkpoint", f"{path}/{g.role}") for g in self.learner_groups()], "checkpoint save")
+
+    def load_checkpoint(self, path: str) -> None:
+        self.roles.wait([g.submit("load_checkpoint", f"{path}/{g.role}") for g in self.learner_groups()], "checkpoint load")
+
+    def save_policy(self, path: str) -> None:
+        self.roles.call("policy", "save_hf", path, self.cfg.sync.bucket_mb)
+
+    def shutdown(self) -> None:
+        self.roles.shutdown()

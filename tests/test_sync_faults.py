@@ -1,0 +1,92 @@
+"""Weight sync proves what the engines hold, with real vLLM: an engine whose loader drops a tensor (takes it
+from the stream, never writes it) fails the sync by name; an engine that loads a corrupted tensor (the bytes on the wire being right) stops the run at the
+log-prob probe (`sync.max_logprob_diff`)."""
+import dataclasses
+import json
+import sys
+
+import pytest
+
+from rlhf_dist.config import load_config
+from rlhf_dist.data.tiny import WORDS
+from rlhf_dist.errors import WeightSyncError
+from rlhf_dist.rollout.engine import RolloutEngine
+
+from tests.conftest import demo_config_dict
+
+
+def _install_fault(worker, mode: str, name: str):
+    """Runs inside a vLLM worker: wrap its loader so that it skips or corrupts one tensor."""
+    runner = worker.model_runner
+    real = getattr(runner, "_real_reload_weights", None) or runner.reload_weights
+    runner._real_reload_weights = real
+
+    def faulty(weights_iterator, **kwargs):
+        def stream():
+            for n, t in weights_iterator:
+                if n == name and mode == "skip":
+                    return  # dropped: taken from the stream, never handed to vLLM's loader
+                yield (n, t + 1.0) if n == name and mode == "corrupt" else (n, t)
+
+        return real(weights_iterator=stream(), **kwargs)
+
+    runner.reload_weights = faulty
+    return True
+
+
+class FaultyEngine(RolloutEngine):
+    """The framework's engine, plus a way to make its loader misbehave."""
+
+    def set_fault(self, mode: str, name: str) -> list:
+        return self.llm.collective_rpc(_install_fault, args=(mode, name))
+
+
+@pytest.fixture(scope="module")
+def faulty_roles(ray_session, tiny_model, tmp_path_factory):
+    import ray
+
+    from rlhf_dist.trainers.rl_roles import RLRoles, role_specs
+
+    # The engine class and its fault travel by value: the workers import rlhf_dist, not the tests.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    tmp = tmp_path_factory.mktemp("faults")
+    (tmp / "p.jsonl").write_text("".join(json.dumps({"prompt": f"the cat {w} and the dog"}) + "\n" for w in WORDS[:16]))
+    d = demo_config_dict(tiny_model, str(tmp / "p.jsonl"), str(tmp / "run"))
+    d["sync"] = {"bucket_mb": 0.05, "max_logprob_diff": 1e-3}
+    cfg = load_config(None, base=d)
+    specs = [dataclasses.replace(s, worker=FaultyEngine) if s.name == "rollout" else s for s in role_specs(cfg)]
+    roles = RLRoles(cfg, specs=specs)
+    yield cfg, roles, tmp
+    roles.shutdown()
+
+
+@pytest.mark.slow
+def test_a_tensor_the_loader_skips_fails_the_sync_by_name(faulty_roles):
+    cfg, roles, _ = faulty_roles
+    roles.sync_weights(0, verify=True)  # a healthy engine: the sync passes
+    names = roles.sync.names
+    roles.rollout.call("set_fault", "skip", names[-1], timeout_s=60)
+    assert names[-1] == "lm_head.weight"  # the same name in the engine (not fused, not renamed)
+    with pytest.raises(WeightSyncError, match=rf"rollout engine 0 worker 0: vLLM's loader took {len(names)} of the "
+                                              rf"policy's {len(names)} tensors; engine parameters it did not write: "
+                                              rf"lm_head.weight$"):
+        roles.sync_weights(1, verify=True)
+
+
+@pytest.mark.slow
+def test_a_corrupted_tensor_in_the_engine_stops_the_run(faulty_roles):
+    from rlhf_dist.data.prompts import load_prompts
+    from rlhf_dist.preflight import prepare_model
+    from rlhf_dist.rewards.functions import RuleRewards
+    from rlhf_dist.trainers.ppo import LoopState, rl_step
+
+    cfg, roles, _ = faulty_roles
+    tokenizer = prepare_model(cfg, print)
+    prompts = load_prompts(cfg.data, tokenizer)
+    state = LoopState(cfg, prompts.ids, prompts.texts, prompts.labels, tokenizer, RuleRewards(cfg.reward.functions))
+    roles.rollout.call("set_fault", "corrupt", "model.layers.1.mlp.down_proj.weight", timeout_s=60)
+    # The wire is fine (checksums equal, every tensor loaded), but the engine holds other weights.
+    sync = roles.sync_weights(2, verify=True)
+    assert sync["sync/verified"] is True
+    with pytest.raises(WeightSyncError, match=r"step 3: engine and learner log-probs .* more than sync.max_logprob_diff=0.001"):
+        rl_step(cfg, roles, state, 3)
