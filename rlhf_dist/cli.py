@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from rlhf_dist.console import echo, quiet
+
 
 def checked(cfg):
     """The validation layer every command's config passes (paths by kind, readable, writable)."""
@@ -18,8 +20,33 @@ def _train(args) -> int:
     from rlhf_dist.trainers.ppo import train
 
     cfg = checked(load_config(args.config, args.overrides))
-    run_dir = train(cfg)
-    print(f"done: metrics in {run_dir / 'metrics.jsonl'}")
+    run_dir = train(cfg, log=echo)
+    from rlhf_dist.report import write_report
+
+    png, _ = write_report([run_dir])
+    echo(f"done: metrics in {run_dir / 'metrics.jsonl'}, report in {png}")
+    return 0
+
+
+def _eval(args) -> int:
+    from rlhf_dist.config import load_config
+    from rlhf_dist.evaluation import evaluate_saved_policy
+
+    run_dir = evaluate_saved_policy(checked(load_config(args.config, args.overrides)), log=echo)
+    echo(f"done: eval metrics in {run_dir / 'eval.json'}, responses in {run_dir / 'eval_samples.jsonl'}")
+    return 0
+
+
+def _report(args) -> int:
+    from pathlib import Path
+
+    from rlhf_dist.config import ConfigError
+    from rlhf_dist.report import write_report
+
+    if args.out is not None and Path(args.out).exists():
+        raise ConfigError(f"report --out: {args.out!r} exists; choose a new path")
+    png, md = write_report(args.run_dirs, args.out)
+    print(f"report written to {png} and {md}")
     return 0
 
 
@@ -30,20 +57,20 @@ def _stage(args) -> int:
     if args.command == "label":
         from rlhf_dist.trainers.label import run_label
 
-        run_dir = run_label(cfg)
-        print(f"done: preference pairs in {run_dir / 'preferences.jsonl'}")
+        run_dir = run_label(cfg, log=echo)
+        echo(f"done: preference pairs in {run_dir / 'preferences.jsonl'}")
         return 0
     from rlhf_dist.trainers.stages import run_stage
 
-    run_dir = run_stage(args.command, cfg)
-    print(f"done: model in {run_dir / 'final'}, metrics in {run_dir / 'metrics.jsonl'}")
+    run_dir = run_stage(args.command, cfg, log=echo)
+    echo(f"done: model in {run_dir / 'final'}, metrics in {run_dir / 'metrics.jsonl'}")
     return 0
 
 
 def _pipeline(args) -> int:
     from rlhf_dist.trainers.pipeline import run_pipeline
 
-    run_pipeline(args.config_dir, args.overrides)
+    run_pipeline(args.config_dir, args.overrides, log=echo)
     return 0
 
 
@@ -120,10 +147,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="rlhf-dist", description="Distributed RLHF on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="run PPO from a YAML config")
+    # Commands that start a job keep library output (vLLM, Ray, DeepSpeed, warnings) in train.log.
+    job = argparse.ArgumentParser(add_help=False)
+    job.add_argument("--verbose", action="store_true", help="show library output on the console too")
+    job.set_defaults(job=True)
+
+    p = sub.add_parser("train", help="run PPO from a YAML config", parents=[job])
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. run.steps=5")
     p.set_defaults(fn=_train)
+
+    p = sub.add_parser("eval", help="run a config's eval section once on model.policy (a saved or exported policy)", parents=[job])
+    p.add_argument("config", help="YAML config file with an eval section")
+    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. model.policy=runs/x/final")
+    p.set_defaults(fn=_eval)
 
     for name, text in (
         ("sft", "supervised fine-tuning on demonstrations (loss on response tokens only)"),
@@ -131,12 +168,12 @@ def main(argv: list[str] | None = None) -> int:
         ("dpo", "direct preference optimisation (sigmoid or IPO loss) against a frozen reference"),
         ("label", "AI feedback: sample responses, rank them with a judge, write preference JSONL"),
     ):
-        p = sub.add_parser(name, help=text)
+        p = sub.add_parser(name, help=text, parents=[job])
         p.add_argument("config", help="YAML config file")
         p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. train.epochs=1")
         p.set_defaults(fn=_stage)
 
-    p = sub.add_parser("pipeline", help="SFT -> reward model -> PPO, each stage reading the previous one's output")
+    p = sub.add_parser("pipeline", help="SFT -> reward model -> PPO, each stage reading the previous one's output", parents=[job])
     p.add_argument("config_dir", help="a directory holding sft.yaml, rm.yaml and ppo.yaml")
     p.add_argument("overrides", nargs="*", help="STAGE:dotted.key=value, e.g. ppo:run.steps=10")
     p.set_defaults(fn=_pipeline)
@@ -167,6 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists and is not empty")
     p.set_defaults(fn=_export)
 
+    p = sub.add_parser("report", help="a PNG of runs' curves (overlaid) and a markdown summary, from metrics.jsonl")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", help="PNG path (default RUN_DIR/report.png of the first run; the .md goes beside it)")
+    p.set_defaults(fn=_report)
+
     p = sub.add_parser("make-tiny-model", help="write a tiny random Llama-style model and tokenizer (no downloads)")
     p.add_argument("out_dir")
     p.add_argument("--hidden-size", type=int, default=64)
@@ -180,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     from rlhf_dist.errors import RLHFError
 
     try:
-        return args.fn(args)
+        with quiet(getattr(args, "job", False) and not args.verbose):
+            return args.fn(args)
     except ConfigError as e:
         print(f"rlhf-dist: {e}", file=sys.stderr)
         return 2

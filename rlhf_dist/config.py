@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from rlhf_dist.algorithms.registry import ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, names
+from rlhf_dist.config_extra import EvalConfig, InputFile, LRSchedule, OutputDir, PathKind, Strict  # noqa: F401 - re-exported
 from rlhf_dist.config_io import (  # noqa: F401 - re-exported: callers import them from here
     apply_overrides,
     format_validation_error,
@@ -24,23 +25,6 @@ from rlhf_dist.errors import ConfigError
 from rlhf_dist.layout import PoolLayout, pool_layout
 
 
-@dataclasses.dataclass(frozen=True)
-class PathKind:
-    """Marks a str field as a path the validation layer (rlhf_dist.validation) checks before anything runs."""
-
-    kind: Literal["file", "output_dir"]
-
-
-InputFile = Annotated[str, PathKind("file")]  # must be a readable file
-OutputDir = Annotated[str, PathKind("output_dir")]  # a directory this process can create or write in
-
-
-class Strict(BaseModel):
-    # Unknown keys are errors (a typo must not silently fall back to a default); configs are immutable;
-    # NaN and infinity are refused in every float field (no setting here gives infinity a meaning).
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
 class RunConfig(Strict):
     name: str = "run"
     output_dir: OutputDir = "runs/run"
@@ -49,6 +33,9 @@ class RunConfig(Strict):
     save_final: bool = True
     tensorboard: bool = True
     progress_bar: bool = True
+    # jsonl (always), tensorboard, wandb; when set, replaces `tensorboard`
+    loggers: list[Literal["jsonl", "tensorboard", "wandb"]] | None = None
+    wandb_project: str = "rlhf-dist"
 
 
 class ModelConfig(Strict):
@@ -76,6 +63,10 @@ class RolloutConfig(Strict):
     max_new_tokens: int = Field(32, ge=1)
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)  # 0: off
+    min_p: float = Field(0.0, ge=0, le=1)  # 0: off
+    stop: list[str] = Field(default_factory=list)  # strings that end a response (kept in its tokens)
+    stop_token_ids: list[int] = Field(default_factory=list)  # token ids that end a response, besides EOS
     n_samples_per_prompt: int = Field(1, ge=1)
     kv_cache_gb: int = Field(1, ge=1)  # CPU only: KV cache size per engine
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)  # GPU only
@@ -138,8 +129,10 @@ class PPOConfig(Strict):
     max_sampling_rounds: int = Field(4, ge=1)
     overlong_buffer: int | None = Field(None, ge=1)  # DAPO soft overlong penalty over the last N tokens
     overlong_penalty: float = Field(1.0, ge=0)
+    mask_truncated: bool = False  # DAPO overlong filtering: responses cut at max_new_tokens get no loss
     policy_lr: float = Field(1e-5, gt=0)
     critic_lr: float = Field(1e-5, gt=0)
+    lr_schedule: LRSchedule = LRSchedule()  # policy and critic; warmup counted in PPO steps
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0)
 
@@ -231,6 +224,7 @@ class Config(Strict):
     timeouts: TimeoutConfig = TimeoutConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     fault_tolerance: FaultToleranceConfig = FaultToleranceConfig()
+    eval: EvalConfig | None = None
     # "auto": continue from the newest complete checkpoint of this run.output_dir (or its -2, -3, ... siblings);
     # or the path of one checkpoint directory.
     resume: str | None = None

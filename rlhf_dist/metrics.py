@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -19,26 +18,24 @@ def fresh_run_dir(path: str) -> Path:
 
 
 class MetricsWriter:
-    def __init__(self, run_dir: Path, tensorboard: bool):
-        self.file = (run_dir / "metrics.jsonl").open("a", buffering=1)
-        self.tb = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+    """metrics.jsonl plus the loggers of `run.loggers`; `record` (config, derived values) goes to each once."""
 
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+    def __init__(self, run_dir: Path, run, record: dict | None = None):
+        from rlhf_dist.loggers import open_loggers
+
+        self.file = (run_dir / "metrics.jsonl").open("a", buffering=1)
+        self.loggers = open_loggers(run_dir, run, record or {})
 
     def write(self, step: int, metrics: dict) -> None:
         row = {"step": step, **metrics}
         self.file.write(json.dumps(row) + "\n")
-        if self.tb is not None:
-            for k, v in metrics.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                    self.tb.add_scalar(k, v, step)
+        for logger in self.loggers:
+            logger.write(step, metrics)
 
     def close(self) -> None:
         self.file.close()
-        if self.tb is not None:
-            self.tb.close()
+        for logger in self.loggers:
+            logger.close()
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -49,7 +46,10 @@ class RunLog:
     """Prints and appends to RUN_DIR/train.log, so what happened (restarts, resumes) stays with the run."""
 
     def __init__(self, run_dir: Path, echo=print):
+        from rlhf_dist.console import attach_run_log
+
         self.path, self.echo = run_dir / "train.log", echo
+        attach_run_log(self.path)  # a quiet console sends library output here from now on
 
     def __call__(self, text: str) -> None:
         self.echo(text)
@@ -57,12 +57,15 @@ class RunLog:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
 
 
-def write_config(run_dir: Path, cfg, resume) -> None:
-    """config.yaml for a new run; a resumed run keeps it and writes its own config beside it."""
+def write_config(run_dir: Path, cfg, resume, table: str | None = None) -> None:
+    """config.yaml for a new run; a resumed run keeps it and writes its own config beside it. `table`: the
+    derived values, kept beside it as derived.txt."""
     from rlhf_dist.config import to_yaml
 
     name = "config.yaml" if resume is None else f"config.resume-step{resume.step}.yaml"
     (run_dir / name).write_text(to_yaml(cfg))
+    if table is not None:
+        (run_dir / name.replace("config", "derived").replace(".yaml", ".txt")).write_text(table + "\n")
 
 
 def set_aside_metrics_after(run_dir: Path, step: int) -> None:

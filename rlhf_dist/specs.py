@@ -47,6 +47,9 @@ class TrainSpec:
     grad_clip: float
     dtype: str
     role: Any  # a LearnerRole: ranks, ZeRO stage, offload
+    schedule: Any = None  # an LRSchedule (None: a constant rate)
+    total_steps: int = 1  # the stage's steps in the whole run (PPO steps, or optimizer steps)
+    optimizer_steps_per_step: int = 1  # optimizer steps in one of those steps
 
     @property
     def grad_accum(self) -> int:
@@ -91,6 +94,10 @@ class SamplingSpec:
     max_new_tokens: int
     temperature: float
     top_p: float
+    top_k: int = 0  # 0: off
+    min_p: float = 0.0  # 0: off
+    stop: tuple[str, ...] = ()  # strings that end a response
+    stop_token_ids: tuple[int, ...] = ()  # token ids that end a response, besides EOS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,7 @@ from rlhf_dist.config import (
     ConfigError,
     DataConfig,
     LearnerRole,
+    LRSchedule,
     PoolConfig,
     RewardFunction,
     RolloutConfig,
@@ -37,6 +38,8 @@ class StageRun(Strict):
     seed: int = 1
     tensorboard: bool = True
     progress_bar: bool = True
+    loggers: list[Literal["jsonl", "tensorboard", "wandb"]] | None = None  # see RunConfig
+    wandb_project: str = "rlhf-dist"
 
 
 class StageModel(Strict):
@@ -72,6 +75,7 @@ class TrainConfig(Strict):
     batch_size: int = Field(16, ge=1)  # samples (pairs for rm/dpo) per optimizer step, across all ranks
     micro_batch_size: int = Field(8, ge=1)  # samples per forward/backward on one rank
     lr: float = Field(1e-5, gt=0)
+    lr_schedule: LRSchedule = LRSchedule()  # warmup counted in optimizer steps
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, ge=1)  # stop early after this many optimizer steps

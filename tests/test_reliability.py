@@ -14,7 +14,11 @@ from rlhf_dist.metrics import read_metrics
 from tests.conftest import demo_config_dict
 
 PROMPTS = str(Path(__file__).resolve().parents[1] / "configs" / "data" / "demo_prompts.jsonl")
-COMPARED = ["reward/mean", "kl/mean", "advantages/mean", "returns/mean", "policy/loss", "policy/entropy", "critic/loss"]
+COMPARED = ["reward/mean", "kl/mean", "advantages/mean", "returns/mean", "policy/loss", "policy/entropy", "critic/loss",
+            "policy/lr", "critic/lr"]
+# Warmup over the first PPO step, then cosine decay over 4 steps (the length of the uninterrupted run, also in
+# the split run's first 2-step leg): the resumed run must continue the schedule, not restart it.
+SCHEDULE = "ppo.lr_schedule={kind: cosine, warmup_steps: 1, min_ratio: 0.1, total_steps: 4}"
 
 
 def config(model_dir, out, *overrides, steps=4):
@@ -37,10 +41,12 @@ def test_resume_without_checkpoint_is_refused(tmp_path):
 def test_resumed_run_matches_uninterrupted_run(ray_session, tiny_model, tmp_path):
     from rlhf_dist.trainers.ppo import train
 
-    full = read_metrics(train(config(tiny_model, str(tmp_path / "full"))))
-    first = train(config(tiny_model, str(tmp_path / "split"), steps=2))
+    full = read_metrics(train(config(tiny_model, str(tmp_path / "full"), SCHEDULE)))
+    lrs = [r["policy/lr"] for r in full]
+    assert lrs[0] < lrs[1] and lrs[1] > lrs[2] > lrs[3], lrs  # warmup, then decay
+    first = train(config(tiny_model, str(tmp_path / "split"), SCHEDULE, steps=2))
     assert sorted(p.name for p in (first / "checkpoints").iterdir()) == ["step_00000002"]
-    resumed_dir = train(config(tiny_model, str(tmp_path / "split"), "resume=auto"))
+    resumed_dir = train(config(tiny_model, str(tmp_path / "split"), SCHEDULE, "resume=auto"))
     assert resumed_dir == first  # the same run continues
     resumed = read_metrics(resumed_dir)
     assert [r["step"] for r in resumed] == [1, 2, 3, 4]

@@ -81,5 +81,9 @@ def make_engine(model, spec: TrainSpec):
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config(spec))
+    from rlhf_dist.learner.schedule import make_scheduler
+
+    # A callable: DeepSpeed builds the scheduler on its own view of the optimizer, steps and checkpoints it.
+    scheduler = lambda opt: make_scheduler(opt, spec.schedule, spec.total_steps, spec.optimizer_steps_per_step)  # noqa: E731
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config(spec))
     return engine

@@ -123,6 +123,7 @@ class LearnerWorker(_Base):
         sums: dict[str, float] = defaultdict(float)
         count = 0
         grad_norms = []
+        lr = self.engine.get_lr()[0]  # the rate of this call's first optimizer step
         for _ in range(cfg.epochs):
             order = torch.randperm(n, generator=gen).to(self.device)
             for start in range(0, n, mini):
@@ -139,6 +140,7 @@ class LearnerWorker(_Base):
                 if norm is not None:
                     grad_norms.append(float(norm))
         result = {k: v / max(count, 1) for k, v in sums.items()}
+        result[f"{self.role}/lr"] = lr
         if grad_norms:
             result[f"{self.role}/grad_norm"] = sum(grad_norms) / len(grad_norms)
         return result

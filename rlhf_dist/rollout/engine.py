@@ -48,18 +48,21 @@ def llm_kwargs(cfg) -> dict:
 
 def engine_spec(cfg) -> EngineSpec:
     r = cfg.rollout
-    return EngineSpec(process_spec(cfg), llm_kwargs(cfg), cfg.placement.rollout.tensor_parallel_size,
-                      SamplingSpec(r.max_new_tokens, r.temperature, r.top_p), RECEIVER)
+    sampling = SamplingSpec(r.max_new_tokens, r.temperature, r.top_p, r.top_k, r.min_p, tuple(r.stop), tuple(r.stop_token_ids))
+    return EngineSpec(process_spec(cfg), llm_kwargs(cfg), cfg.placement.rollout.tensor_parallel_size, sampling, RECEIVER)
 
 
-def sampling_params(r: SamplingSpec, n: int, seed: int) -> list:
-    """One seed per request: reproducible runs, and repeated prompts still get different samples."""
+def sampling_params(r: SamplingSpec, n: int, seed: int, overrides: dict | None = None) -> list:
+    """One seed per request: reproducible runs, and repeated prompts still get different samples.
+    `overrides` replaces settings for one call (evaluation: greedy is temperature 0)."""
     from vllm import SamplingParams
 
-    return [
-        SamplingParams(max_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, logprobs=0, seed=seed + i)
-        for i in range(n)
-    ]
+    settings = dict(
+        max_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, min_p=r.min_p,
+        stop=list(r.stop), stop_token_ids=list(r.stop_token_ids), logprobs=0,
+    )
+    settings.update(overrides or {})
+    return [SamplingParams(**settings, seed=seed + i) for i in range(n)]
 
 
 class RolloutEngine:
@@ -106,8 +109,10 @@ class RolloutEngine:
         return {"role": self.role, "rank": self.rank, "ip": node_ip(), "pid": os.getpid(),
                 "bundles": os.environ.get("RLHF_DIST_BUNDLES"), "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
 
-    def generate(self, prompts: list[list[int]], seed: int, version: int | None = None) -> dict:
-        """`version`: the weights version the controller last synced; every worker must hold it."""
+    def generate(self, prompts: list[list[int]], seed: int, version: int | None = None, sampling: dict | None = None) -> dict:
+        """`version`: the weights version the controller last synced; every worker must hold it.
+        `sampling`: settings that replace the rollout's for this call. Each response's finish reason is
+        'stop' (EOS, a stop string or stop token) or 'length' (cut at max_new_tokens)."""
         from vllm.inputs import TokensPrompt
 
         if version is not None:
@@ -115,17 +120,18 @@ class RolloutEngine:
             if any(v != version for v in held):
                 raise WeightSyncError(f"engine workers hold weights {held}, but version {version} was synced: refusing stale weights")
 
-        params = sampling_params(self.settings.sampling, len(prompts), seed)
+        params = sampling_params(self.settings.sampling, len(prompts), seed, sampling)
         t0 = time.perf_counter()
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         seconds = time.perf_counter() - t0
-        responses, logprobs = [], []
+        responses, logprobs, finish = [], [], []
         for o in outs:
             c = o.outputs[0]
             ids = list(c.token_ids)
             responses.append(ids)
             logprobs.append([c.logprobs[i][t].logprob for i, t in enumerate(ids)])
-        return {"responses": responses, "logprobs": logprobs, "seconds": seconds}
+            finish.append(c.finish_reason)
+        return {"responses": responses, "logprobs": logprobs, "finish_reasons": finish, "seconds": seconds}
 
     def init_weight_sync(self, master_addr: str, port: int, first_rank: int, world_size: int, backend: str, buckets) -> list[int]:
         """Join the sync group; `buckets` is the plan agreed once, used by every later receive."""

@@ -18,12 +18,13 @@ class Run:
     resume: Checkpoint | None
 
 
-def open_run(cfg, log=print, resumable: bool = True) -> Run:
-    """The run directory (the resumed run's, or a fresh one that never overwrites), its log and config.yaml."""
+def open_run(cfg, log=print, resumable: bool = True, table: str | None = None) -> Run:
+    """The run directory (the resumed run's, or a fresh one that never overwrites), its log and config.yaml
+    (with `table`, the derived values, as derived.txt beside it)."""
     resume = find_resume(cfg) if resumable else None
     run_dir = resume.run_dir if resume else fresh_run_dir(cfg.run.output_dir)
     run_log = RunLog(run_dir, log)
-    write_config(run_dir, cfg, resume)
+    write_config(run_dir, cfg, resume, table)
     return Run(run_dir, run_log, resume)
 
 

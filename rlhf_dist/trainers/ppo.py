@@ -13,11 +13,14 @@ from rlhf_dist.algorithms.losses import ClippedValueLoss, PolicyLoss
 from rlhf_dist import checkpoint
 from rlhf_dist.checkpoint import Checkpoint, load_trainer_state
 from rlhf_dist.config import Config, derive
+from rlhf_dist.console import StepProgress, step_line
 from rlhf_dist.data.batch import build_batch, check_groups, pad_rows
 from rlhf_dist.data.prompts import PromptLoader, load_prompts
+from rlhf_dist.evaluation import Evaluator
 from rlhf_dist.metrics import MetricsWriter, set_aside_metrics_after
 from rlhf_dist.preflight import prepare_model
 from rlhf_dist.rewards.functions import RuleRewards
+from rlhf_dist.rollout.finish import drop_truncated, truncated_flags
 from rlhf_dist.runtime.scaffold import log_skipped, open_run, ray_session, with_restarts
 from rlhf_dist.sync.weights import check_logprob_match
 from rlhf_dist.trainers.rl_roles import RLRoles
@@ -29,20 +32,21 @@ def train(cfg: Config, log=print) -> Path:
     tokenizer = prepare_model(cfg, log)
     prompts = load_prompts(cfg.data, tokenizer)
     rules = RuleRewards(cfg.reward.functions, has_labels=prompts.labels is not None)
-    run = open_run(cfg, log)
+    run = open_run(cfg, log, table=derived.table())
     run_dir, log, resume = run.dir, run.log, run.resume
     log(f"run directory: {run_dir}\nderived values:\n{derived.table()}")
     log(f"prompts: {len(prompts.texts)} from {cfg.data.prompts}")
     log_skipped(log, prompts.skipped)
     data = (prompts.ids, prompts.texts, prompts.labels, tokenizer, rules)
+    evaluator = Evaluator(cfg, tokenizer, rules, log) if cfg.eval is not None else None
 
     with ray_session(cfg, derived, log):
-        with_restarts(lambda resume: run_session(cfg, derived, run_dir, resume, data, log), resume, run_dir,
+        with_restarts(lambda resume: run_session(cfg, derived, run_dir, resume, data, log, evaluator), resume, run_dir,
                       cfg.fault_tolerance.max_restarts, log)
     return run_dir
 
 
-def run_session(cfg: Config, derived, run_dir: Path, resume: Checkpoint | None, data, log) -> None:
+def run_session(cfg: Config, derived, run_dir: Path, resume: Checkpoint | None, data, log, evaluator=None) -> None:
     """One life of the actor groups: start, optionally resume, train to the last step, save."""
     roles = writer = None
     try:
@@ -55,20 +59,25 @@ def run_session(cfg: Config, derived, run_dir: Path, resume: Checkpoint | None, 
             start = resume.step
             set_aside_metrics_after(run_dir, start)
             log(f"resumed from {resume.path} (step {start})")
-        writer = MetricsWriter(run_dir, cfg.run.tensorboard)
+        writer = MetricsWriter(run_dir, cfg.run, {**cfg.model_dump(mode="json"), "derived_table": derived.table()})
         # Version `start` pushes the learner's (possibly restored) weights to the engines and proves the path.
         log(f"initial weight sync: {roles.sync_weights(start, verify=cfg.sync.verify_every > 0)['sync/seconds']:.2f} s")
-        steps = range(start + 1, cfg.run.steps + 1)
-        bar = _progress(steps, cfg.run.progress_bar)
-        for step in bar:
+        if evaluator is not None and start == 0:
+            evaluator.before_training(roles, writer, log)
+        progress = StepProgress(start + 1, cfg.run.steps, cfg.run.progress_bar, log)
+        for step in range(start + 1, cfg.run.steps + 1):
             metrics = rl_step(cfg, roles, state, step)
+            if evaluator is not None and evaluator.due(step):
+                metrics.update(evaluator.run(roles))
             writer.write(step, metrics)
-            _show(bar, log, step, metrics)
+            log(step_line(step, metrics))
+            progress.update(step)
             every = cfg.checkpoint.every_n_steps
             if every and (step % every == 0 or step == cfg.run.steps):
                 t0 = time.perf_counter()
                 path = checkpoint.save(roles, state.state_dict(step), run_dir, step, cfg.checkpoint.keep_last)
                 log(f"checkpoint {path} in {time.perf_counter() - t0:.1f} s")
+        progress.close()
         if cfg.run.save_final:
             t0 = time.perf_counter()
             roles.save_policy(str(run_dir / "final"))
@@ -141,6 +150,8 @@ def rl_step(cfg: Config, roles: RLRoles, state: LoopState, step: int) -> dict:
 
     # 5. Policy (and critic) updates, concurrently on their own ranks.
     t0 = time.perf_counter()
+    if ppo.mask_truncated:
+        batch["mask"] = drop_truncated(mask, roll["truncated"])
     batch.update(old_logprobs=old_lp, advantages=advantages)
     if state.policy_loss.needs_reference:
         batch["ref_logprobs"] = ref_lp
@@ -206,6 +217,7 @@ def collect_rollouts(cfg: Config, roles: RLRoles, state: LoopState, step: int, t
         groups = [
             {"idx": idx[g * n : (g + 1) * n], "responses": gen["responses"][g * n : (g + 1) * n],
              "logprobs": gen["logprobs"][g * n : (g + 1) * n], "scores": scores[g * n : (g + 1) * n],
+             "finish": gen["finish_reasons"][g * n : (g + 1) * n],
              "parts": {k: v[g * n : (g + 1) * n] for k, v in parts.items()}}
             for g in range(len(idx) // n)
         ]
@@ -225,8 +237,10 @@ def collect_rollouts(cfg: Config, roles: RLRoles, state: LoopState, step: int, t
         "responses": [r for g in chosen for r in g["responses"]],
         "engine_logprobs": pad_rows([lp for g in chosen for lp in g["logprobs"]], R),
         "scores": torch.cat([g["scores"] for g in chosen]),
+        "truncated": truncated_flags([f for g in chosen for f in g["finish"]]),
     }
-    metrics = {"rollout/tokens": float(tokens), "rollout/tokens_per_s": tokens / max(gen_s, 1e-9)}
+    metrics = {"rollout/tokens": float(tokens), "rollout/tokens_per_s": tokens / max(gen_s, 1e-9),
+               "response/truncated_fraction": float(roll["truncated"].float().mean())}
     for name in chosen[0]["parts"]:
         # Unweighted mean of each reward component over the trained samples (e.g. accuracy).
         metrics[f"reward/{name}"] = float(torch.cat([g["parts"][name] for g in chosen]).mean())
@@ -262,26 +276,3 @@ def score(cfg: Config, roles: RLRoles, state: LoopState, idx: list[int], respons
 def _mean(rows: list[dict]) -> dict:
     """Average each metric over the ranks of one group."""
     return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
-
-
-def _progress(steps, enabled: bool):
-    import sys
-
-    # A bar only makes sense on a terminal; logs get one plain line per step.
-    if not enabled or not sys.stderr.isatty():
-        return steps
-    from tqdm import tqdm
-
-    return tqdm(steps, desc="train", unit="step", dynamic_ncols=True)
-
-
-def _show(bar, log, step: int, m: dict) -> None:
-    text = (
-        f"reward {m['reward/mean']:.3f} kl {m['kl/mean']:.4f} len {m['response/length_mean']:.1f} "
-        f"step {m['timing/step']:.1f}s sync {m['sync/seconds']:.2f}s"
-    )
-    if hasattr(bar, "set_postfix_str"):
-        bar.set_postfix_str(text)
-        bar.write(f"step {step}: {text}")
-    else:
-        log(f"step {step}: {text}")

@@ -2,7 +2,7 @@
 and the verbs the loop uses on them. Start-up, placement and shutdown belong to rlhf_dist.runtime."""
 from __future__ import annotations
 
-from rlhf_dist.config import Config, Derived, uses_critic
+from rlhf_dist.config import Config, Derived, derive, uses_critic
 from rlhf_dist.data.batch import concat, split, split_list
 from rlhf_dist.dist import use_cuda
 from rlhf_dist.learner.workers import (
@@ -35,7 +35,10 @@ def learner_spec(cfg: Config, role: str) -> LearnerSpec:
     p, m = cfg.ppo, cfg.model
     path, lr = (m.policy, p.policy_lr) if role == "policy" else (m.critic or m.policy, p.critic_lr)
     train = TrainSpec(micro_batch_size=p.micro_batch_size, mini_batch_size=p.mini_batch_size, epochs=p.epochs, lr=lr,
-                      weight_decay=p.weight_decay, grad_clip=p.grad_clip, dtype=m.dtype, role=getattr(cfg.placement, role))
+                      weight_decay=p.weight_decay, grad_clip=p.grad_clip, dtype=m.dtype, role=getattr(cfg.placement, role),
+                      # The LR schedule counts PPO steps; the learners step it once per optimizer step.
+                      schedule=p.lr_schedule, total_steps=cfg.run.steps,
+                      optimizer_steps_per_step=derive(cfg).optimizer_steps_per_step)
     return LearnerSpec(process_spec(cfg), _model(cfg, path), train, temperature=cfg.rollout.temperature)
 
 
@@ -89,14 +92,17 @@ class RLRoles:
     def wait(self, submitted: list, what: str) -> list:
         return self.roles.wait(submitted, what)
 
-    def generate(self, prompts: list[list[int]], seed: int) -> dict:
+    def generate(self, prompts: list[list[int]], seed: int, sampling: dict | None = None) -> dict:
+        """`sampling`: settings that replace the rollout's for this call (evaluation's greedy decoding)."""
         n = len(self.rollout)
         chunks = split_list(prompts, n)
         offsets = [i * len(chunks[0]) for i in range(n)]
-        outs = self.roles.call("rollout", "generate", per_rank=[(c, seed + o, self.sync.version) for c, o in zip(chunks, offsets)])
+        per_rank = [(c, seed + o, self.sync.version, sampling) for c, o in zip(chunks, offsets)]
+        outs = self.roles.call("rollout", "generate", per_rank=per_rank)
         return {
             "responses": [r for o in outs for r in o["responses"]],
             "logprobs": [r for o in outs for r in o["logprobs"]],
+            "finish_reasons": [r for o in outs for r in o["finish_reasons"]],
             "engine_seconds": [o["seconds"] for o in outs],
         }
 

@@ -72,12 +72,14 @@ def loss_for(kind: str, cfg: StageConfig):
     return DPOLoss(cfg.dpo.beta, cfg.dpo.loss)
 
 
-def learner_role(kind: str, cfg: StageConfig) -> RoleSpec:
-    """The stage's one role: DeepSpeed-trained ranks with the stage's batch sizes and optimiser."""
+def learner_role(kind: str, cfg: StageConfig, total_steps: int) -> RoleSpec:
+    """The stage's one role: DeepSpeed-trained ranks with the stage's batch sizes and optimiser.
+    `total_steps`: the run's optimizer steps (from the data size), the LR schedule's length."""
     t, m, p = cfg.train, cfg.model, cfg.placement.learner
     # One optimizer step per train() call: the controller hands each rank its share of one batch.
     train = TrainSpec(micro_batch_size=t.micro_batch_size, mini_batch_size=t.batch_size, epochs=1, lr=t.lr,
-                      weight_decay=t.weight_decay, grad_clip=t.grad_clip, dtype=m.dtype, role=p)
+                      weight_decay=t.weight_decay, grad_clip=t.grad_clip, dtype=m.dtype, role=p,
+                      schedule=t.lr_schedule, total_steps=total_steps)
     ref = getattr(m, "reference", None)
     spec = LearnerSpec(
         process_spec(cfg), ModelSpec(m.path, m.dtype, m.attn_implementation, m.gradient_checkpointing), train,
@@ -93,11 +95,11 @@ def run_stage(kind: str, cfg: StageConfig, log=print) -> Path:
     tokenizer = prepare_stage_model(cfg.model, cfg.data.max_length, log)
     train_set, eval_set = train_eval_split(cfg.data, kind, tokenizer, cfg.run.seed)
     nums = numbers(cfg, len(train_set), len(eval_set) if eval_set is not None else 0)
-    run = open_run(cfg, log)
+    run = open_run(cfg, log, table=nums.table())
     run_dir, log, resume = run.dir, run.log, run.resume
     log(f"{kind}: run directory {run_dir}\n{nums.table()}")
     log_skipped(log, train_set.skipped, "bad rows")
-    role = learner_role(kind, cfg)
+    role = learner_role(kind, cfg, nums.total_steps)
     with ray_session(cfg, pool_layout(cfg.placement.pools, role_gpus([role])), log):
         _run(kind, cfg, role, nums, (train_set, eval_set), tokenizer, run_dir, resume, log)
     return run_dir
@@ -112,7 +114,7 @@ def _run(kind, cfg: StageConfig, role: RoleSpec, nums, data, tokenizer, run_dir:
             learners.load_checkpoint(str(resume.path))
             set_aside_metrics_after(run_dir, resume.step)
             log(f"resumed from {resume.path} (step {resume.step})")
-        writer = MetricsWriter(run_dir, cfg.run.tensorboard)
+        writer = MetricsWriter(run_dir, cfg.run, {**cfg.model_dump(mode="json"), "derived_table": nums.table()})
         loop(kind, cfg, nums, learners, (train_set, eval_set), tokenizer.pad_token_id, writer, log, run_dir, resume)
         t0 = time.perf_counter()
         final = run_dir / "final"

@@ -1,0 +1,152 @@
+"""Held-out evaluation through the job's rollout engines: greedy and sampled responses, scored by the run's
+reward functions and reward model, with pass@k for verifiable rewards. Metrics are logged under `eval/`."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+
+from rlhf_dist.config import Config, ConfigError, DataConfig
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Chance that at least one of k responses drawn without replacement from n, c of them correct, is correct:
+    1 - C(n-c, k) / C(n, k) (Chen et al. 2021), as a product so that large n cannot overflow."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n (n={n}, c={c}, k={k})")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def mean_pass_at_k(correct_per_prompt: list[int], n: int, k: int) -> float:
+    return sum(pass_at_k(n, c, k) for c in correct_per_prompt) / len(correct_per_prompt)
+
+
+def _padded(items: list, multiple: int) -> list:
+    """The engines split requests evenly: pad with repeats of the first item (their results are dropped)."""
+    return items + [items[0]] * ((-len(items)) % multiple)
+
+
+class Evaluator:
+    def __init__(self, cfg: Config, tokenizer, rules, log=print):
+        from rlhf_dist.data.prompts import load_prompts
+
+        e = cfg.eval
+        self.cfg, self.e, self.tokenizer, self.rules = cfg, e, tokenizer, rules
+        data = DataConfig(
+            prompts=e.prompts, prompt_key=e.prompt_key, label_key=e.label_key,
+            apply_chat_template=cfg.data.apply_chat_template, max_prompt_tokens=cfg.data.max_prompt_tokens,
+        )
+        self.prompts = load_prompts(data, tokenizer)
+        names = rules.names if rules else []
+        self.pass_index = None  # pass@k only for a verifiable reward, named by eval.pass_function
+        if e.pass_function is not None:
+            if e.pass_function not in names:
+                raise ConfigError(f"eval.pass_function: {e.pass_function!r} is not one of reward.functions ({', '.join(names) or 'none'})")
+            self.pass_index = names.index(e.pass_function)
+        if self.prompts.labels is None and rules:
+            from rlhf_dist.rewards.functions import label_use
+
+            for spec, fn in zip(rules.specs, rules.fns):
+                if label_use(fn) == "required":
+                    raise ConfigError(f"eval.label_key: reward function {spec.name!r} needs a label; set eval.label_key")
+        log(f"eval: {len(self.prompts.texts)} prompts from {e.prompts}")
+
+    def due(self, step: int) -> bool:
+        every = self.e.every_n_steps
+        return step == 0 or step == self.cfg.run.steps or bool(every and step % every == 0)
+
+    def before_training(self, roles, writer, log) -> None:
+        """Step 0: the policy as training starts."""
+        from rlhf_dist.console import eval_metrics_brief
+
+        metrics = self.run(roles)
+        writer.write(0, metrics)
+        log(f"step 0: {eval_metrics_brief(metrics)}")
+
+    def run(self, roles, samples_path: Path | None = None) -> dict:
+        t0 = time.perf_counter()
+        metrics: dict[str, float] = {}
+        rows: list[dict] = []
+        if self.e.greedy:
+            metrics.update(self._one(roles, "greedy", 1, {"temperature": 0.0}, rows))
+        if self.e.n_samples:
+            metrics.update(self._one(roles, "sampled", self.e.n_samples, None, rows))
+        metrics["eval/seconds"] = time.perf_counter() - t0
+        if samples_path is not None:
+            import json
+
+            samples_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return metrics
+
+    def _one(self, roles, mode: str, n: int, sampling: dict | None, rows: list) -> dict:
+        p = self.prompts
+        idx = [i for i in range(len(p.ids)) for _ in range(n)]
+        engines = len(roles.rollout)
+        req = _padded(idx, engines)
+        gen = roles.generate([p.ids[i] for i in req], seed=self.cfg.run.seed * 7919, sampling=sampling)
+        responses = gen["responses"][: len(idx)]
+        texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
+        prompts = [p.texts[i] for i in idx]
+        labels = None if p.labels is None else [p.labels[i] for i in idx]
+        out = {
+            f"eval/{mode}/response_length": sum(map(len, responses)) / len(responses),
+            f"eval/{mode}/truncated_fraction": sum(r == "length" for r in gen["finish_reasons"][: len(idx)]) / len(idx),
+        }
+        columns: dict[str, list[float]] = {}
+        if self.rules:
+            table = self.rules.per_function(prompts, texts, labels)
+            for j, (name, spec) in enumerate(zip(self.rules.names, self.rules.specs)):
+                columns[name] = [row[j] / spec.weight if spec.weight else row[j] for row in table]
+        if roles.reward is not None:
+            padded = _padded([a + b for a, b in zip(prompts, texts)], len(roles.reward))
+            columns["reward_model"] = roles.reward_scores(padded)[: len(idx)]
+        for name, values in columns.items():
+            out[f"eval/{mode}/{name}"] = sum(values) / len(values)
+        if self.pass_index is not None:
+            correct = [v >= self.e.pass_threshold for v in columns[self.rules.names[self.pass_index]]]
+            per_prompt = [sum(correct[i * n : (i + 1) * n]) for i in range(len(p.ids))]
+            for k in ([1] if mode == "greedy" else self.e.k):
+                out[f"eval/{mode}/pass@{k}"] = mean_pass_at_k(per_prompt, n, k)
+        for j, i in enumerate(idx):
+            row = {"mode": mode, "prompt": p.texts[i], "response": texts[j], **{k: v[j] for k, v in columns.items()}}
+            if labels is not None:
+                row["label"] = labels[j]
+            rows.append(row)
+        return out
+
+
+def evaluate_saved_policy(cfg: Config, log=print) -> Path:
+    """`rlhf-dist eval`: start the job's roles on model.policy (a saved policy or an exported checkpoint), run
+    the eval section once, write RUN_DIR/metrics.jsonl (step 0), eval.json and eval_samples.jsonl."""
+    import json
+
+    from rlhf_dist.config import derive
+    from rlhf_dist.metrics import RunLog, fresh_run_dir, write_config
+    from rlhf_dist.preflight import prepare_model
+    from rlhf_dist.rewards.functions import RuleRewards
+    from rlhf_dist.runtime.scaffold import ray_session
+    from rlhf_dist.trainers.rl_roles import RLRoles
+
+    if cfg.eval is None:
+        raise ConfigError("eval: the config has no eval section (prompts file, n_samples, k)")
+    derived = derive(cfg)
+    tokenizer = prepare_model(cfg, log)
+    rules = RuleRewards(cfg.reward.functions, has_labels=cfg.eval.label_key is not None)
+    run_dir = fresh_run_dir(f"{cfg.run.output_dir}-eval")
+    log = RunLog(run_dir, log)
+    write_config(run_dir, cfg, None)
+    evaluator = Evaluator(cfg, tokenizer, rules, log)
+    with ray_session(cfg, derived, log):
+        roles = RLRoles(cfg, log)  # the engines load model.policy themselves: no sync needed
+        try:
+            metrics = evaluator.run(roles, run_dir / "eval_samples.jsonl")
+        finally:
+            roles.shutdown()
+    (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 0, **metrics}) + "\n")
+    (run_dir / "eval.json").write_text(json.dumps({"policy": cfg.model.policy, **metrics}, indent=1))
+    width = max(map(len, metrics))
+    log("\n".join(f"  {k:<{width}}  {v:.4f}" for k, v in metrics.items()))
+    return run_dir
