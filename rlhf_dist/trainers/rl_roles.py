@@ -89,10 +89,17 @@ class RLRoles:
         return self.roles.wait(submitted, what)
 
     def generate(self, prompts: list[list[int]], seed: int) -> dict:
+        return self.gather_generate(self.submit_generate(prompts, seed))
+
+    def submit_generate(self, prompts: list[list[int]], seed: int):
+        """Start generation with the weights version last synced (each engine checks it holds that version)."""
         n = len(self.rollout)
         chunks = split_list(prompts, n)
         offsets = [i * len(chunks[0]) for i in range(n)]
-        outs = self.roles.call("rollout", "generate", per_rank=[(c, seed + o, self.sync.version) for c, o in zip(chunks, offsets)])
+        return self.rollout.submit("generate", per_rank=[(c, seed + o, self.sync.version) for c, o in zip(chunks, offsets)])
+
+    def gather_generate(self, submitted) -> dict:
+        outs = self.roles.wait([submitted], "rollout.generate")
         return {
             "responses": [r for o in outs for r in o["responses"]],
             "logprobs": [r for o in outs for r in o["logprobs"]],

@@ -1,0 +1,97 @@
+"""Asynchronous mode (`rollout.max_staleness: k > 0`): a rollout producer that runs ahead of the learners.
+
+At the start of step s the engines hold weights version s-1; the producer submits generation for every step up
+to s+k that is not yet in flight, so the engines generate while the learners train. A batch for step t is
+generated with version >= t-1-k, hence trained at most k versions old. Weight syncs queue behind the engines'
+in-flight generation (an engine actor runs one call at a time), so weights change only between batches.
+
+Order is fixed by step number, never by arrival: batch t always takes the loader's t-th draw and the seed of
+step t, so two runs with the same seed are the same run. Checkpoints record the loader position before the
+oldest batch not yet trained: on resume those prompts are drawn again (discarded and re-queued), so every prompt
+is used exactly as often as in an uninterrupted run.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from collections import deque
+
+import torch
+
+from rlhf_dist.data.batch import pad_rows
+
+
+def generation_seed(seed: int, step: int, round_: int) -> int:
+    """The sampling seed of one generation round of one step (the same in both modes)."""
+    return seed * 1_000_003 + step * 10_007 + round_
+
+
+@dataclasses.dataclass
+class Pending:
+    step: int  # the step that will train on this batch
+    idx: list[int]  # prompt index of every sample
+    version: int  # weights version the engines held when it was submitted
+    loader_state: dict  # loader position before this batch's prompts were drawn
+    submitted: tuple  # ActorGroup.submit result
+
+
+class RolloutProducer:
+    def __init__(self, cfg, roles, state, score):
+        """`score(cfg, roles, state, idx, responses) -> (scores, parts)`: the loop's reward computation."""
+        self.cfg, self.roles, self.state, self.score = cfg, roles, state, score
+        self.k, self.n = cfg.rollout.max_staleness, cfg.rollout.n_samples_per_prompt
+        self.queue: deque[Pending] = deque()
+        self.next_step: int | None = None
+
+    def fill(self, step: int) -> None:
+        """Submit every batch up to step + k not yet in flight, with the weights the engines hold now."""
+        if self.next_step is None:
+            self.next_step = step
+        while self.next_step <= min(step + self.k, self.cfg.run.steps):
+            t, loader = self.next_step, self.state.loader
+            before = copy.deepcopy(loader.state_dict())
+            idx = [i for i in loader.next_batch() for _ in range(self.n)]
+            seed = generation_seed(self.cfg.run.seed, t, 1)
+            submitted = self.roles.submit_generate([self.state.prompt_ids[i] for i in idx], seed)
+            self.queue.append(Pending(t, idx, self.roles.sync.version, before, submitted))
+            self.next_step += 1
+
+    def take(self, step: int, timing: dict) -> tuple[dict, dict]:
+        """Step `step`'s batch (waiting for it if the engines are behind), scored, with its weights version."""
+        self.fill(step)
+        p = self.queue.popleft()
+        if p.step != step:  # the queue is ordered by construction; anything else is a bug, not a slow engine
+            raise RuntimeError(f"rollout producer: step {step} got the batch of step {p.step}")
+        t0 = time.perf_counter()
+        gen = self.roles.gather_generate(p.submitted)
+        timing["generate_wait"] = time.perf_counter() - t0
+        timing["generate"] = max(gen["engine_seconds"])  # engine time, mostly hidden behind training
+        t0 = time.perf_counter()
+        scores, parts = self.score(self.cfg, self.roles, self.state, p.idx, gen["responses"])
+        timing["score"] = time.perf_counter() - t0
+        R = max(1, max(len(r) for r in gen["responses"]))
+        tokens = sum(len(r) for r in gen["responses"])
+        roll = {
+            "prompt_ids": [self.state.prompt_ids[i] for i in p.idx],
+            "responses": gen["responses"],
+            "engine_logprobs": pad_rows(gen["logprobs"], R),
+            "scores": scores,
+            "versions": torch.full((len(p.idx),), p.version, dtype=torch.long),  # per sample
+        }
+        metrics = {
+            "rollout/tokens": float(tokens),
+            "rollout/tokens_per_s": tokens / max(timing["generate"], 1e-9),
+            "rollout/weights_version": float(p.version),
+            # The learner holds version step-1 while it trains step `step`.
+            "rollout/staleness": float(step - 1 - p.version),
+        }
+        metrics.update({f"reward/{name}": float(v.mean()) for name, v in parts.items()})
+        return roll, metrics
+
+    def loader_state(self) -> dict:
+        """For checkpoints: the position before the oldest batch not yet trained (its prompts are re-queued)."""
+        return self.queue[0].loader_state if self.queue else self.state.loader.state_dict()
+
+    def in_flight(self) -> list[int]:
+        return [p.step for p in self.queue]
