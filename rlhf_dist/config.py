@@ -185,6 +185,8 @@ class ClusterConfig(Strict):
     gpu_memory_gb: float = Field(80, gt=0)  # per GPU, for `rlhf-dist plan`
     # CPU only: DeepSpeed's shared-memory all-reduce kernel is JIT-compiled with g++ (30-50 s); gloo is enough.
     deepspeed_shm_comm: bool = False
+    # CPU only: pool -> the cores its processes may run on ("0", "2-3,6"), so pools do not share cores.
+    cpu_cores: dict[str, str] = Field(default_factory=dict)
 
 
 class TimeoutConfig(Strict):

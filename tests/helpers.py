@@ -17,3 +17,10 @@ def sleepy(prompt: str, response: str) -> float:
 
 def not_a_number(prompt: str, response: str) -> float:
     return float("nan")
+
+
+def counting_char_fraction(prompt: str, response: str, log: str) -> float:
+    """char_fraction that appends the prompt it scored to `log`: counts how often each prompt was trained on."""
+    with open(log, "a", encoding="utf-8") as f:
+        f.write(prompt.replace("\n", " ") + "\n")
+    return char_fraction(prompt, response)
