@@ -103,3 +103,13 @@ def test_async_mode_needs_separate_pools(tmp_path):
     with pytest.raises(ConfigError, match="rollout.max_staleness: asynchronous mode does not support ppo.dynamic_sampling"):
         derive(load_config(None, ["rollout.max_staleness=1", "ppo.dynamic_sampling=true", "rollout.n_samples_per_prompt=2"],
                            base=separate_pools(tmp_path)))
+
+
+def test_cli_refuses_async_on_a_colocated_layout_with_exit_2(capsys):
+    from rlhf_dist.cli import main
+
+    # The shipped synchronous example puts rollout on the policy's pool.
+    assert main(["train", "configs/grpo_arith_cpu.yaml", "rollout.max_staleness=1"]) == 2
+    err = capsys.readouterr().err
+    assert "rollout.max_staleness: 1 needs the rollout engines on their own pool" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
