@@ -387,6 +387,8 @@ def check_algorithm(cfg: Config) -> None:
             f"rollout.max_staleness: {k} needs the rollout engines on their own pool (they share {pl.policy.pool!r} "
             "with the policy, so generation cannot overlap training); use 0 or move placement.rollout.pool"
         )
+    if unknown := set(cfg.cluster.cpu_cores) - set(pl.pools):
+        raise ConfigError(f"cluster.cpu_cores: {sorted(unknown)} not in placement.pools ({', '.join(pl.pools)})")
     if k > 0 and ppo.dynamic_sampling:
         raise ConfigError("rollout.max_staleness: asynchronous mode does not support ppo.dynamic_sampling; use 0")
 

@@ -105,6 +105,11 @@ def test_async_mode_needs_separate_pools(tmp_path):
                            base=separate_pools(tmp_path)))
 
 
+def test_pinned_cores_name_real_pools(tmp_path):
+    with pytest.raises(ConfigError, match=r"cluster.cpu_cores: \['gne'\] not in placement.pools"):
+        load_config(None, ["cluster.cpu_cores={gne: '1'}"], base=separate_pools(tmp_path))
+
+
 def test_cli_refuses_async_on_a_colocated_layout_with_exit_2(capsys):
     from rlhf_dist.cli import main
 
