@@ -102,7 +102,9 @@ class LoopState:
         )
 
     def state_dict(self, step: int) -> dict:
-        return {"step": step, "sync_version": step, "loader": self.producer.loader_state() if self.producer else self.loader.state_dict(), "kl_ctl": self.kl_ctl.state_dict()}
+        # Asynchronous mode: the position before the batches still in flight, whose prompts resume draws again.
+        loader = self.producer.loader_state() if self.producer else self.loader.state_dict()
+        return {"step": step, "sync_version": step, "loader": loader, "kl_ctl": self.kl_ctl.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.loader.load_state_dict(state["loader"])
