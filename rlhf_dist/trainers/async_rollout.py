@@ -4,6 +4,7 @@ At the start of step s the engines hold weights version s-1; the producer submit
 to s+k that is not yet in flight, so the engines generate while the learners train. A batch for step t is
 generated with version >= t-1-k, hence trained at most k versions old. Weight syncs queue behind the engines'
 in-flight generation (an engine actor runs one call at a time), so weights change only between batches.
+A batch is scored on the producer's own thread as soon as it is generated, so scoring is hidden too.
 
 Order is fixed by step number, never by arrival: batch t always takes the loader's t-th draw and the seed of
 step t, so two runs with the same seed are the same run. Checkpoints record the loader position before the
@@ -16,6 +17,8 @@ import copy
 import dataclasses
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 
 import torch
 
@@ -33,7 +36,7 @@ class Pending:
     idx: list[int]  # prompt index of every sample
     version: int  # weights version the engines held when it was submitted
     loader_state: dict  # loader position before this batch's prompts were drawn
-    submitted: tuple  # ActorGroup.submit result
+    result: Future  # (generation, scores, reward parts, scoring seconds), finished on the producer's thread
 
 
 class RolloutProducer:
@@ -43,6 +46,8 @@ class RolloutProducer:
         self.k, self.n = cfg.rollout.max_staleness, cfg.rollout.n_samples_per_prompt
         self.queue: deque[Pending] = deque()
         self.next_step: int | None = None
+        # One thread finishes batches in step order (waits for the engines, then scores) while the loop trains.
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout-producer")
 
     def fill(self, step: int) -> None:
         """Submit every batch up to step + k not yet in flight, with the weights the engines hold now."""
@@ -54,7 +59,8 @@ class RolloutProducer:
             idx = [i for i in loader.next_batch() for _ in range(self.n)]
             seed = generation_seed(self.cfg.run.seed, t, 1)
             submitted = self.roles.submit_generate([self.state.prompt_ids[i] for i in idx], seed)
-            self.queue.append(Pending(t, idx, self.roles.sync.version, before, submitted))
+            result = self.pool.submit(self._finish, submitted, idx)
+            self.queue.append(Pending(t, idx, self.roles.sync.version, before, result))
             self.next_step += 1
 
     def take(self, step: int, timing: dict) -> tuple[dict, dict]:
@@ -64,12 +70,15 @@ class RolloutProducer:
         if p.step != step:  # the queue is ordered by construction; anything else is a bug, not a slow engine
             raise RuntimeError(f"rollout producer: step {step} got the batch of step {p.step}")
         t0 = time.perf_counter()
-        gen = self.roles.gather_generate(p.submitted)
+        # The generate wait inside has timeouts.call_s, scoring its per-function deadlines; this bounds both.
+        limit = 2 * self.cfg.timeouts.call_s
+        try:
+            gen, scores, parts, score_s = p.result.result(timeout=limit)
+        except FutureTimeout:
+            raise TimeoutError(f"rollout producer: the batch of step {step} was not generated and scored in {limit:g} s") from None
         timing["generate_wait"] = time.perf_counter() - t0
-        timing["generate"] = max(gen["engine_seconds"])  # engine time, mostly hidden behind training
-        t0 = time.perf_counter()
-        scores, parts = self.score(self.cfg, self.roles, self.state, p.idx, gen["responses"])
-        timing["score"] = time.perf_counter() - t0
+        # Engine time and scoring time, both mostly hidden behind the previous step's training.
+        timing["generate"], timing["score"] = max(gen["engine_seconds"]), score_s
         R = max(1, max(len(r) for r in gen["responses"]))
         tokens = sum(len(r) for r in gen["responses"])
         roll = {
@@ -88,6 +97,16 @@ class RolloutProducer:
         }
         metrics.update({f"reward/{name}": float(v.mean()) for name, v in parts.items()})
         return roll, metrics
+
+    def _finish(self, submitted, idx: list[int]):
+        gen = self.roles.gather_generate(submitted)
+        t0 = time.perf_counter()
+        scores, parts = self.score(self.cfg, self.roles, self.state, idx, gen["responses"])
+        return gen, scores, parts, time.perf_counter() - t0
+
+    def close(self) -> None:
+        """Drop batches not started; one in progress ends with its deadline or when the engines are stopped."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
     def loader_state(self) -> dict:
         """For checkpoints: the position before the oldest batch not yet trained (its prompts are re-queued)."""

@@ -46,7 +46,7 @@ def train(cfg: Config, log=print) -> Path:
 
 def run_session(cfg: Config, derived, run_dir: Path, resume: Checkpoint | None, data, log) -> None:
     """One life of the actor groups: start, optionally resume, train to the last step, save."""
-    roles = writer = None
+    roles = writer = state = None
     try:
         roles = RLRoles(cfg, log)
         state = LoopState(cfg, *data)
@@ -81,6 +81,8 @@ def run_session(cfg: Config, derived, run_dir: Path, resume: Checkpoint | None, 
     finally:
         if writer is not None:
             writer.close()
+        if state is not None and state.producer is not None:
+            state.producer.close()
         if roles is not None:
             roles.shutdown()
 
