@@ -249,5 +249,19 @@ def bench_step(cfg: Config, log=print) -> dict:
         compute = t["generate"] + t["infer"] + t["update"]
         rows.append({"step": m["step"], "generate": t["generate"], "score": t["score"], "infer": t["infer"],
                      "update": t["update"], "sync": t["sync"], "other": t["step"] - compute - t["score"] - t["sync"],
-                     "step_s": t["step"], "outside_compute": 1 - compute / t["step"]})
-    return {"run_dir": str(run_dir), "rows": rows}
+                     "step_s": t["step"], "outside_compute": 1 - compute / t["step"],
+                     "staleness": m.get("rollout/staleness", 0.0), **overlap(t["generate"], t["infer"] + t["update"], t["step"])})
+    return {"run_dir": str(run_dir), "rows": rows, "overlap": overlap_summary(rows)}
+
+
+def overlap(generate: float, train: float, step: float) -> dict:
+    """Overlap efficiency (generate + train) / step against the ideal (generate + train) / max(generate, train):
+    1 when the two sides run one after the other, up to 2 when they overlap fully and take equal time."""
+    eff, ideal = (generate + train) / step, (generate + train) / max(generate, train, 1e-9)
+    return {"train": train, "overlap_eff": eff, "ideal_eff": ideal, "of_ideal": eff / ideal}
+
+
+def overlap_summary(rows: list[dict]) -> dict:
+    """Medians over the steps after the first (in asynchronous mode the first batch cannot overlap anything)."""
+    later = rows[1:] or rows
+    return {k: statistics.median(r[k] for r in later) for k in ("generate", "train", "step_s", "overlap_eff", "ideal_eff", "of_ideal")}

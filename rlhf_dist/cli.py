@@ -106,12 +106,17 @@ def _bench(args) -> int:
         columns = ["path", "bucket_mb", "buckets", "repeat", "MB", "seconds", "GB_per_s", "gather_pack_s", "broadcast_s", "engine_load_s"]
     else:
         result = bench.bench_step(cfg)
-        columns = ["step", "generate", "score", "infer", "update", "sync", "other", "step_s", "outside_compute"]
+        columns = ["step", "generate", "score", "infer", "update", "sync", "other", "step_s", "outside_compute", "staleness",
+                   "train", "overlap_eff", "ideal_eff", "of_ideal"]
     print(bench.table(result["rows"], columns))
     summary_key = {"rollout": ("tokens_per_s", ("path",)), "sync": ("GB_per_s", ("path", "bucket_mb")),
                    "step": ("step_s", ())}[args.what]
     result["summary"] = bench.medians(result["rows"], *summary_key)
     print("\n" + bench.table(result["summary"], list(result["summary"][0])))
+    if "overlap" in result:
+        o = result["overlap"]
+        print(f"overlap (median, steps 2+): (generate + train) / step = {o['overlap_eff']:.2f}, ideal "
+              f"{o['ideal_eff']:.2f} (= (generate + train) / max), {100 * o['of_ideal']:.0f}% of ideal")
     if "verification" in result:
         c = result["verification"]
         print(f"verification: median sync {c['median_verified_s']:.4f} s verified, {c['median_unverified_s']:.4f} s not "

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from rlhf_dist.algorithms.registry import ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, names
+from rlhf_dist.algorithms.registry import ADVANTAGE_ESTIMATORS, AGGREGATIONS, CORRECTIONS, KL_ESTIMATORS, POLICY_LOSSES, names
 from rlhf_dist.config_extra import EvalConfig, InputFile, LRSchedule, OutputDir, PathKind, Strict  # noqa: F401 - re-exported
 from rlhf_dist.config_io import (  # noqa: F401 - re-exported: callers import them from here
     apply_overrides,
@@ -71,6 +71,8 @@ class RolloutConfig(Strict):
     kv_cache_gb: int = Field(1, ge=1)  # CPU only: KV cache size per engine
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)  # GPU only
     enforce_eager: bool = True
+    # Asynchronous mode: engines generate up to k weight versions ahead of the learners (0: on-policy, in step).
+    max_staleness: int = Field(0, ge=0)
 
 
 class RewardFunction(Strict):
@@ -130,6 +132,10 @@ class PPOConfig(Strict):
     overlong_buffer: int | None = Field(None, ge=1)  # DAPO soft overlong penalty over the last N tokens
     overlong_penalty: float = Field(1.0, ge=0)
     mask_truncated: bool = False  # DAPO overlong filtering: responses cut at max_new_tokens get no loss
+    # Engine-vs-learner importance-sampling correction (rlhf_dist.algorithms.correction): cap for *_tis, band for *_mask.
+    is_correction: names(CORRECTIONS) = "none"
+    is_cap: float = Field(2.0, gt=1)
+    is_band: tuple[float, float] = (0.5, 2.0)
     policy_lr: float = Field(1e-5, gt=0)
     critic_lr: float = Field(1e-5, gt=0)
     lr_schedule: LRSchedule = LRSchedule()  # policy and critic; warmup counted in PPO steps
@@ -192,6 +198,8 @@ class ClusterConfig(Strict):
     host_memory_gb: float | None = Field(None, gt=0)  # per node, for `rlhf-dist plan` (None: reported, not judged)
     # CPU only: DeepSpeed's shared-memory all-reduce kernel is JIT-compiled with g++ (30-50 s); gloo is enough.
     deepspeed_shm_comm: bool = False
+    # CPU only: pool -> the cores its processes may run on ("0", "2-3,6"), so pools do not share cores.
+    cpu_cores: dict[str, str] = Field(default_factory=dict)
 
 
 class TimeoutConfig(Strict):
@@ -385,6 +393,18 @@ def check_algorithm(cfg: Config) -> None:
         raise ConfigError(
             f"ppo.overlong_buffer: {ppo.overlong_buffer} must be smaller than rollout.max_new_tokens ({cfg.rollout.max_new_tokens})"
         )
+    if ppo.is_band[0] >= ppo.is_band[1] or ppo.is_band[0] < 0:
+        raise ConfigError(f"ppo.is_band: {list(ppo.is_band)} must be [low, high] with 0 <= low < high")
+    k, pl = cfg.rollout.max_staleness, cfg.placement
+    if k > 0 and pl.rollout.pool == pl.policy.pool:
+        raise ConfigError(
+            f"rollout.max_staleness: {k} needs the rollout engines on their own pool (they share {pl.policy.pool!r} "
+            "with the policy, so generation cannot overlap training); use 0 or move placement.rollout.pool"
+        )
+    if unknown := set(cfg.cluster.cpu_cores) - set(pl.pools):
+        raise ConfigError(f"cluster.cpu_cores: {sorted(unknown)} not in placement.pools ({', '.join(pl.pools)})")
+    if k > 0 and ppo.dynamic_sampling:
+        raise ConfigError("rollout.max_staleness: asynchronous mode does not support ppo.dynamic_sampling; use 0")
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None) -> Config:

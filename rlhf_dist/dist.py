@@ -79,6 +79,25 @@ def tcp_store(host: str, port: int, world_size: int, is_master: bool, timeout: d
     return torch.distributed.TCPStore(host, port, world_size, True, timeout=timeout, master_listen_fd=sock.detach())
 
 
+CORES_ENV = "RLHF_DIST_CPU_CORES"  # set per pool by the runtime (cluster.cpu_cores)
+
+
+def parse_cores(text: str) -> set[int]:
+    """'0,2-3' -> {0, 2, 3}."""
+    out: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def pin_cores() -> None:
+    """Pin this process (and every thread it starts later) to the cores its pool was given, if any."""
+    cores = os.environ.get(CORES_ENV)
+    if cores:
+        os.sched_setaffinity(0, parse_cores(cores))
+
+
 def set_threads(n: int) -> None:
     torch.set_num_threads(n)
     os.environ["OMP_NUM_THREADS"] = str(n)

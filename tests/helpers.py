@@ -40,3 +40,10 @@ def prompt_only(prompt: str) -> float:
 
 def keyword_only(*, prompt: str, response: str) -> float:
     return 0.0
+
+
+def counting_char_fraction(prompt: str, response: str, log: str) -> float:
+    """char_fraction that appends the prompt it scored to `log`: counts how often each prompt was trained on."""
+    with open(log, "a", encoding="utf-8") as f:
+        f.write(prompt.replace("\n", " ") + "\n")
+    return char_fraction(prompt, response)

@@ -60,3 +60,15 @@ def test_bench_step_breaks_the_step_into_phases(ray_session, config, tmp_path):
         parts = r["generate"] + r["score"] + r["infer"] + r["update"] + r["sync"] + r["other"]
         assert parts == pytest.approx(r["step_s"], rel=1e-6)
         assert 0 <= r["outside_compute"] < 1
+
+
+def test_overlap_efficiency_against_the_ideal():
+    from rlhf_dist.bench import overlap, overlap_summary
+
+    # Generate 2 s and train 1 s one after the other: step 3 s, efficiency 1, ideal 3 / 2.
+    assert overlap(2.0, 1.0, 3.0) == pytest.approx({"train": 1.0, "overlap_eff": 1.0, "ideal_eff": 1.5, "of_ideal": 2 / 3})
+    # Fully overlapped: the step takes as long as the longer side.
+    assert overlap(2.0, 1.0, 2.0)["of_ideal"] == pytest.approx(1.0)
+    rows = [{"generate": 9.0, "train": 1.0, "step_s": 10.0, **overlap(9.0, 1.0, 10.0)}] + [
+        {"generate": 2.0, "train": 1.0, "step_s": s, **overlap(2.0, 1.0, s)} for s in (2.0, 2.5, 3.0)]
+    assert overlap_summary(rows)["step_s"] == 2.5  # the first step is left out

@@ -48,3 +48,16 @@ def test_group_contract_is_checked():
         check_groups([3, 3, 7, 1, 1, 7], 2)
     with pytest.raises(ValueError, match="5 rows do not split into groups of 2"):
         check_groups([3, 3, 7, 7, 1], 2)
+
+
+def test_pools_pinned_to_their_cores():
+    from types import SimpleNamespace
+
+    from rlhf_dist.dist import CORES_ENV, parse_cores
+    from rlhf_dist.runtime.groups import cores_env
+
+    assert parse_cores("0") == {0} and parse_cores("0, 2-4") == {0, 2, 3, 4}
+    cluster = SimpleNamespace(device="cpu", cpu_cores={"learn": "0", "gen": "1"})
+    assert cores_env(cluster, "gen") == {CORES_ENV: "1"}
+    assert cores_env(cluster, "other") == {}  # a pool not listed is not pinned
+    assert cores_env(SimpleNamespace(device="cuda", cpu_cores={"gen": "1"}), "gen") == {}

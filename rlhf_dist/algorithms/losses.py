@@ -39,6 +39,9 @@ class PolicyLoss:
             kl = kl_estimate(logp, batch["ref_logprobs"], self.kl_loss_estimator)
             per_token = per_token + self.kl_loss_coef * kl
             metrics["policy/kl_loss"] = float(masked_mean(kl.detach(), mask))
+        if "is_weights" in batch:
+            # Off-policy correction (rlhf_dist.algorithms.correction): weight 0 takes a token out of the loss.
+            per_token, mask = per_token * batch["is_weights"], mask * (batch["is_weights"] > 0)
         loss = aggregate(per_token, mask, self.aggregation, self.norm_constant)
         entropy = masked_mean(outputs["entropy"], mask)
         if self.entropy_coef:

@@ -6,9 +6,10 @@ from typing import Literal
 
 from rlhf_dist.algorithms.advantages import ADVANTAGE_ESTIMATORS
 from rlhf_dist.algorithms.core import KL_ESTIMATORS
+from rlhf_dist.algorithms.correction import CORRECTIONS
 from rlhf_dist.algorithms.policy_losses import AGGREGATIONS, POLICY_LOSSES
 
-__all__ = ["ADVANTAGE_ESTIMATORS", "AGGREGATIONS", "KL_ESTIMATORS", "POLICY_LOSSES", "names"]
+__all__ = ["ADVANTAGE_ESTIMATORS", "AGGREGATIONS", "CORRECTIONS", "KL_ESTIMATORS", "POLICY_LOSSES", "names"]
 
 
 def names(registry) -> type:

@@ -35,6 +35,7 @@ class _Base:
         proc = spec.process
         self.device = D.torch_device(proc.device)
         if self.device.type == "cpu":
+            D.pin_cores()
             D.set_threads(proc.threads)
         torch.manual_seed(proc.seed + 1000 * rank)
         from transformers.utils import logging as hf_logging

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import time
 
-from rlhf_dist.dist import node_ip
+from rlhf_dist.dist import node_ip, pin_cores
 from rlhf_dist.errors import WeightSyncError
 from rlhf_dist.specs import EngineSpec, SamplingSpec, process_spec
 
@@ -70,6 +70,7 @@ class RolloutEngine:
 
     def __init__(self, spec: EngineSpec, rank: int, world_size: int):
         self.settings, self.rank = spec, rank
+        pin_cores()  # before vLLM starts its threads, which inherit the affinity (their binding is off)
 
     def setup(self) -> dict:
         import logging

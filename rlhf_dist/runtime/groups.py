@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
-from rlhf_dist.dist import LOCAL_IP_ENV
+from rlhf_dist.dist import CORES_ENV, LOCAL_IP_ENV
 from rlhf_dist.errors import wait_all
 from rlhf_dist.runtime.placement import Slot, remove_pools
 
@@ -26,6 +26,12 @@ def worker_env(device: str, threads: int) -> dict[str, str]:
         # On CPU DeepSpeed would otherwise probe for accelerators; threads are capped so roles share cores.
         env.update({"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": str(threads)})
     return env
+
+
+def cores_env(cluster, pool: str) -> dict:
+    """The cores a pool's processes are pinned to (`cluster.cpu_cores`), applied by `dist.pin_cores` at start."""
+    cores = cluster.cpu_cores.get(pool)
+    return {CORES_ENV: cores} if cores and cluster.device != "cuda" else {}
 
 
 def stop_all(groups, pools: dict) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from rlhf_dist.errors import wait_all
 from rlhf_dist.layout import pool_layout
-from rlhf_dist.runtime.groups import ActorGroup, stop_all, worker_env
+from rlhf_dist.runtime.groups import ActorGroup, cores_env, stop_all, worker_env
 from rlhf_dist.runtime.placement import check_cluster_fits, create_pools, plan_slots
 
 
@@ -54,7 +54,7 @@ class Roles:
             self.slots = slots
             env = worker_env(cluster.device, cluster.threads_per_actor)
             for s in specs:
-                self.groups[s.name] = ActorGroup(s.name, s.worker, slots[s.name], self.pools, (s.spec,), {**env, **s.env}, s.seats)
+                self.groups[s.name] = ActorGroup(s.name, s.worker, slots[s.name], self.pools, (s.spec,), {**env, **s.env, **cores_env(cluster, s.pool)}, s.seats)
             self.setup_info = self._start(specs)
         except BaseException:
             self.shutdown()

@@ -8,6 +8,7 @@ import torch
 
 from rlhf_dist.algorithms import kl_estimate, masked_mean
 from rlhf_dist.algorithms.advantages import AdvantageInputs, estimate_advantages, informative_groups, overlong_penalty
+from rlhf_dist.algorithms.correction import off_policy_terms
 from rlhf_dist.algorithms.kl import kl_controller
 from rlhf_dist.algorithms.losses import ClippedValueLoss, PolicyLoss
 from rlhf_dist import checkpoint
@@ -23,6 +24,7 @@ from rlhf_dist.rewards.functions import RuleRewards
 from rlhf_dist.rollout.finish import drop_truncated, truncated_flags
 from rlhf_dist.runtime.scaffold import log_skipped, open_run, ray_session, with_restarts
 from rlhf_dist.sync.weights import check_logprob_match
+from rlhf_dist.trainers.async_rollout import RolloutProducer, generation_seed
 from rlhf_dist.trainers.rl_roles import RLRoles
 
 
@@ -48,10 +50,12 @@ def train(cfg: Config, log=print) -> Path:
 
 def run_session(cfg: Config, derived, run_dir: Path, resume: Checkpoint | None, data, log, evaluator=None) -> None:
     """One life of the actor groups: start, optionally resume, train to the last step, save."""
-    roles = writer = None
+    roles = writer = state = None
     try:
         roles = RLRoles(cfg, log)
         state = LoopState(cfg, *data)
+        if cfg.rollout.max_staleness > 0:  # asynchronous mode: engines run ahead (rlhf_dist.trainers.async_rollout)
+            state.producer = RolloutProducer(cfg, roles, state, score)
         start = 0
         if resume is not None:
             roles.load_checkpoint(str(resume.path))
@@ -86,6 +90,8 @@ def run_session(cfg: Config, derived, run_dir: Path, resume: Checkpoint | None, 
     finally:
         if writer is not None:
             writer.close()
+        if state is not None and state.producer is not None:
+            state.producer.close()
         if roles is not None:
             roles.shutdown()
 
@@ -96,6 +102,7 @@ class LoopState:
     def __init__(self, cfg: Config, prompt_ids, prompt_texts, labels, tokenizer, rules):
         self.prompt_ids, self.prompt_texts, self.labels = prompt_ids, prompt_texts, labels
         self.tokenizer, self.rules = tokenizer, rules
+        self.producer: RolloutProducer | None = None
         self.loader = PromptLoader(len(prompt_ids), cfg.ppo.rollout_batch_size, cfg.run.seed)
         p = cfg.ppo
         self.kl_ctl = kl_controller(p.kl_coef, p.kl_target, p.kl_horizon)
@@ -106,7 +113,9 @@ class LoopState:
         )
 
     def state_dict(self, step: int) -> dict:
-        return {"step": step, "sync_version": step, "loader": self.loader.state_dict(), "kl_ctl": self.kl_ctl.state_dict()}
+        # Asynchronous mode: the position before the batches still in flight, whose prompts resume draws again.
+        loader = self.producer.loader_state() if self.producer else self.loader.state_dict()
+        return {"step": step, "sync_version": step, "loader": loader, "kl_ctl": self.kl_ctl.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.loader.load_state_dict(state["loader"])
@@ -119,7 +128,10 @@ def rl_step(cfg: Config, roles: RLRoles, state: LoopState, step: int) -> dict:
     timing = {}
 
     # 2-3a. Rollouts and their scores (with DAPO dynamic sampling, more rounds until enough groups differ).
-    roll, roll_metrics = collect_rollouts(cfg, roles, state, step, timing)
+    if state.producer is not None:
+        roll, roll_metrics = state.producer.take(step, timing)
+    else:
+        roll, roll_metrics = collect_rollouts(cfg, roles, state, step, timing)
     batch = build_batch(roll["prompt_ids"], roll["responses"], state.tokenizer.pad_token_id)
     mask = batch["mask"]
     scores = roll["scores"]
@@ -134,9 +146,13 @@ def rl_step(cfg: Config, roles: RLRoles, state: LoopState, step: int) -> dict:
     values = roles.gather_infer(infer["critic"], "critic values")["values"] if "critic" in infer else None
     timing["infer"] = time.perf_counter() - t0
 
-    # The engines sampled with the weights the policy just scored: their log-probs must agree.
+    # Engines that sampled with the weights the policy just scored must agree with it on log-probs.
     probe = float(((roll["engine_logprobs"] - old_lp).abs() * mask).max())
-    check_logprob_match(probe, cfg.sync.max_logprob_diff, step)
+    staleness = roll_metrics.get("rollout/staleness", 0.0)
+    if staleness == 0:
+        check_logprob_match(probe, cfg.sync.max_logprob_diff, step)
+    # Off-policy correction of engine (behaviour) vs learner log-probs; None when ppo.is_correction is "none".
+    is_weights, off_metrics = off_policy_terms(ppo.is_correction, old_lp, roll["engine_logprobs"], mask, ppo.is_cap, ppo.is_band)
 
     # 4. Advantages and returns: pure tensor math, chosen by name.
     kl = kl_estimate(old_lp, ref_lp, ppo.kl_estimator) * mask
@@ -155,6 +171,8 @@ def rl_step(cfg: Config, roles: RLRoles, state: LoopState, step: int) -> dict:
     batch.update(old_logprobs=old_lp, advantages=advantages)
     if state.policy_loss.needs_reference:
         batch["ref_logprobs"] = ref_lp
+    if is_weights is not None:
+        batch["is_weights"] = is_weights
     updates = [roles.submit_train(roles.policy, batch, state.policy_loss, seed=step)]
     if roles.critic is not None:
         critic_batch = {**batch, "returns": returns, "old_values": values}
@@ -181,6 +199,8 @@ def rl_step(cfg: Config, roles: RLRoles, state: LoopState, step: int) -> dict:
         "returns/mean": float(masked_mean(returns, mask)),
         "response/length_mean": float(mask.sum(1).mean()),
         "rollout/engine_learner_logprob_diff_max": probe,
+        "rollout/staleness": staleness,
+        **off_metrics,
         **roll_metrics,
     }
     if values is not None:
@@ -208,7 +228,7 @@ def collect_rollouts(cfg: Config, roles: RLRoles, state: LoopState, step: int, t
         rounds += 1
         idx = [i for i in state.loader.next_batch() for _ in range(n)]
         t0 = time.perf_counter()
-        gen = roles.generate([state.prompt_ids[i] for i in idx], seed=cfg.run.seed * 1_000_003 + step * 10_007 + rounds)
+        gen = roles.generate([state.prompt_ids[i] for i in idx], seed=generation_seed(cfg.run.seed, step, rounds))
         gen_s += time.perf_counter() - t0
         tokens += sum(len(r) for r in gen["responses"])
         t0 = time.perf_counter()

@@ -94,11 +94,18 @@ class RLRoles:
 
     def generate(self, prompts: list[list[int]], seed: int, sampling: dict | None = None) -> dict:
         """`sampling`: settings that replace the rollout's for this call (evaluation's greedy decoding)."""
+        return self.gather_generate(self.submit_generate(prompts, seed, sampling))
+
+    def submit_generate(self, prompts: list[list[int]], seed: int, sampling: dict | None = None):
+        """Start generation with the weights version last synced (each engine checks it holds that version)."""
         n = len(self.rollout)
         chunks = split_list(prompts, n)
         offsets = [i * len(chunks[0]) for i in range(n)]
         per_rank = [(c, seed + o, self.sync.version, sampling) for c, o in zip(chunks, offsets)]
-        outs = self.roles.call("rollout", "generate", per_rank=per_rank)
+        return self.rollout.submit("generate", per_rank=per_rank)
+
+    def gather_generate(self, submitted) -> dict:
+        outs = self.roles.wait([submitted], "rollout.generate")
         return {
             "responses": [r for o in outs for r in o["responses"]],
             "logprobs": [r for o in outs for r in o["logprobs"]],
