@@ -157,26 +157,19 @@ def main(argv: list[str] | None = None) -> int:
     job.add_argument("--verbose", action="store_true", help="show library output on the console too")
     job.set_defaults(job=True)
 
-    p = sub.add_parser("train", help="run PPO from a YAML config", parents=[job])
-    p.add_argument("config", help="YAML config file")
-    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. run.steps=5")
-    p.set_defaults(fn=_train)
-
-    p = sub.add_parser("eval", help="run a config's eval section once on model.policy (a saved or exported policy)", parents=[job])
-    p.add_argument("config", help="YAML config file with an eval section")
-    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. model.policy=runs/x/final")
-    p.set_defaults(fn=_eval)
-
-    for name, text in (
-        ("sft", "supervised fine-tuning on demonstrations (loss on response tokens only)"),
-        ("rm", "train a reward model on preference pairs (Bradley-Terry)"),
-        ("dpo", "direct preference optimisation (sigmoid or IPO loss) against a frozen reference"),
-        ("label", "AI feedback: sample responses, rank them with a judge, write preference JSONL"),
+    # Commands that take a YAML config plus dotted overrides: (name, help, overrides example, handler).
+    for name, text, example, fn in (
+        ("train", "run PPO from a YAML config", "run.steps=5", _train),
+        ("eval", "run a config's eval section once on model.policy (a saved or exported policy)", "model.policy=runs/x/final", _eval),
+        ("sft", "supervised fine-tuning on demonstrations (loss on response tokens only)", "train.epochs=1", _stage),
+        ("rm", "train a reward model on preference pairs (Bradley-Terry)", "train.epochs=1", _stage),
+        ("dpo", "direct preference optimisation (sigmoid or IPO loss) against a frozen reference", "train.epochs=1", _stage),
+        ("label", "AI feedback: sample responses, rank them with a judge, write preference JSONL", "run.name=x", _stage),
     ):
         p = sub.add_parser(name, help=text, parents=[job])
         p.add_argument("config", help="YAML config file")
-        p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. train.epochs=1")
-        p.set_defaults(fn=_stage)
+        p.add_argument("overrides", nargs="*", help=f"dotted.key=value overrides, e.g. {example}")
+        p.set_defaults(fn=fn)
 
     p = sub.add_parser("pipeline", help="SFT -> reward model -> PPO, each stage reading the previous one's output", parents=[job])
     p.add_argument("config_dir", help="a directory holding sft.yaml, rm.yaml and ppo.yaml")

@@ -12,7 +12,20 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from rlhf_dist.algorithms.registry import ADVANTAGE_ESTIMATORS, AGGREGATIONS, CORRECTIONS, KL_ESTIMATORS, POLICY_LOSSES, names
-from rlhf_dist.config_extra import EvalConfig, InputFile, LRSchedule, OutputDir, PathKind, Strict  # noqa: F401 - re-exported
+from rlhf_dist.config_extra import (  # noqa: F401 - re-exported
+    CheckpointConfig,
+    ClusterConfig,
+    EvalConfig,
+    InputFile,
+    Job,
+    LRSchedule,
+    OutputDir,
+    PathKind,
+    ResumableJob,
+    RunOutput,
+    Strict,
+    TimeoutConfig,
+)
 from rlhf_dist.config_io import (  # noqa: F401 - re-exported: callers import them from here
     apply_overrides,
     format_validation_error,
@@ -25,17 +38,9 @@ from rlhf_dist.errors import ConfigError
 from rlhf_dist.layout import PoolLayout, pool_layout
 
 
-class RunConfig(Strict):
-    name: str = "run"
-    output_dir: OutputDir = "runs/run"
-    seed: int = 1
+class RunConfig(RunOutput):
     steps: int = Field(10, ge=1)
     save_final: bool = True
-    tensorboard: bool = True
-    progress_bar: bool = True
-    # jsonl (always), tensorboard, wandb; when set, replaces `tensorboard`
-    loggers: list[Literal["jsonl", "tensorboard", "wandb"]] | None = None
-    wandb_project: str = "rlhf-dist"
 
 
 class ModelConfig(Strict):
@@ -190,36 +195,12 @@ class SyncConfig(Strict):
     max_logprob_diff: float | None = Field(None, gt=0)
 
 
-class ClusterConfig(Strict):
-    address: str | None = None  # Ray address of an existing cluster; None starts a local one
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads_per_actor: int = Field(1, ge=1)  # CPU only: torch threads in each worker process
-    gpu_memory_gb: float = Field(80, gt=0)  # per GPU, for `rlhf-dist plan`
-    host_memory_gb: float | None = Field(None, gt=0)  # per node, for `rlhf-dist plan` (None: reported, not judged)
-    # CPU only: DeepSpeed's shared-memory all-reduce kernel is JIT-compiled with g++ (30-50 s); gloo is enough.
-    deepspeed_shm_comm: bool = False
-    # CPU only: pool -> the cores its processes may run on ("0", "2-3,6"), so pools do not share cores.
-    cpu_cores: dict[str, str] = Field(default_factory=dict)
-
-
-class TimeoutConfig(Strict):
-    actor_start_s: float = Field(300, gt=0)  # placement groups ready, actors constructed, models loaded
-    rendezvous_s: float = Field(120, gt=0)  # process-group rendezvous
-    collective_s: float = Field(600, gt=0)  # one collective (all-reduce, broadcast) inside a group
-    call_s: float = Field(1800, gt=0)  # one remote call (generate, update, sync, ...)
-
-
-class CheckpointConfig(Strict):
-    every_n_steps: int = Field(0, ge=0)  # 0 = no checkpoints
-    keep_last: int = Field(2, ge=1)
-
-
 class FaultToleranceConfig(Strict):
     # After a worker dies: restart all actor groups and resume from the last checkpoint, at most this often.
     max_restarts: int = Field(0, ge=0)
 
 
-class Config(Strict):
+class Config(ResumableJob):
     run: RunConfig = RunConfig()
     model: ModelConfig
     data: DataConfig
@@ -228,14 +209,8 @@ class Config(Strict):
     ppo: PPOConfig = PPOConfig()
     placement: PlacementConfig
     sync: SyncConfig = SyncConfig()
-    cluster: ClusterConfig = ClusterConfig()
-    timeouts: TimeoutConfig = TimeoutConfig()
-    checkpoint: CheckpointConfig = CheckpointConfig()
     fault_tolerance: FaultToleranceConfig = FaultToleranceConfig()
     eval: EvalConfig | None = None
-    # "auto": continue from the newest complete checkpoint of this run.output_dir (or its -2, -3, ... siblings);
-    # or the path of one checkpoint directory.
-    resume: str | None = None
 
     @model_validator(mode="after")
     def _restarts_need_checkpoints(self):

@@ -1,5 +1,5 @@
-"""Configuration models the run's sections share with the stage configs: the strict base, learning-rate
-schedules and held-out evaluation. Re-exported from rlhf_dist.config."""
+"""Configuration models every command shares: the strict base, path kinds, the run, cluster, timeouts and
+checkpoint sections, learning-rate schedules and held-out evaluation. Re-exported from rlhf_dist.config."""
 from __future__ import annotations
 
 import dataclasses
@@ -23,6 +23,19 @@ class PathKind:
 
 InputFile = Annotated[str, PathKind("file")]  # must be a readable file
 OutputDir = Annotated[str, PathKind("output_dir")]  # a directory this process can create or write in
+
+
+class RunOutput(Strict):
+    """What every command's `run` section shares: where and how a run records itself."""
+
+    name: str = "run"
+    output_dir: OutputDir = "runs/run"
+    seed: int = 1
+    tensorboard: bool = True
+    progress_bar: bool = True
+    # jsonl (always), tensorboard, wandb; when set, replaces `tensorboard`
+    loggers: list[Literal["jsonl", "tensorboard", "wandb"]] | None = None
+    wandb_project: str = "rlhf-dist"
 
 
 class LRSchedule(Strict):
@@ -57,3 +70,43 @@ class EvalConfig(Strict):
         if not self.greedy and not self.n_samples:
             raise ValueError("eval: set greedy: true and/or n_samples > 0; there is nothing to evaluate")
         return self
+
+
+class ClusterConfig(Strict):
+    address: str | None = None  # Ray address of an existing cluster; None starts a local one
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads_per_actor: int = Field(1, ge=1)  # CPU only: torch threads in each worker process
+    gpu_memory_gb: float = Field(80, gt=0)  # per GPU, for `rlhf-dist plan`
+    host_memory_gb: float | None = Field(None, gt=0)  # per node, for `rlhf-dist plan` (None: reported, not judged)
+    # CPU only: DeepSpeed's shared-memory all-reduce kernel is JIT-compiled with g++ (30-50 s); gloo is enough.
+    deepspeed_shm_comm: bool = False
+    # CPU only: pool -> the cores its processes may run on ("0", "2-3,6"), so pools do not share cores.
+    cpu_cores: dict[str, str] = Field(default_factory=dict)
+
+
+class TimeoutConfig(Strict):
+    actor_start_s: float = Field(300, gt=0)  # placement groups ready, actors constructed, models loaded
+    rendezvous_s: float = Field(120, gt=0)  # process-group rendezvous
+    collective_s: float = Field(600, gt=0)  # one collective (all-reduce, broadcast) inside a group
+    call_s: float = Field(1800, gt=0)  # one remote call (generate, update, sync, ...)
+
+
+class CheckpointConfig(Strict):
+    every_n_steps: int = Field(0, ge=0)  # 0 = no checkpoints
+    keep_last: int = Field(2, ge=1)
+
+
+class Job(Strict):
+    """Sections every command that starts actors shares."""
+
+    cluster: ClusterConfig = ClusterConfig()
+    timeouts: TimeoutConfig = TimeoutConfig()
+
+
+class ResumableJob(Job):
+    """Sections of the commands that train and checkpoint (PPO and the SFT/RM/DPO stages)."""
+
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    # "auto": continue from the newest complete checkpoint of this run.output_dir (or its -2, -3, ... siblings);
+    # or the path of one checkpoint directory.
+    resume: str | None = None

@@ -11,8 +11,6 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from rlhf_dist.config import (
-    CheckpointConfig,
-    ClusterConfig,
     ConfigError,
     DataConfig,
     LearnerRole,
@@ -23,23 +21,20 @@ from rlhf_dist.config import (
     RolloutRole,
     InferenceRole,
     InputFile,
+    Job,
     OutputDir,
+    ResumableJob,
+    RunOutput,
     Strict,
-    TimeoutConfig,
     read_config_data,
     validate,
 )
 from rlhf_dist.layout import pool_layout
 
 
-class StageRun(Strict):
+class StageRun(RunOutput):
     name: str = "stage"
     output_dir: OutputDir = "runs/stage"
-    seed: int = 1
-    tensorboard: bool = True
-    progress_bar: bool = True
-    loggers: list[Literal["jsonl", "tensorboard", "wandb"]] | None = None  # see RunConfig
-    wandb_project: str = "rlhf-dist"
 
 
 class StageModel(Strict):
@@ -92,18 +87,12 @@ class StagePlacement(Strict):
     learner: LearnerRole
 
 
-class StageConfig(Strict):
-    run: StageRun = StageRun()
+class StageConfig(ResumableJob):
     model: StageModel
     data: StageData
-    train: TrainConfig = TrainConfig()
     placement: StagePlacement
-    cluster: ClusterConfig = ClusterConfig()
-    timeouts: TimeoutConfig = TimeoutConfig()
-    checkpoint: CheckpointConfig = CheckpointConfig()
-    # "auto": continue from the newest complete checkpoint of this run.output_dir (or its -2, -3, ... siblings);
-    # or the path of one checkpoint directory.
-    resume: str | None = None
+    run: StageRun = StageRun()
+    train: TrainConfig = TrainConfig()
 
 
 class SFTConfig(StageConfig):
@@ -159,7 +148,7 @@ class LabelPlacement(Strict):
     judge: InferenceRole | None = None  # reward_model and llm judges
 
 
-class LabelConfig(Strict):
+class LabelConfig(Job):
     """Writes RUN_DIR/preferences.jsonl: prompt, chosen, rejected (the best and worst sample), their scores."""
 
     run: StageRun = StageRun(name="label", output_dir="runs/label")
@@ -169,8 +158,6 @@ class LabelConfig(Strict):
     judge: JudgeConfig
     batch_size: int = Field(64, ge=1)  # prompts per generate call
     placement: LabelPlacement
-    cluster: ClusterConfig = ClusterConfig()
-    timeouts: TimeoutConfig = TimeoutConfig()
 
     @model_validator(mode="after")
     def _checks(self):
