@@ -15,6 +15,7 @@ from rlhf_dist.algorithms.registry import ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL
 from rlhf_dist.config_io import read_config_data, to_yaml, validate  # noqa: F401 - re-exported for the commands
 from rlhf_dist.errors import ConfigError
 from rlhf_dist.layout import PoolLayout, pool_layout
+from rlhf_dist.passes import uses_reference
 
 
 
@@ -113,6 +114,9 @@ class PPOConfig(Strict):
     kl_horizon: int = Field(10000, ge=1)
     kl_loss_coef: float = Field(0.0, ge=0)  # KL to the reference as a loss term (GRPO style)
     kl_loss_estimator: names(KL_ESTIMATORS) = "k3"
+    log_kl: bool = False  # run the reference for the KL metric even when no KL term uses it
+    # Old log-probs: the learner's (recomputed, or its first forward's in a single on-policy update) or the engine's
+    old_logprobs: Literal["learner", "engine"] = "learner"
     whiten_advantages: bool = True  # gae only; the others normalise as their definition says
     entropy_coef: float = 0.0
     dynamic_sampling: bool = False  # DAPO: drop prompt groups whose scores are all equal, refill
@@ -290,7 +294,8 @@ def role_gpus(cfg: Config) -> dict[str, tuple[str, int]]:
                 "critic role needs a pool"
             )
         out["critic"] = (p.critic.pool, p.critic.num_gpus)
-    out["reference"] = (p.reference.pool, p.reference.num_gpus)
+    if uses_reference(cfg):
+        out["reference"] = (p.reference.pool, p.reference.num_gpus)
     out["rollout"] = (p.rollout.pool, p.rollout.num_engines * p.rollout.tensor_parallel_size)
     if cfg.reward.model is not None:
         if p.reward is None:
@@ -333,7 +338,7 @@ def derive(cfg: Config) -> Derived:
     critic_ranks = p.critic.num_gpus if "critic" in roles else 0
     ga_critic = batch_check("critic", critic_ranks) if critic_ranks else 0
     for role, ranks in (("reference", p.reference.num_gpus), ("rollout", p.rollout.num_engines)):
-        if samples % ranks:
+        if role in roles and samples % ranks:
             raise ConfigError(f"placement.{role}: {samples} samples per step do not split evenly over {ranks} ranks")
     return Derived(
         samples_per_step=samples,

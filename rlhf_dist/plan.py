@@ -105,12 +105,13 @@ def plan(cfg: Config) -> dict:
         parts["logits"] = logits if role == "policy" else b * L * 4
         roles[role] = {"pool": r.pool, "gpus": r.num_gpus, "zero_stage": r.zero_stage, "bytes": parts}
     ref_shards = p.reference.num_gpus if p.reference.zero_stage == 3 else 1
-    roles["reference"] = {
-        "pool": p.reference.pool, "gpus": p.reference.num_gpus, "zero_stage": p.reference.zero_stage,
-        # ZeRO-3: a partition per GPU, plus the largest layer gathered during the forward pass (~P / n).
-        "bytes": {"params": dtype_bytes * shape.params / ref_shards
-                  + (dtype_bytes * shape.params / shape.layers if ref_shards > 1 else 0), "logits": logits},
-    }
+    if "reference" in used:
+        roles["reference"] = {
+            "pool": p.reference.pool, "gpus": p.reference.num_gpus, "zero_stage": p.reference.zero_stage,
+            # ZeRO-3: a partition per GPU, plus the largest layer gathered during the forward pass (~P / n).
+            "bytes": {"params": dtype_bytes * shape.params / ref_shards
+                      + (dtype_bytes * shape.params / shape.layers if ref_shards > 1 else 0), "logits": logits},
+        }
     if "reward" in used:
         rm = model_shape(cfg.reward.model) if (Path(cfg.reward.model) / "config.json").is_file() else shape
         roles["reward"] = {"pool": p.reward.pool, "gpus": p.reward.num_gpus, "bytes": {"params": dtype_bytes * rm.params}}

@@ -133,12 +133,12 @@ class LearnerWorker(_Base):
                     self.engine.backward(loss)
                     self.engine.step()
                     for k, v in metrics.items():
-                        sums[k] += v
+                        sums[k] = max(sums[k], v) if k.endswith("_max") else sums[k] + v
                     count += 1
                 norm = self.engine.get_global_grad_norm()
                 if norm is not None:
                     grad_norms.append(float(norm))
-        result = {k: v / max(count, 1) for k, v in sums.items()}
+        result = {k: v if k.endswith("_max") else v / max(count, 1) for k, v in sums.items()}
         if grad_norms:
             result[f"{self.role}/grad_norm"] = sum(grad_norms) / len(grad_norms)
         return result

@@ -9,17 +9,19 @@ import torch
 from rlhf_dist.algorithms import kl_estimate, masked_mean
 from rlhf_dist.algorithms.advantages import AdvantageInputs, estimate_advantages, informative_groups, overlong_penalty
 from rlhf_dist.algorithms.kl import kl_controller
-from rlhf_dist.algorithms.losses import ClippedValueLoss, PolicyLoss
+from rlhf_dist.algorithms.losses import LOGPROB_PROBE, ClippedValueLoss, PolicyLoss
 from rlhf_dist import checkpoint
 from rlhf_dist.checkpoint import Checkpoint, load_trainer_state
 from rlhf_dist.config import Config, derive
 from rlhf_dist.data.batch import build_batch, check_groups, pad_rows
 from rlhf_dist.data.prompts import PromptLoader, load_prompts
+from rlhf_dist.passes import step_passes
 from rlhf_dist.metrics import MetricsWriter, set_aside_metrics_after
 from rlhf_dist.preflight import prepare_model
 from rlhf_dist.rewards.functions import RuleRewards
 from rlhf_dist.runtime.scaffold import log_skipped, open_run, ray_session, with_restarts
 from rlhf_dist.sync.weights import check_logprob_match
+from rlhf_dist.trainers.passes_run import reduce_ranks, run_passes, update_batch
 from rlhf_dist.trainers.rl_roles import RLRoles
 
 
@@ -90,10 +92,12 @@ class LoopState:
         self.loader = PromptLoader(len(prompt_ids), cfg.ppo.rollout_batch_size, cfg.run.seed)
         p = cfg.ppo
         self.kl_ctl = kl_controller(p.kl_coef, p.kl_target, p.kl_horizon)
+        self.passes = step_passes(cfg)
         self.policy_loss = PolicyLoss(
             name=p.policy_loss, clip_eps=p.clip_eps, clip_eps_high=p.clip_eps_high, dual_clip_c=p.dual_clip_c,
             aggregation=p.loss_aggregation, norm_constant=float(cfg.rollout.max_new_tokens),
             entropy_coef=p.entropy_coef, kl_loss_coef=p.kl_loss_coef, kl_loss_estimator=p.kl_loss_estimator,
+            old_from_forward=self.passes.old_from == "first_forward",
         )
 
     def state_dict(self, step: int) -> dict:
@@ -115,24 +119,19 @@ def rl_step(cfg: Config, roles: RLRoles, state: LoopState, step: int) -> dict:
     mask = batch["mask"]
     scores = roll["scores"]
 
-    # 3b. Reference, critic and policy passes, in parallel.
-    t0 = time.perf_counter()
-    infer = {"reference": roles.submit_infer(roles.reference, batch), "policy": roles.submit_infer(roles.policy, batch)}
-    if roles.critic is not None:
-        infer["critic"] = roles.submit_infer(roles.critic, batch)
-    ref_lp = roles.gather_infer(infer["reference"], "reference log-probs")["logprobs"]
-    old_lp = roles.gather_infer(infer["policy"], "policy log-probs")["logprobs"]
-    values = roles.gather_infer(infer["critic"], "critic values")["values"] if "critic" in infer else None
-    timing["infer"] = time.perf_counter() - t0
+    # 3b. Reference, critic and policy passes in parallel, only those this step needs (rlhf_dist.passes).
+    engine_lp = roll["engine_logprobs"]
+    out = run_passes(roles, state.passes, batch, engine_lp, timing)
+    values = out.values
+    if out.probe is not None:
+        # The engines sampled with the weights the policy just scored: their log-probs must agree.
+        check_logprob_match(out.probe, cfg.sync.max_logprob_diff, step)
 
-    # The engines sampled with the weights the policy just scored: their log-probs must agree.
-    probe = float(((roll["engine_logprobs"] - old_lp).abs() * mask).max())
-    check_logprob_match(probe, cfg.sync.max_logprob_diff, step)
-
-    # 4. Advantages and returns: pure tensor math, chosen by name.
-    kl = kl_estimate(old_lp, ref_lp, ppo.kl_estimator) * mask
+    # 4. Advantages and returns: pure tensor math, chosen by name. Without the reference no KL is measured (and
+    # none is in the rewards: kl_coef is 0 then).
+    kl = kl_estimate(out.old_logprobs, out.ref_logprobs, ppo.kl_estimator) * mask if state.passes.kl_measured else None
     inputs = AdvantageInputs(
-        scores=scores, mask=mask, kl=kl, kl_coef=state.kl_ctl.value,
+        scores=scores, mask=mask, kl=torch.zeros_like(mask, dtype=torch.float32) if kl is None else kl, kl_coef=state.kl_ctl.value,
         group_size=cfg.rollout.n_samples_per_prompt, values=values,
     )
     advantages, returns = estimate_advantages(
@@ -141,9 +140,7 @@ def rl_step(cfg: Config, roles: RLRoles, state: LoopState, step: int) -> dict:
 
     # 5. Policy (and critic) updates, concurrently on their own ranks.
     t0 = time.perf_counter()
-    batch.update(old_logprobs=old_lp, advantages=advantages)
-    if state.policy_loss.needs_reference:
-        batch["ref_logprobs"] = ref_lp
+    update_batch(batch, out, engine_lp, advantages, state.policy_loss.needs_reference)
     updates = [roles.submit_train(roles.policy, batch, state.policy_loss, seed=step)]
     if roles.critic is not None:
         critic_batch = {**batch, "returns": returns, "old_values": values}
@@ -151,6 +148,9 @@ def rl_step(cfg: Config, roles: RLRoles, state: LoopState, step: int) -> dict:
     results = roles.wait(updates, f"policy update (step {step})")
     n_policy = len(roles.policy)
     timing["update"] = time.perf_counter() - t0
+    policy_metrics = reduce_ranks(results[:n_policy])
+    if out.probe is None:  # measured by the update's first forward
+        check_logprob_match(policy_metrics[LOGPROB_PROBE], cfg.sync.max_logprob_diff, step)
 
     # 6. New weights to the engines, verified every `verify_every` syncs.
     verify = cfg.sync.verify_every > 0 and step % cfg.sync.verify_every == 0
@@ -159,25 +159,26 @@ def rl_step(cfg: Config, roles: RLRoles, state: LoopState, step: int) -> dict:
     timing["step"] = time.perf_counter() - t_step
 
     # 7. Metrics; the adaptive KL controller moves after the step.
-    kl_mean = float(masked_mean(kl, mask, dim=1).mean())
     metrics = {
         "reward/mean": float(scores.mean()),
         "reward/std": float(scores.std()) if len(scores) > 1 else 0.0,
-        "kl/mean": kl_mean,
-        "kl/sum_mean": float(kl.sum(1).mean()),
         "kl/coef": state.kl_ctl.value,
         "advantages/mean": float(masked_mean(advantages, mask)),
         "returns/mean": float(masked_mean(returns, mask)),
         "response/length_mean": float(mask.sum(1).mean()),
-        "rollout/engine_learner_logprob_diff_max": probe,
         **roll_metrics,
     }
+    if out.probe is not None:
+        metrics[LOGPROB_PROBE] = out.probe
     if values is not None:
         metrics["values/mean"] = float(masked_mean(values, mask))
-    state.kl_ctl.update(kl_mean, len(scores))
-    metrics.update(_mean(results[:n_policy]))
+    if kl is not None:  # no KL metric when it was not computed
+        kl_mean = float(masked_mean(kl, mask, dim=1).mean())
+        metrics.update({"kl/mean": kl_mean, "kl/sum_mean": float(kl.sum(1).mean())})
+        state.kl_ctl.update(kl_mean, len(scores))
+    metrics.update(policy_metrics)
     if len(results) > n_policy:
-        metrics.update(_mean(results[n_policy:]))
+        metrics.update(reduce_ranks(results[n_policy:]))
     metrics.update(sync)
     metrics.update({f"timing/{k}": v for k, v in timing.items()})
     return metrics
@@ -259,11 +260,6 @@ def score(cfg: Config, roles: RLRoles, state: LoopState, idx: list[int], respons
     return scores, parts
 
 
-def _mean(rows: list[dict]) -> dict:
-    """Average each metric over the ranks of one group."""
-    return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
-
-
 def _progress(steps, enabled: bool):
     import sys
 
@@ -277,7 +273,7 @@ def _progress(steps, enabled: bool):
 
 def _show(bar, log, step: int, m: dict) -> None:
     text = (
-        f"reward {m['reward/mean']:.3f} kl {m['kl/mean']:.4f} len {m['response/length_mean']:.1f} "
+        f"reward {m['reward/mean']:.3f} kl {_kl(m)} len {m['response/length_mean']:.1f} "
         f"step {m['timing/step']:.1f}s sync {m['sync/seconds']:.2f}s"
     )
     if hasattr(bar, "set_postfix_str"):
@@ -285,3 +281,7 @@ def _show(bar, log, step: int, m: dict) -> None:
         bar.write(f"step {step}: {text}")
     else:
         log(f"step {step}: {text}")
+
+
+def _kl(m: dict) -> str:
+    return f"{m['kl/mean']:.4f}" if "kl/mean" in m else "not computed"

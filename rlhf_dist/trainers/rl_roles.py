@@ -3,6 +3,7 @@ and the verbs the loop uses on them. Start-up, placement and shutdown belong to 
 from __future__ import annotations
 
 from rlhf_dist.config import Config, Derived, uses_critic
+from rlhf_dist.passes import uses_reference
 from rlhf_dist.data.batch import concat, split, split_list
 from rlhf_dist.dist import use_cuda
 from rlhf_dist.learner.workers import (
@@ -49,13 +50,15 @@ def reward_spec(cfg: Config) -> RewardSpec:
 
 
 def role_specs(cfg: Config) -> list[RoleSpec]:
-    """Only the roles this job uses: no critic for critic-free estimators, no reward model without reward.model."""
+    """Only the roles this job uses: no critic for critic-free estimators, no reference without a KL term or the KL
+    metric, no reward model without reward.model."""
     p = cfg.placement
     specs = [RoleSpec("policy", PolicyWorker, p.policy.pool, p.policy.num_gpus, learner_spec(cfg, "policy"), rendezvous=True)]
     if uses_critic(cfg):
         specs.append(RoleSpec("critic", CriticWorker, p.critic.pool, p.critic.num_gpus, learner_spec(cfg, "critic"), rendezvous=True))
-    specs.append(RoleSpec("reference", ReferenceWorker, p.reference.pool, p.reference.num_gpus, reference_spec(cfg),
-                          rendezvous=p.reference.zero_stage == 3))
+    if uses_reference(cfg):
+        specs.append(RoleSpec("reference", ReferenceWorker, p.reference.pool, p.reference.num_gpus, reference_spec(cfg),
+                              rendezvous=p.reference.zero_stage == 3))
     if cfg.reward.model is not None:
         specs.append(RoleSpec("reward", RewardModelWorker, p.reward.pool, p.reward.num_gpus, reward_spec(cfg)))
     specs.append(RoleSpec("rollout", RolloutEngine, p.rollout.pool, p.rollout.num_engines, engine_spec(cfg),
@@ -77,7 +80,7 @@ class RLRoles:
         self.roles = Roles(specs or role_specs(cfg), cfg.placement.pools, cfg.run.name, cfg.cluster, t, log)
         try:
             self.policy, self.critic = self.roles["policy"], self.roles.get("critic")
-            self.reference, self.rollout, self.reward = self.roles["reference"], self.roles["rollout"], self.roles.get("reward")
+            self.reference, self.rollout, self.reward = self.roles.get("reference"), self.roles["rollout"], self.roles.get("reward")
             pl = cfg.placement
             self.sync = WeightSync(self.roles, self.roles.device, pl.rollout.pool == pl.policy.pool,
                                    pl.rollout.tensor_parallel_size, cfg.sync.bucket_mb, t, log)
