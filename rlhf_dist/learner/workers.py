@@ -46,6 +46,11 @@ class _Base:
 
         return {"role": self.role, "rank": self.rank, "ip": D.node_ip(), "device": str(self.device), "pid": os.getpid()}
 
+    def set_threads(self, n: int) -> int:
+        """CPU: torch threads for the next calls (rlhf_dist.runtime.threads sets them per phase)."""
+        D.set_threads(n)
+        return n
+
     def master_endpoint(self) -> tuple[str, int]:
         return D.node_ip(), D.free_port()
 

@@ -100,6 +100,13 @@ class RolloutEngine:
         self.llm = LLM(**s.llm, tensor_parallel_size=tp, seed=s.process.seed + self.rank, **kwargs)
         return {"rank": self.rank, "seconds": time.perf_counter() - t0, "pid": os.getpid()}
 
+    def set_threads(self, n: int) -> int:
+        """CPU: torch threads of this process, where a single-worker engine runs its model (multiprocessing is off)."""
+        import torch
+
+        torch.set_num_threads(n)
+        return n
+
     def ready(self) -> dict:
         import ray
 

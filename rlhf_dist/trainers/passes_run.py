@@ -21,6 +21,8 @@ class PassOutputs:
 def run_passes(roles, passes: StepPasses, batch: dict, engine_logprobs: torch.Tensor, timing: dict) -> PassOutputs:
     jobs = {}
     t0 = time.perf_counter()
+    roles.threads.phase(roles.reference if passes.reference else None, roles.policy if passes.policy_infer else None,
+                        roles.critic)
     if passes.reference:
         jobs["reference"] = roles.submit_infer(roles.reference, batch)
     if passes.policy_infer:

@@ -141,6 +141,7 @@ def rl_step(cfg: Config, roles: RLRoles, state: LoopState, step: int) -> dict:
     # 5. Policy (and critic) updates, concurrently on their own ranks.
     t0 = time.perf_counter()
     update_batch(batch, out, engine_lp, advantages, state.policy_loss.needs_reference)
+    roles.threads.phase(roles.policy, roles.critic)
     updates = [roles.submit_train(roles.policy, batch, state.policy_loss, seed=step)]
     if roles.critic is not None:
         critic_batch = {**batch, "returns": returns, "old_values": values}

@@ -15,6 +15,7 @@ from rlhf_dist.learner.workers import (
 from rlhf_dist.rollout.engine import RolloutEngine, engine_env, engine_spec
 from rlhf_dist.runtime.placement import plan_slots
 from rlhf_dist.runtime.roles import Roles, RoleSpec
+from rlhf_dist.runtime.threads import PhaseThreads
 from rlhf_dist.specs import (
     LearnerSpec,
     ModelSpec,
@@ -84,6 +85,9 @@ class RLRoles:
             pl = cfg.placement
             self.sync = WeightSync(self.roles, self.roles.device, pl.rollout.pool == pl.policy.pool,
                                    pl.rollout.tensor_parallel_size, cfg.sync.bucket_mb, t, log)
+            # A TP engine's workers are other processes: only single-worker engines take a share of threads.
+            cpu = not use_cuda(cfg.cluster.device) and pl.rollout.tensor_parallel_size == 1
+            self.threads = PhaseThreads(self.roles, cpu and cfg.cluster.phase_threads, cfg.cluster.cores)
         except BaseException:
             self.roles.shutdown()
             raise
@@ -92,6 +96,7 @@ class RLRoles:
         return self.roles.wait(submitted, what)
 
     def generate(self, prompts: list[list[int]], seed: int) -> dict:
+        self.threads.phase(self.rollout)
         n = len(self.rollout)
         chunks = split_list(prompts, n)
         offsets = [i * len(chunks[0]) for i in range(n)]
@@ -112,6 +117,7 @@ class RLRoles:
         return group.submit("train", per_rank=[(s, loss_fn, seed + r) for r, s in enumerate(split(batch, len(group)))])
 
     def reward_scores(self, texts: list[str]) -> list[float]:
+        self.threads.phase(self.reward)
         parts = self.roles.call("reward", "score", per_rank=[(c,) for c in split_list(texts, len(self.reward))])
         return [s for p in parts for s in p]
 
