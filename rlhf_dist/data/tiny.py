@@ -62,15 +62,19 @@ def make_tiny_model(
     vocab_size: int = 512,
     max_positions: int = 256,
     seed: int = 0,
+    arch: str = "llama",
 ) -> Path:
-    """Write a randomly initialised Llama-style causal LM and its tokenizer to `out_dir` (HF format)."""
+    """Write a randomly initialised causal LM (`arch`: "llama", or "qwen2": biased q/k/v projections) and its
+    tokenizer to `out_dir` (HF format)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    Config, Model = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[arch]
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = make_tokenizer(out, vocab_size=vocab_size, seed=seed)
-    config = LlamaConfig(
+    config = Config(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=hidden_size * 4,
@@ -86,7 +90,7 @@ def make_tiny_model(
         torch_dtype="float32",
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = Model(config)
     model.save_pretrained(str(out), safe_serialization=True)
     (out / "rlhf_dist_tiny.json").write_text(json.dumps({"seed": seed, "params": model.num_parameters()}))
     return out

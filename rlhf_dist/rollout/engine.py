@@ -101,11 +101,13 @@ class RolloutEngine:
         return {"rank": self.rank, "seconds": time.perf_counter() - t0, "pid": os.getpid()}
 
     def set_threads(self, n: int) -> int:
-        """CPU: torch threads of this process, where a single-worker engine runs its model (multiprocessing is off)."""
+        """CPU: torch threads of this process, where a single-worker engine runs its model (multiprocessing is off).
+        vLLM's CPU worker replaces torch.set_num_threads with a no-op to protect its core binding; the engines
+        run unbound (VLLM_CPU_OMP_THREADS_BIND=nobind), so torch's own setter is safe and is called directly."""
         import torch
 
-        torch.set_num_threads(n)
-        return n
+        torch._C._set_num_threads(n)
+        return torch.get_num_threads()
 
     def ready(self) -> dict:
         import ray
