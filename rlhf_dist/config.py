@@ -63,6 +63,7 @@ class RolloutConfig(Strict):
     kv_cache_gb: int = Field(1, ge=1)  # CPU only: KV cache size per engine
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)  # GPU only
     enforce_eager: bool = True
+    warmup: bool = True  # engines generate one step's share of random prompts at set-up, beside the learners' start
 
 
 class RewardFunction(Strict):
