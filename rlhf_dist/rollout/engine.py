@@ -123,7 +123,7 @@ class RolloutEngine:
         run unbound (VLLM_CPU_OMP_THREADS_BIND=nobind), so torch's own setter is safe and is called directly."""
         import torch
 
-        torch._C._set_num_threads(n)
+        torch._C.set_num_threads(n)
         return torch.get_num_threads()
 
     def ready(self) -> dict:
