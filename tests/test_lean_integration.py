@@ -20,6 +20,7 @@ def lean_config(model_dir: str, out: str, old_logprobs: str):
     d["ppo"].pop("log_kl")
     d["ppo"].update({"advantage_estimator": "grpo", "rollout_batch_size": 4, "mini_batch_size": 16,
                      "micro_batch_size": 8, "old_logprobs": old_logprobs})
+    d["cluster"] = {"phase_threads": True}  # the engine and the lone update take every core in turn
     d["placement"].pop("critic")
     d["placement"]["policy"]["zero_stage"] = 1
     d["placement"]["rollout"]["num_engines"] = 1
