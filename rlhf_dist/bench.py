@@ -238,7 +238,7 @@ def verification_cost(rows: list[dict]) -> dict:
 
 
 def bench_step(cfg: Config, log=print) -> dict:
-    """A few real steps; per-phase seconds from the run's metrics."""
+    """A few real steps; per-phase seconds from the run's metrics (the limits: rlhf_dist.bench_limits)."""
     from rlhf_dist.metrics import read_metrics
     from rlhf_dist.trainers.ppo import train
 
@@ -246,6 +246,7 @@ def bench_step(cfg: Config, log=print) -> dict:
     rows = []
     for m in read_metrics(run_dir):
         t = {k.removeprefix("timing/"): v for k, v in m.items() if k.startswith("timing/")}
+        t.setdefault("infer", 0.0)  # absent when the step needs no pre-update pass
         compute = t["generate"] + t["infer"] + t["update"]
         rows.append({"step": m["step"], "generate": t["generate"], "score": t["score"], "infer": t["infer"],
                      "update": t["update"], "sync": t["sync"], "other": t["step"] - compute - t["score"] - t["sync"],

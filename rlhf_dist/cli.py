@@ -106,6 +106,11 @@ def _bench(args) -> int:
         columns = ["path", "bucket_mb", "buckets", "repeat", "MB", "seconds", "GB_per_s", "gather_pack_s", "broadcast_s", "engine_load_s"]
     else:
         result = bench.bench_step(cfg)
+        if args.limit_repeats:  # the limits for the same batch, measured in the same command
+            from rlhf_dist.bench_limits import limit_summary, step_limits
+
+            result["limits"] = step_limits(cfg, args.limit_repeats)
+            result["limit_summary"] = limit_summary(result["rows"], result["limits"])
         columns = ["step", "generate", "score", "infer", "update", "sync", "other", "step_s", "outside_compute", "staleness",
                    "train", "overlap_eff", "ideal_eff", "of_ideal"]
     print(bench.table(result["rows"], columns))
@@ -117,6 +122,10 @@ def _bench(args) -> int:
         o = result["overlap"]
         print(f"overlap (median, steps 2+): (generate + train) / step = {o['overlap_eff']:.2f}, ideal "
               f"{o['ideal_eff']:.2f} (= (generate + train) / max), {100 * o['of_ideal']:.0f}% of ideal")
+    if "limit_summary" in result:
+        lim = result["limit_summary"]
+        print("\n" + bench.table(lim["rows"], ["what", "step_median_s", "limit_s", "ratio", "limit"]))
+        print(f"step / limit: {lim['ratio']:.2f}x (median of {lim['steps_in_median']} steps after the first)")
     if "verification" in result:
         c = result["verification"]
         print(f"verification: median sync {c['median_verified_s']:.4f} s verified, {c['median_unverified_s']:.4f} s not "
@@ -136,7 +145,8 @@ def _export(args) -> int:
 def _make_tiny(args) -> int:
     from rlhf_dist.data.tiny import make_tiny_model
 
-    out = make_tiny_model(args.out_dir, hidden_size=args.hidden_size, num_layers=args.layers, seed=args.seed, force=args.force)
+    out = make_tiny_model(args.out_dir, hidden_size=args.hidden_size, num_layers=args.layers, seed=args.seed, force=args.force,
+                          arch=args.arch)
     print(f"tiny model and tokenizer written to {out}")
     return 0
 
@@ -193,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bucket-mb", default="0.25,1,16", help="sync: comma-separated bucket sizes in MiB")
     p.add_argument("--steps", type=int, default=5, help="step: steps to run")
     p.add_argument("--run-dir", default="runs/bench-step", help="step: where the run writes")
+    p.add_argument("--limit-repeats", type=int, default=3, help="step: timed repeats of each limit (0: none)")
     p.set_defaults(fn=_bench)
 
     p = sub.add_parser("export", help="write a checkpoint's policy (or critic) as a HuggingFace model directory")
@@ -207,12 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="PNG path (default RUN_DIR/report.png of the first run; the .md goes beside it)")
     p.set_defaults(fn=_report)
 
-    p = sub.add_parser("make-tiny-model", help="write a tiny random Llama-style model and tokenizer (no downloads)")
+    p = sub.add_parser("make-tiny-model", help="write a tiny random Llama- or Qwen2-style model and tokenizer (no downloads)")
     p.add_argument("out_dir")
     p.add_argument("--hidden-size", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists and is not empty")
+    p.add_argument("--arch", choices=["llama", "qwen2"], default="llama")
     p.set_defaults(fn=_make_tiny)
 
     args = parser.parse_args(argv)

@@ -36,6 +36,7 @@ from rlhf_dist.config_io import (  # noqa: F401 - re-exported: callers import th
 )
 from rlhf_dist.errors import ConfigError
 from rlhf_dist.layout import PoolLayout, pool_layout
+from rlhf_dist.passes import uses_reference
 
 
 class RunConfig(RunOutput):
@@ -78,6 +79,7 @@ class RolloutConfig(Strict):
     enforce_eager: bool = True
     # Asynchronous mode: engines generate up to k weight versions ahead of the learners (0: on-policy, in step).
     max_staleness: int = Field(0, ge=0)
+    warmup: bool = True  # engines generate one step's share of random prompts at set-up, beside the learners' start
 
 
 class RewardFunction(Strict):
@@ -130,6 +132,9 @@ class PPOConfig(Strict):
     kl_horizon: int = Field(10000, ge=1)
     kl_loss_coef: float = Field(0.0, ge=0)  # KL to the reference as a loss term (GRPO style)
     kl_loss_estimator: names(KL_ESTIMATORS) = "k3"
+    log_kl: bool = False  # run the reference for the KL metric even when no KL term uses it
+    # Old log-probs: the learner's (recomputed, or its first forward's in a single on-policy update) or the engine's
+    old_logprobs: Literal["learner", "engine"] = "learner"
     whiten_advantages: bool = True  # gae only; the others normalise as their definition says
     entropy_coef: float = 0.0
     dynamic_sampling: bool = False  # DAPO: drop prompt groups whose scores are all equal, refill
@@ -287,7 +292,8 @@ def role_gpus(cfg: Config) -> dict[str, tuple[str, int]]:
                 "critic role needs a pool"
             )
         out["critic"] = (p.critic.pool, p.critic.num_gpus)
-    out["reference"] = (p.reference.pool, p.reference.num_gpus)
+    if uses_reference(cfg):
+        out["reference"] = (p.reference.pool, p.reference.num_gpus)
     out["rollout"] = (p.rollout.pool, p.rollout.num_engines * p.rollout.tensor_parallel_size)
     if cfg.reward.model is not None:
         if p.reward is None:
@@ -330,7 +336,7 @@ def derive(cfg: Config) -> Derived:
     critic_ranks = p.critic.num_gpus if "critic" in roles else 0
     ga_critic = batch_check("critic", critic_ranks) if critic_ranks else 0
     for role, ranks in (("reference", p.reference.num_gpus), ("rollout", p.rollout.num_engines)):
-        if samples % ranks:
+        if role in roles and samples % ranks:
             raise ConfigError(f"placement.{role}: {samples} samples per step do not split evenly over {ranks} ranks")
     return Derived(
         samples_per_step=samples,
@@ -380,6 +386,11 @@ def check_algorithm(cfg: Config) -> None:
         raise ConfigError(f"cluster.cpu_cores: {sorted(unknown)} not in placement.pools ({', '.join(pl.pools)})")
     if k > 0 and ppo.dynamic_sampling:
         raise ConfigError("rollout.max_staleness: asynchronous mode does not support ppo.dynamic_sampling; use 0")
+    if ppo.old_logprobs == "engine" and (k > 0 or ppo.is_correction != "none"):
+        raise ConfigError(
+            "ppo.old_logprobs: 'engine' cannot be combined with rollout.max_staleness > 0 or ppo.is_correction: the "
+            "off-policy correction weighs the learner's log-probs against the engine's; use 'learner'"
+        )
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None) -> Config:

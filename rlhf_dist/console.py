@@ -129,13 +129,17 @@ class StepProgress:
 
 def step_line(step: int, m: dict) -> str:
     text = (
-        f"step {step}: reward {m['reward/mean']:.3f} kl {m['kl/mean']:.4f} len {m['response/length_mean']:.1f} "
+        f"step {step}: reward {m['reward/mean']:.3f} kl {_kl(m)} len {m['response/length_mean']:.1f} "
         f"step {m['timing/step']:.1f}s sync {m['sync/seconds']:.2f}s"
     )
     if "policy/lr" in m:
         text += f" lr {m['policy/lr']:.2e}"
     evals = eval_metrics_brief(m)
     return text + (f" | eval {evals}" if evals else "")
+
+
+def _kl(m: dict) -> str:
+    return f"{m['kl/mean']:.4f}" if "kl/mean" in m else "not computed"  # no reference runs without a KL term
 
 
 def headline_keys(keys) -> list[str]:

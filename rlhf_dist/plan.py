@@ -94,13 +94,14 @@ def _learner_roles(cfg: Config, shape: ModelShape, dtype_bytes: int, L: int, log
         roles[role] = {"pool": r.pool, "gpus": r.num_gpus, "zero_stage": r.zero_stage, "bytes": parts,
                        "host_per_rank": host, "full_copy": dtype_bytes * shape.params if r.zero_stage == 3 else 0.0}
     ref_shards = p.reference.num_gpus if p.reference.zero_stage == 3 else 1
-    roles["reference"] = {
-        "pool": p.reference.pool, "gpus": p.reference.num_gpus, "zero_stage": p.reference.zero_stage,
-        # ZeRO-3: a partition per GPU, plus the largest layer gathered during the forward pass (~P / n).
-        "bytes": {"params": dtype_bytes * shape.params / ref_shards
-                  + (dtype_bytes * shape.params / shape.layers if ref_shards > 1 else 0), "logits": logits},
-        "host_per_rank": 0.0, "full_copy": 0.0,
-    }
+    if "reference" in used:
+        roles["reference"] = {
+            "pool": p.reference.pool, "gpus": p.reference.num_gpus, "zero_stage": p.reference.zero_stage,
+            # ZeRO-3: a partition per GPU, plus the largest layer gathered during the forward pass (~P / n).
+            "bytes": {"params": dtype_bytes * shape.params / ref_shards
+                      + (dtype_bytes * shape.params / shape.layers if ref_shards > 1 else 0), "logits": logits},
+            "host_per_rank": 0.0, "full_copy": 0.0,
+        }
     if "reward" in used:
         rm = model_shape(cfg.reward.model, "reward.model") if (Path(cfg.reward.model) / "config.json").is_file() else shape
         roles["reward"] = {"pool": p.reward.pool, "gpus": p.reward.num_gpus, "zero_stage": None,

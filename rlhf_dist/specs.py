@@ -109,3 +109,4 @@ class EngineSpec:
     tensor_parallel_size: int = 1
     sampling: SamplingSpec | None = None  # None: an engine that only scores (the LLM judge)
     worker_extension: str | None = None  # the weight receiver, for engines that take synced weights
+    warmup: tuple[int, int] = (0, 0)  # (requests, prompt tokens) generated once at set-up; (0, 0): none

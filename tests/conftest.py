@@ -37,7 +37,9 @@ def demo_config_dict(model_dir: str, prompts: str, out_dir: str) -> dict:
         "data": {"prompts": prompts, "max_prompt_tokens": 32},
         "rollout": {"max_new_tokens": 12, "n_samples_per_prompt": 2},
         "reward": {"functions": [{"name": "rlhf_dist.rewards.rules:char_fraction"}]},
-        "ppo": {"rollout_batch_size": 8, "mini_batch_size": 8, "micro_batch_size": 4, "epochs": 1, "policy_lr": 1e-3},
+        "ppo": {"rollout_batch_size": 8, "mini_batch_size": 8, "micro_batch_size": 4, "epochs": 1, "policy_lr": 1e-3,
+                # The KL metric needs the reference (no KL term uses it here); the lean path has its own tests.
+                "log_kl": True},
         "placement": {
             "pools": {"main": {"nodes": 1, "gpus_per_node": 2}},
             "policy": {"pool": "main", "num_gpus": 2, "zero_stage": 3},

@@ -53,13 +53,23 @@ def test_bench_sync_compares_with_raw_broadcast(ray_session, config, tmp_path):
 @pytest.mark.slow
 def test_bench_step_breaks_the_step_into_phases(ray_session, config, tmp_path):
     out = tmp_path / "step.json"
-    assert main(["bench", "step", config, "--steps", "2", "--run-dir", str(tmp_path / "bench-run"), "--out", str(out)]) == 0
-    rows = json.loads(out.read_text())["rows"]
+    assert main(["bench", "step", config, "--steps", "2", "--run-dir", str(tmp_path / "bench-run"), "--out", str(out),
+                 "--limit-repeats", "1"]) == 0
+    result = json.loads(out.read_text())
+    rows = result["rows"]
     assert [r["step"] for r in rows] == [1, 2]
     for r in rows:
         parts = r["generate"] + r["score"] + r["infer"] + r["update"] + r["sync"] + r["other"]
         assert parts == pytest.approx(r["step_s"], rel=1e-6)
         assert 0 <= r["outside_compute"] < 1
+    # The limits, measured in the same run, and the step's ratio to their sum.
+    limits, summary = result["limits"], result["limit_summary"]
+    assert all(len(limits["runs"][k]) == 1 and limits[k] > 0 for k in ("generate", "update", "broadcast"))
+    assert limits["weight_MB"] > 0
+    assert [r["what"] for r in summary["rows"]] == ["generate", "update", "sync", "step"]
+    step_row = summary["rows"][-1]
+    assert step_row["limit_s"] == pytest.approx(limits["generate"] + limits["update"] + limits["broadcast"])
+    assert summary["ratio"] == pytest.approx(rows[1]["step_s"] / step_row["limit_s"])
 
 
 def test_overlap_efficiency_against_the_ideal():

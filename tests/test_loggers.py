@@ -3,7 +3,6 @@ import json
 import os
 import time
 
-import pytest
 
 from rlhf_dist.config import RunConfig
 from rlhf_dist.loggers import active_loggers

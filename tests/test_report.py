@@ -2,7 +2,6 @@
 import json
 import random
 
-import pytest
 
 from rlhf_dist.cli import main
 from rlhf_dist.report import figure, load_runs, summary

@@ -11,6 +11,9 @@ from rlhf_dist.algorithms.core import kl_estimate, masked_mean, value_loss_clipp
 from rlhf_dist.algorithms.policy_losses import POLICY_LOSSES, aggregate
 from rlhf_dist.algorithms.preference import bradley_terry_loss, dpo_loss, sft_loss
 
+# Largest |engine - learner| log-prob of a sampled token: reduced by max over micro-batches and ranks.
+LOGPROB_PROBE = "rollout/engine_learner_logprob_diff_max"
+
 
 @dataclasses.dataclass(frozen=True)
 class PolicyLoss:
@@ -24,6 +27,9 @@ class PolicyLoss:
     kl_loss_coef: float = 0.0
     kl_loss_estimator: str = "k3"
     needs_entropy: bool = True
+    # True: a single on-policy update, where the old log-probs are this forward's own, detached (ratio 1, the same
+    # gradient as recomputed ones); the batch then carries no `old_logprobs`.
+    old_from_forward: bool = False
 
     @property
     def needs_reference(self) -> bool:
@@ -31,8 +37,9 @@ class PolicyLoss:
 
     def __call__(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]):
         mask, logp = batch["mask"], outputs["logprobs"]
+        old = logp.detach() if self.old_from_forward else batch["old_logprobs"]
         per_token, metrics = POLICY_LOSSES[self.name](
-            logp, batch["old_logprobs"], batch["advantages"], mask,
+            logp, old, batch["advantages"], mask,
             clip_eps_low=self.clip_eps, clip_eps_high=self.clip_eps_high, dual_clip_c=self.dual_clip_c,
         )
         if self.kl_loss_coef:
@@ -47,6 +54,10 @@ class PolicyLoss:
         if self.entropy_coef:
             loss = loss - self.entropy_coef * entropy
         metrics.update({"policy/loss": float(loss.detach()), "policy/entropy": float(entropy.detach())})
+        if "engine_logprobs" in batch:
+            # No pre-update pass compared the engines' log-probs with the learner's: this first forward does.
+            diff = (logp.detach().float() - batch["engine_logprobs"]).abs() * mask
+            metrics[LOGPROB_PROBE] = float(diff.max()) if diff.numel() else 0.0
         return loss, metrics
 
 

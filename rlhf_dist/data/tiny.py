@@ -74,12 +74,14 @@ def make_tiny_model(
     seed: int = 0,
     force: bool = False,
     field: str = "out_dir",
+    arch: str = "llama",
 ) -> Path:
-    """Write a randomly initialised Llama-style causal LM and its tokenizer to `out_dir` (HF format): into a
-    temporary directory renamed at the end; a non-empty `out_dir` is replaced only when `force`."""
+    """Write a randomly initialised causal LM (`arch`: "llama", or "qwen2": biased q/k/v projections) and its
+    tokenizer to `out_dir` (HF format): into a temporary directory renamed at the end; a non-empty `out_dir` is
+    replaced only when `force`."""
     check_tiny_sizes(hidden_size, num_layers, num_heads)
     with atomic_dir(out_dir, field, force) as tmp:
-        _write_tiny_model(tmp, hidden_size, num_layers, num_heads, vocab_size, max_positions, seed)
+        _write_tiny_model(tmp, hidden_size, num_layers, num_heads, vocab_size, max_positions, seed, arch)
     return Path(out_dir)
 
 
@@ -95,12 +97,14 @@ def check_tiny_sizes(hidden_size: int, num_layers: int, num_heads: int = 2) -> N
         raise ConfigError(f"--hidden-size/--layers: {hidden_size} x {num_layers} is not a tiny model (at most 8192 x 64)")
 
 
-def _write_tiny_model(out: Path, hidden_size, num_layers, num_heads, vocab_size, max_positions, seed) -> None:
+def _write_tiny_model(out: Path, hidden_size, num_layers, num_heads, vocab_size, max_positions, seed, arch) -> None:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    Config, Model = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[arch]
 
     tokenizer = make_tokenizer(out, vocab_size=vocab_size, seed=seed)
-    config = LlamaConfig(
+    config = Config(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=hidden_size * 4,
@@ -116,7 +120,7 @@ def _write_tiny_model(out: Path, hidden_size, num_layers, num_heads, vocab_size,
         torch_dtype="float32",
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = Model(config)
     model.save_pretrained(str(out), safe_serialization=True)
     (out / "rlhf_dist_tiny.json").write_text(json.dumps({"seed": seed, "params": model.num_parameters()}))
 

@@ -47,6 +47,11 @@ class _Base:
 
         return {"role": self.role, "rank": self.rank, "ip": D.node_ip(), "device": str(self.device), "pid": os.getpid()}
 
+    def set_threads(self, n: int) -> int:
+        """CPU: torch threads for the next calls (rlhf_dist.runtime.threads sets them per phase)."""
+        D.set_threads(n)
+        return n
+
     def master_endpoint(self) -> tuple[str, int]:
         return D.reserve_port()
 
@@ -135,12 +140,12 @@ class LearnerWorker(_Base):
                     self.engine.backward(loss)
                     self.engine.step()
                     for k, v in metrics.items():
-                        sums[k] += v
+                        sums[k] = max(sums[k], v) if k.endswith("_max") else sums[k] + v
                     count += 1
                 norm = self.engine.get_global_grad_norm()
                 if norm is not None:
                     grad_norms.append(float(norm))
-        result = {k: v / max(count, 1) for k, v in sums.items()}
+        result = {k: v if k.endswith("_max") else v / max(count, 1) for k, v in sums.items()}
         result[f"{self.role}/lr"] = lr
         if grad_norms:
             result[f"{self.role}/grad_norm"] = sum(grad_norms) / len(grad_norms)

@@ -48,8 +48,12 @@ def llm_kwargs(cfg) -> dict:
 
 def engine_spec(cfg) -> EngineSpec:
     r = cfg.rollout
+    warmup = (0, 0)
+    if r.warmup and hasattr(cfg, "ppo"):  # labelling has no step to warm up for
+        per_engine = -(-cfg.ppo.rollout_batch_size * r.n_samples_per_prompt // cfg.placement.rollout.num_engines)
+        warmup = (per_engine, cfg.data.max_prompt_tokens)
     sampling = SamplingSpec(r.max_new_tokens, r.temperature, r.top_p, r.top_k, r.min_p, tuple(r.stop), tuple(r.stop_token_ids))
-    return EngineSpec(process_spec(cfg), llm_kwargs(cfg), cfg.placement.rollout.tensor_parallel_size, sampling, RECEIVER)
+    return EngineSpec(process_spec(cfg), llm_kwargs(cfg), cfg.placement.rollout.tensor_parallel_size, sampling, RECEIVER, warmup)
 
 
 def sampling_params(r: SamplingSpec, n: int, seed: int, overrides: dict | None = None) -> list:
@@ -102,7 +106,29 @@ class RolloutEngine:
         if s.worker_extension:
             kwargs["worker_extension_cls"] = s.worker_extension
         self.llm = LLM(**s.llm, tensor_parallel_size=tp, seed=s.process.seed + self.rank, **kwargs)
+        if s.warmup[0] and s.sampling is not None:
+            self._warm_up(*s.warmup)
         return {"rank": self.rank, "seconds": time.perf_counter() - t0, "pid": os.getpid()}
+
+    def _warm_up(self, requests: int, prompt_tokens: int) -> None:
+        """vLLM's first generation of a step-sized batch is many times slower than the next ones (first-call
+        set-up of its kernels and buffers). Paid here, it overlaps the learners' start instead of step 1.
+        Random ids share no prefix; the prefix cache is reset at every weight sync anyway."""
+        import random
+
+        vocab = self.llm.llm_engine.model_config.get_vocab_size()
+        rng = random.Random(self.rank)
+        prompts = [[rng.randrange(1, vocab) for _ in range(rng.randint(1, prompt_tokens))] for _ in range(requests)]
+        self.generate(prompts, seed=0)
+
+    def set_threads(self, n: int) -> int:
+        """CPU: torch threads of this process, where a single-worker engine runs its model (multiprocessing is off).
+        vLLM's CPU worker replaces torch.set_num_threads with a no-op to protect its core binding; the engines
+        run unbound (VLLM_CPU_OMP_THREADS_BIND=nobind), so torch's own setter is safe and is called directly."""
+        import torch
+
+        torch._C.set_num_threads(n)
+        return torch.get_num_threads()
 
     def ready(self) -> dict:
         import ray

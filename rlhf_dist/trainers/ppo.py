@@ -10,7 +10,7 @@ from rlhf_dist.algorithms import kl_estimate, masked_mean
 from rlhf_dist.algorithms.advantages import AdvantageInputs, estimate_advantages, informative_groups, overlong_penalty
 from rlhf_dist.algorithms.correction import off_policy_terms
 from rlhf_dist.algorithms.kl import kl_controller
-from rlhf_dist.algorithms.losses import ClippedValueLoss, PolicyLoss
+from rlhf_dist.algorithms.losses import LOGPROB_PROBE, ClippedValueLoss, PolicyLoss
 from rlhf_dist import checkpoint
 from rlhf_dist.checkpoint import Checkpoint, load_trainer_state
 from rlhf_dist.config import Config, derive
@@ -18,6 +18,7 @@ from rlhf_dist.console import StepProgress, step_line
 from rlhf_dist.data.batch import build_batch, check_groups, pad_rows
 from rlhf_dist.data.prompts import PromptLoader, load_prompts
 from rlhf_dist.evaluation import Evaluator
+from rlhf_dist.passes import step_passes
 from rlhf_dist.metrics import MetricsWriter, set_aside_metrics_after
 from rlhf_dist.preflight import prepare_model
 from rlhf_dist.rewards.functions import RuleRewards
@@ -25,6 +26,7 @@ from rlhf_dist.rollout.finish import drop_truncated, truncated_flags
 from rlhf_dist.runtime.scaffold import log_skipped, open_run, ray_session, with_restarts
 from rlhf_dist.sync.weights import check_logprob_match
 from rlhf_dist.trainers.async_rollout import RolloutProducer, generation_seed
+from rlhf_dist.trainers.passes_run import reduce_ranks, run_passes, update_batch
 from rlhf_dist.trainers.rl_roles import RLRoles
 
 
@@ -106,10 +108,12 @@ class LoopState:
         self.loader = PromptLoader(len(prompt_ids), cfg.ppo.rollout_batch_size, cfg.run.seed)
         p = cfg.ppo
         self.kl_ctl = kl_controller(p.kl_coef, p.kl_target, p.kl_horizon)
+        self.passes = step_passes(cfg)
         self.policy_loss = PolicyLoss(
             name=p.policy_loss, clip_eps=p.clip_eps, clip_eps_high=p.clip_eps_high, dual_clip_c=p.dual_clip_c,
             aggregation=p.loss_aggregation, norm_constant=float(cfg.rollout.max_new_tokens),
             entropy_coef=p.entropy_coef, kl_loss_coef=p.kl_loss_coef, kl_loss_estimator=p.kl_loss_estimator,
+            old_from_forward=self.passes.old_from == "first_forward",
         )
 
     def state_dict(self, step: int) -> dict:
@@ -136,28 +140,26 @@ def rl_step(cfg: Config, roles: RLRoles, state: LoopState, step: int) -> dict:
     mask = batch["mask"]
     scores = roll["scores"]
 
-    # 3b. Reference, critic and policy passes, in parallel.
-    t0 = time.perf_counter()
-    infer = {"reference": roles.submit_infer(roles.reference, batch), "policy": roles.submit_infer(roles.policy, batch)}
-    if roles.critic is not None:
-        infer["critic"] = roles.submit_infer(roles.critic, batch)
-    ref_lp = roles.gather_infer(infer["reference"], "reference log-probs")["logprobs"]
-    old_lp = roles.gather_infer(infer["policy"], "policy log-probs")["logprobs"]
-    values = roles.gather_infer(infer["critic"], "critic values")["values"] if "critic" in infer else None
-    timing["infer"] = time.perf_counter() - t0
-
-    # Engines that sampled with the weights the policy just scored must agree with it on log-probs.
-    probe = float(((roll["engine_logprobs"] - old_lp).abs() * mask).max())
+    # 3b. Reference, critic and policy passes in parallel, only those this step needs (rlhf_dist.passes).
+    engine_lp = roll["engine_logprobs"]
+    out = run_passes(roles, state.passes, batch, engine_lp, timing)
+    values = out.values
     staleness = roll_metrics.get("rollout/staleness", 0.0)
-    if staleness == 0:
-        check_logprob_match(probe, cfg.sync.max_logprob_diff, step)
-    # Off-policy correction of engine (behaviour) vs learner log-probs; None when ppo.is_correction is "none".
-    is_weights, off_metrics = off_policy_terms(ppo.is_correction, old_lp, roll["engine_logprobs"], mask, ppo.is_cap, ppo.is_band)
+    if out.probe is not None and staleness == 0:
+        # The engines sampled with the weights the policy just scored: their log-probs must agree.
+        check_logprob_match(out.probe, cfg.sync.max_logprob_diff, step)
 
-    # 4. Advantages and returns: pure tensor math, chosen by name.
-    kl = kl_estimate(old_lp, ref_lp, ppo.kl_estimator) * mask
+    # Off-policy correction of engine (behaviour) vs learner log-probs (weights None for "none"), and the mismatch
+    # metrics, wherever the learner recomputed its log-probs (always so with stale batches or a correction).
+    is_weights, off_metrics = None, {}
+    if state.passes.old_from == "infer":
+        is_weights, off_metrics = off_policy_terms(ppo.is_correction, out.old_logprobs, engine_lp, mask, ppo.is_cap, ppo.is_band)
+
+    # 4. Advantages and returns: pure tensor math, chosen by name. Without the reference no KL is measured (and
+    # none is in the rewards: kl_coef is 0 then).
+    kl = kl_estimate(out.old_logprobs, out.ref_logprobs, ppo.kl_estimator) * mask if state.passes.kl_measured else None
     inputs = AdvantageInputs(
-        scores=scores, mask=mask, kl=kl, kl_coef=state.kl_ctl.value,
+        scores=scores, mask=mask, kl=torch.zeros_like(mask, dtype=torch.float32) if kl is None else kl, kl_coef=state.kl_ctl.value,
         group_size=cfg.rollout.n_samples_per_prompt, values=values,
     )
     advantages, returns = estimate_advantages(
@@ -168,11 +170,10 @@ def rl_step(cfg: Config, roles: RLRoles, state: LoopState, step: int) -> dict:
     t0 = time.perf_counter()
     if ppo.mask_truncated:
         batch["mask"] = drop_truncated(mask, roll["truncated"])
-    batch.update(old_logprobs=old_lp, advantages=advantages)
-    if state.policy_loss.needs_reference:
-        batch["ref_logprobs"] = ref_lp
+    update_batch(batch, out, engine_lp, advantages, state.policy_loss.needs_reference)
     if is_weights is not None:
         batch["is_weights"] = is_weights
+    roles.threads.phase(roles.policy, roles.critic)
     updates = [roles.submit_train(roles.policy, batch, state.policy_loss, seed=step)]
     if roles.critic is not None:
         critic_batch = {**batch, "returns": returns, "old_values": values}
@@ -180,6 +181,9 @@ def rl_step(cfg: Config, roles: RLRoles, state: LoopState, step: int) -> dict:
     results = roles.wait(updates, f"policy update (step {step})")
     n_policy = len(roles.policy)
     timing["update"] = time.perf_counter() - t0
+    policy_metrics = reduce_ranks(results[:n_policy])
+    if out.probe is None:  # measured by the update's first forward
+        check_logprob_match(policy_metrics[LOGPROB_PROBE], cfg.sync.max_logprob_diff, step)
 
     # 6. New weights to the engines, verified every `verify_every` syncs.
     verify = cfg.sync.verify_every > 0 and step % cfg.sync.verify_every == 0
@@ -188,27 +192,28 @@ def rl_step(cfg: Config, roles: RLRoles, state: LoopState, step: int) -> dict:
     timing["step"] = time.perf_counter() - t_step
 
     # 7. Metrics; the adaptive KL controller moves after the step.
-    kl_mean = float(masked_mean(kl, mask, dim=1).mean())
     metrics = {
         "reward/mean": float(scores.mean()),
         "reward/std": float(scores.std()) if len(scores) > 1 else 0.0,
-        "kl/mean": kl_mean,
-        "kl/sum_mean": float(kl.sum(1).mean()),
         "kl/coef": state.kl_ctl.value,
         "advantages/mean": float(masked_mean(advantages, mask)),
         "returns/mean": float(masked_mean(returns, mask)),
         "response/length_mean": float(mask.sum(1).mean()),
-        "rollout/engine_learner_logprob_diff_max": probe,
         "rollout/staleness": staleness,
         **off_metrics,
         **roll_metrics,
     }
+    if out.probe is not None:
+        metrics[LOGPROB_PROBE] = out.probe
     if values is not None:
         metrics["values/mean"] = float(masked_mean(values, mask))
-    state.kl_ctl.update(kl_mean, len(scores))
-    metrics.update(_mean(results[:n_policy]))
+    if kl is not None:  # no KL metric when it was not computed
+        kl_mean = float(masked_mean(kl, mask, dim=1).mean())
+        metrics.update({"kl/mean": kl_mean, "kl/sum_mean": float(kl.sum(1).mean())})
+        state.kl_ctl.update(kl_mean, len(scores))
+    metrics.update(policy_metrics)
     if len(results) > n_policy:
-        metrics.update(_mean(results[n_policy:]))
+        metrics.update(reduce_ranks(results[n_policy:]))
     metrics.update(sync)
     metrics.update({f"timing/{k}": v for k, v in timing.items()})
     return metrics
@@ -293,6 +298,3 @@ def score(cfg: Config, roles: RLRoles, state: LoopState, idx: list[int], respons
     return scores, parts
 
 
-def _mean(rows: list[dict]) -> dict:
-    """Average each metric over the ranks of one group."""
-    return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}

@@ -3,6 +3,7 @@ and the verbs the loop uses on them. Start-up, placement and shutdown belong to 
 from __future__ import annotations
 
 from rlhf_dist.config import Config, Derived, derive, uses_critic
+from rlhf_dist.passes import uses_reference
 from rlhf_dist.data.batch import concat, split, split_list
 from rlhf_dist.dist import use_cuda
 from rlhf_dist.learner.workers import (
@@ -14,6 +15,7 @@ from rlhf_dist.learner.workers import (
 from rlhf_dist.rollout.engine import RolloutEngine, engine_env, engine_spec
 from rlhf_dist.runtime.placement import plan_slots
 from rlhf_dist.runtime.roles import Roles, RoleSpec
+from rlhf_dist.runtime.threads import PhaseThreads
 from rlhf_dist.specs import (
     LearnerSpec,
     ModelSpec,
@@ -53,13 +55,15 @@ def reward_spec(cfg: Config) -> RewardSpec:
 
 
 def role_specs(cfg: Config) -> list[RoleSpec]:
-    """Only the roles this job uses: no critic for critic-free estimators, no reward model without reward.model."""
+    """Only the roles this job uses: no critic for critic-free estimators, no reference without a KL term or the KL
+    metric, no reward model without reward.model."""
     p = cfg.placement
     specs = [RoleSpec("policy", PolicyWorker, p.policy.pool, p.policy.num_gpus, learner_spec(cfg, "policy"), rendezvous=True)]
     if uses_critic(cfg):
         specs.append(RoleSpec("critic", CriticWorker, p.critic.pool, p.critic.num_gpus, learner_spec(cfg, "critic"), rendezvous=True))
-    specs.append(RoleSpec("reference", ReferenceWorker, p.reference.pool, p.reference.num_gpus, reference_spec(cfg),
-                          rendezvous=p.reference.zero_stage == 3))
+    if uses_reference(cfg):
+        specs.append(RoleSpec("reference", ReferenceWorker, p.reference.pool, p.reference.num_gpus, reference_spec(cfg),
+                              rendezvous=p.reference.zero_stage == 3))
     if cfg.reward.model is not None:
         specs.append(RoleSpec("reward", RewardModelWorker, p.reward.pool, p.reward.num_gpus, reward_spec(cfg)))
     specs.append(RoleSpec("rollout", RolloutEngine, p.rollout.pool, p.rollout.num_engines, engine_spec(cfg),
@@ -81,10 +85,13 @@ class RLRoles:
         self.roles = Roles(specs or role_specs(cfg), cfg.placement.pools, cfg.run.name, cfg.cluster, t, log)
         try:
             self.policy, self.critic = self.roles["policy"], self.roles.get("critic")
-            self.reference, self.rollout, self.reward = self.roles["reference"], self.roles["rollout"], self.roles.get("reward")
+            self.reference, self.rollout, self.reward = self.roles.get("reference"), self.roles["rollout"], self.roles.get("reward")
             pl = cfg.placement
             self.sync = WeightSync(self.roles, self.roles.device, pl.rollout.pool == pl.policy.pool,
                                    pl.rollout.tensor_parallel_size, cfg.sync.bucket_mb, t, log)
+            # A TP engine's workers are other processes: only single-worker engines take a share of threads.
+            cpu = not use_cuda(cfg.cluster.device) and pl.rollout.tensor_parallel_size == 1
+            self.threads = PhaseThreads(self.roles, cpu and cfg.cluster.phase_threads, cfg.cluster.phase_cores)
         except BaseException:
             self.roles.shutdown()
             raise
@@ -98,6 +105,7 @@ class RLRoles:
 
     def submit_generate(self, prompts: list[list[int]], seed: int, sampling: dict | None = None):
         """Start generation with the weights version last synced (each engine checks it holds that version)."""
+        self.threads.phase(self.rollout)
         n = len(self.rollout)
         chunks = split_list(prompts, n)
         offsets = [i * len(chunks[0]) for i in range(n)]
@@ -123,6 +131,7 @@ class RLRoles:
         return group.submit("train", per_rank=[(s, loss_fn, seed + r) for r, s in enumerate(split(batch, len(group)))])
 
     def reward_scores(self, pairs: list[tuple[str, str]]) -> list[float]:
+        self.threads.phase(self.reward)
         parts = self.roles.call("reward", "score", per_rank=[(c,) for c in split_list(pairs, len(self.reward))])
         return [s for p in parts for s in p]
 

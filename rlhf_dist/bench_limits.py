@@ -1,0 +1,165 @@
+"""The compute a step cannot avoid, measured in the same run as `bench step`: vLLM generating the step's batch
+alone, one forward/backward/optimizer step of the policy alone, and a bare broadcast of the weights, each
+with all of the machine (every core on CPU); the step's ratio to their sum."""
+from __future__ import annotations
+
+import statistics
+import time
+
+from rlhf_dist.bench import DirectVLLM, RawBroadcaster
+from rlhf_dist.config import Config
+
+
+class VLLMAlone(DirectVLLM):
+    """The framework's engine settings with every core and nothing else running."""
+
+    def setup(self) -> dict:
+        _all_cores()
+        return super().setup()
+
+    def responses(self, prompts: list[list[int]], seed: int) -> list[list[int]]:
+        from vllm.inputs import TokensPrompt
+
+        from rlhf_dist.rollout.engine import sampling_params
+
+        params = sampling_params(self.spec.sampling, len(prompts), seed)
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        return [list(o.outputs[0].token_ids) for o in outs]
+
+
+class PolicyAlone:
+    """The policy in plain torch (no DeepSpeed, one process): forward, the framework's policy loss, backward,
+    AdamW step, on the whole batch in the config's micro-batches."""
+
+    def __init__(self, cfg: Config):
+        import torch
+
+        from rlhf_dist.algorithms.losses import PolicyLoss
+        from rlhf_dist.dist import torch_device
+        from rlhf_dist.learner import models
+
+        _all_cores()
+        m = cfg.model
+        self.device = torch_device(cfg.cluster.device)
+        self.model = models.load_causal_lm(m.policy, m.dtype, m.attn_implementation).to(self.device).train()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.ppo.policy_lr)
+        self.loss = PolicyLoss(name=cfg.ppo.policy_loss, clip_eps_high=cfg.ppo.clip_eps_high, old_from_forward=True)
+        self.micro, self.temperature = cfg.ppo.micro_batch_size, cfg.rollout.temperature
+
+    def ready(self) -> bool:
+        return True
+
+    def step(self, batch: dict) -> float:
+        import torch
+
+        from rlhf_dist.learner import models
+
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        t0 = time.perf_counter()
+        n = batch["input_ids"].shape[0]
+        for i in range(0, n, self.micro):
+            mb = {k: v[i : i + self.micro] for k, v in batch.items()}
+            logits = models.response_logits(self.model, mb)
+            tokens = mb["input_ids"][:, -mb["mask"].shape[1] :]
+            out = {"logprobs": models.token_logprobs(logits, tokens, self.temperature),
+                   "entropy": torch.zeros_like(mb["mask"])}
+            loss, _ = self.loss(out, mb)
+            (loss * mb["input_ids"].shape[0] / n).backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    def weight_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+
+def _all_cores() -> None:
+    from rlhf_dist.dist import set_threads
+    from rlhf_dist.runtime.threads import node_cores
+
+    set_threads(node_cores())
+
+
+def measure_limits(cfg: Config, prompts: list[list[int]], repeats: int, log=print) -> dict:
+    """Median seconds of each limit over `repeats` (after a warm-up), one role at a time."""
+    import ray
+    import torch
+
+    from rlhf_dist.data.batch import build_batch
+    from rlhf_dist.dist import use_cuda
+    from rlhf_dist.rollout.engine import engine_env, engine_spec
+    from rlhf_dist.runtime.groups import worker_env
+
+    gpu = 1 if use_cuda(cfg.cluster.device) else 0
+    env = worker_env(cfg.cluster.device, cfg.cluster.threads_per_actor)
+    opts = dict(num_cpus=0, num_gpus=gpu, runtime_env={"env_vars": env})
+    deadline = cfg.timeouts.call_s
+
+    def get(ref):
+        return ray.get(ref, timeout=deadline)
+
+    vllm = ray.remote(VLLMAlone).options(**{**opts, "runtime_env": {"env_vars": {**env, **engine_env(cfg)}}}).remote(engine_spec(cfg), 0, 1)
+    get(vllm.setup.remote())
+    get(vllm.run.remote(prompts, 0))  # warm-up
+    gen = [get(vllm.run.remote(prompts, 1 + r))["seconds"] for r in range(repeats)]
+    responses = get(vllm.responses.remote(prompts, 1))
+    ray.kill(vllm)
+    log(f"limit: vLLM alone {statistics.median(gen):.3f} s")
+
+    batch = build_batch(prompts, responses, pad_id=0)
+    batch["advantages"] = torch.randn(batch["mask"].shape) * batch["mask"]
+    policy = ray.remote(PolicyAlone).options(**opts).remote(cfg)
+    get(policy.ready.remote())
+    get(policy.step.remote(batch))
+    upd = [get(policy.step.remote(batch)) for _ in range(repeats)]
+    total = get(policy.weight_bytes.remote())
+    ray.kill(policy)
+    log(f"limit: policy update alone {statistics.median(upd):.3f} s")
+
+    # The transport the framework's sync picks: NCCL between pools on GPUs, gloo otherwise.
+    pl = cfg.placement
+    backend = "nccl" if gpu and pl.rollout.pool != pl.policy.pool else "gloo"
+    ends = {**opts, "num_gpus": 1 if backend == "nccl" else 0}
+    ranks = [ray.remote(RawBroadcaster).options(**ends).remote(cfg, r, 2) for r in range(2)]
+    addr, port = get(ranks[0].endpoint.remote())
+    get([b.init.remote(addr, port, backend) for b in ranks])
+    chunk = int(cfg.sync.bucket_mb * 2**20)
+    bc = get([b.broadcast.remote(total, chunk, repeats + 1) for b in ranks])[0][1:]
+    for b in ranks:
+        ray.kill(b)
+    log(f"limit: bare broadcast of {total / 1e6:.1f} MB {statistics.median(bc):.3f} s")
+    return {"generate": statistics.median(gen), "update": statistics.median(upd), "broadcast": statistics.median(bc),
+            "weight_MB": total / 1e6, "runs": {"generate": gen, "update": upd, "broadcast": bc}}
+
+
+def step_limits(cfg: Config, repeats: int, log=print) -> dict:
+    """The limits for the step's batch: its first prompts, each repeated `n_samples_per_prompt` times."""
+    from rlhf_dist.config import derive
+    from rlhf_dist.data.prompts import load_prompts
+    from rlhf_dist.preflight import prepare_model
+    from rlhf_dist.runtime.scaffold import ray_session
+
+    ids = load_prompts(cfg.data, prepare_model(cfg, log)).ids
+    n = cfg.rollout.n_samples_per_prompt
+    prompts = [ids[i % len(ids)] for i in range(cfg.ppo.rollout_batch_size) for _ in range(n)]
+    with ray_session(cfg, derive(cfg), log):
+        return measure_limits(cfg, prompts, repeats, log)
+
+
+def limit_summary(rows: list[dict], limits: dict) -> dict:
+    """Median phases of the steps after the first (warm-up) next to the limits, and the step's ratio to them."""
+    steady = rows[1:] or rows
+    med = {k: statistics.median(r[k] for r in steady) for k in ("generate", "update", "sync", "step_s")}
+    limit = limits["generate"] + limits["update"] + limits["broadcast"]
+    table = [
+        {"what": "generate", "step_median_s": med["generate"], "limit_s": limits["generate"], "limit": "vLLM alone, all cores"},
+        {"what": "update", "step_median_s": med["update"], "limit_s": limits["update"],
+         "limit": "policy forward/backward/optimizer alone, all cores"},
+        {"what": "sync", "step_median_s": med["sync"], "limit_s": limits["broadcast"], "limit": "bare broadcast of the weights"},
+        {"what": "step", "step_median_s": med["step_s"], "limit_s": limit, "limit": "sum of the limits"},
+    ]
+    for r in table:
+        r["ratio"] = r["step_median_s"] / r["limit_s"] if r["limit_s"] > 0 else None
+    return {"rows": table, "ratio": med["step_s"] / limit, "steps_in_median": len(steady)}

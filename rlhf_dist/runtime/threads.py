@@ -1,0 +1,33 @@
+"""CPU threads per phase: the actors that run in a phase split the node's cores, so a phase that runs alone
+(generation, a lone update) gets them all. GPU runs are left alone. Workers apply a share with `set_threads`."""
+from __future__ import annotations
+
+import os
+
+
+def node_cores() -> int:
+    """Cores this process may run on (its affinity, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def share(cores: int, actors: int) -> int:
+    return max(1, cores // max(1, actors))
+
+
+class PhaseThreads:
+    """Sets each group's torch threads before a phase, calling only the groups whose share changes.
+    `cores`: the node's cores (all actors are counted as one node's: on several CPU nodes this under-uses them)."""
+
+    def __init__(self, roles, enabled: bool, cores: int | None):
+        self.roles, self.enabled = roles, enabled
+        self.cores = cores or node_cores()
+        self.current: dict[str, int] = {}
+
+    def phase(self, *groups) -> None:
+        groups = [g for g in groups if g is not None]
+        if not self.enabled or not groups:
+            return
+        n = share(self.cores, sum(len(g) for g in groups))
+        changed = [g for g in groups if self.current.get(g.role) != n]
+        self.roles.wait([g.submit("set_threads", n) for g in changed], f"set {n} threads per actor")
+        self.current.update({g.role: n for g in changed})
