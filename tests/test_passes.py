@@ -32,6 +32,8 @@ CASES = [
     (["ppo.mini_batch_size=16", "ppo.log_kl=true"], True, True, "infer"),
     (["ppo.old_logprobs=engine"], False, False, "engine"),
     (["ppo.old_logprobs=engine", "ppo.kl_coef=0.1"], True, False, "engine"),
+    # An off-policy correction weighs the learner's log-probs against the engine's: they are computed first.
+    (["ppo.mini_batch_size=16", "ppo.is_correction=token_tis"], False, True, "infer"),
 ]
 
 
@@ -45,6 +47,13 @@ def test_passes_and_roles_follow_the_config(tmp_path, overrides, reference, poli
     assert ("reference" in derive(cfg).roles_per_pool["main"]) == reference
     # The KL is measured before the update only when the reference ran and policy log-probs were known then.
     assert passes.kl_measured == (reference and old_from != "first_forward")
+
+
+def test_engine_old_logprobs_refused_with_an_off_policy_correction(tmp_path):
+    from rlhf_dist.config import ConfigError
+
+    with pytest.raises(ConfigError, match="ppo.old_logprobs: 'engine' cannot be combined"):
+        config(tmp_path, "ppo.old_logprobs=engine", "ppo.is_correction=token_mask")
 
 
 def test_unused_reference_placement_is_not_checked(tmp_path):
