@@ -76,7 +76,7 @@ class ClusterConfig(Strict):
     address: str | None = None  # Ray address of an existing cluster; None starts a local one
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads_per_actor: int = Field(1, ge=1)  # CPU only: torch threads in each worker process at start
-    phase_threads: bool = False  # CPU only: the actors of each phase split `phase_cores` (a phase alone uses them all)
+    phase_threads: bool = True  # CPU only: the actors of each phase split `phase_cores` (a phase alone uses them all)
     phase_cores: int | None = Field(None, ge=1)  # CPU only: cores to split per phase; None: the driver's affinity
     gpu_memory_gb: float = Field(80, gt=0)  # per GPU, for `rlhf-dist plan`
     host_memory_gb: float | None = Field(None, gt=0)  # per node, for `rlhf-dist plan` (None: reported, not judged)
