@@ -9,6 +9,23 @@ from __future__ import annotations
 
 import torch
 
+from rlhf_dist.rollout.finish import truncated_flags
+
+
+def rollout_batch(prompt_ids, idx: list[int], responses, logprobs, finish_reasons, scores, group_size: int) -> tuple[dict, dict]:
+    """A step's rollouts from generated, scored samples (row r answers prompt idx[r]; the grouping contract is
+    checked here), and the truncation metric every step logs."""
+    check_groups(idx, group_size)
+    R = max(1, max(len(r) for r in responses))
+    roll = {
+        "prompt_ids": [prompt_ids[i] for i in idx],
+        "responses": responses,
+        "engine_logprobs": pad_rows(logprobs, R),
+        "scores": scores,
+        "truncated": truncated_flags(finish_reasons),
+    }
+    return roll, {"response/truncated_fraction": float(roll["truncated"].float().mean())}
+
 
 def build_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     """Prompts left-padded to the longest prompt, responses right-padded to the longest response."""

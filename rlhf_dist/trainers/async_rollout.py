@@ -22,8 +22,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 import torch
 
-from rlhf_dist.data.batch import pad_rows
-from rlhf_dist.rollout.finish import truncated_flags
+from rlhf_dist.data.batch import rollout_batch
 
 
 def generation_seed(seed: int, step: int, round_: int) -> int:
@@ -80,24 +79,17 @@ class RolloutProducer:
         timing["generate_wait"] = time.perf_counter() - t0
         # Engine time and scoring time, both mostly hidden behind the previous step's training.
         timing["generate"], timing["score"] = max(gen["engine_seconds"]), score_s
-        R = max(1, max(len(r) for r in gen["responses"]))
         tokens = sum(len(r) for r in gen["responses"])
-        roll = {
-            "prompt_ids": [self.state.prompt_ids[i] for i in p.idx],
-            "responses": gen["responses"],
-            "engine_logprobs": pad_rows(gen["logprobs"], R),
-            "scores": scores,
-            "versions": torch.full((len(p.idx),), p.version, dtype=torch.long),  # per sample
-            "truncated": truncated_flags(gen["finish_reasons"]),
-        }
-        metrics = {
+        roll, metrics = rollout_batch(self.state.prompt_ids, p.idx, gen["responses"], gen["logprobs"],
+                                      gen["finish_reasons"], scores, self.n)
+        roll["versions"] = torch.full((len(p.idx),), p.version, dtype=torch.long)  # per sample
+        metrics.update({
             "rollout/tokens": float(tokens),
             "rollout/tokens_per_s": tokens / max(timing["generate"], 1e-9),
             "rollout/weights_version": float(p.version),
             # The learner holds version step-1 while it trains step `step`.
             "rollout/staleness": float(step - 1 - p.version),
-            "response/truncated_fraction": float(roll["truncated"].float().mean()),
-        }
+        })
         metrics.update({f"reward/{name}": float(v.mean()) for name, v in parts.items()})
         return roll, metrics
 

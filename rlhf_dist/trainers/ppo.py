@@ -15,14 +15,14 @@ from rlhf_dist import checkpoint
 from rlhf_dist.checkpoint import Checkpoint, load_trainer_state
 from rlhf_dist.config import Config, derive
 from rlhf_dist.console import StepProgress, step_line
-from rlhf_dist.data.batch import build_batch, check_groups, pad_rows
+from rlhf_dist.data.batch import build_batch, rollout_batch
 from rlhf_dist.data.prompts import PromptLoader, load_prompts
 from rlhf_dist.evaluation import Evaluator
 from rlhf_dist.passes import step_passes
 from rlhf_dist.metrics import MetricsWriter, set_aside_metrics_after
 from rlhf_dist.preflight import prepare_model
 from rlhf_dist.rewards.functions import RuleRewards
-from rlhf_dist.rollout.finish import drop_truncated, truncated_flags
+from rlhf_dist.rollout.finish import drop_truncated
 from rlhf_dist.runtime.scaffold import log_skipped, open_run, ray_session, with_restarts
 from rlhf_dist.sync.weights import check_logprob_match
 from rlhf_dist.trainers.async_rollout import RolloutProducer, generation_seed
@@ -255,17 +255,12 @@ def collect_rollouts(cfg: Config, roles: RLRoles, state: LoopState, step: int, t
     filled = max(0, want - len(kept))
     chosen = (kept + spare)[:want]
     timing["generate"], timing["score"] = gen_s, score_s
-    check_groups([i for g in chosen for i in g["idx"]], n)
-    R = max(1, max(len(r) for g in chosen for r in g["responses"]))
-    roll = {
-        "prompt_ids": [state.prompt_ids[i] for g in chosen for i in g["idx"]],
-        "responses": [r for g in chosen for r in g["responses"]],
-        "engine_logprobs": pad_rows([lp for g in chosen for lp in g["logprobs"]], R),
-        "scores": torch.cat([g["scores"] for g in chosen]),
-        "truncated": truncated_flags([f for g in chosen for f in g["finish"]]),
-    }
-    metrics = {"rollout/tokens": float(tokens), "rollout/tokens_per_s": tokens / max(gen_s, 1e-9),
-               "response/truncated_fraction": float(roll["truncated"].float().mean())}
+    roll, metrics = rollout_batch(
+        state.prompt_ids, [i for g in chosen for i in g["idx"]], [r for g in chosen for r in g["responses"]],
+        [lp for g in chosen for lp in g["logprobs"]], [f for g in chosen for f in g["finish"]],
+        torch.cat([g["scores"] for g in chosen]), n,
+    )
+    metrics.update({"rollout/tokens": float(tokens), "rollout/tokens_per_s": tokens / max(gen_s, 1e-9)})
     for name in chosen[0]["parts"]:
         # Unweighted mean of each reward component over the trained samples (e.g. accuracy).
         metrics[f"reward/{name}"] = float(torch.cat([g["parts"][name] for g in chosen]).mean())
