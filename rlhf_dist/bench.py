@@ -55,9 +55,10 @@ def write(out: str | None, kind: str, payload: dict) -> Path:
 def _prompts(cfg: Config, n: int, prompt_len: int) -> list[list[int]]:
     import random
 
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
-    vocab = len(AutoTokenizer.from_pretrained(cfg.model.policy))
+    # Ids the tokenizer knows and the model can embed.
+    vocab = min(len(AutoTokenizer.from_pretrained(cfg.model.policy)), AutoConfig.from_pretrained(cfg.model.policy).vocab_size)
     rng = random.Random(0)
     # Random token ids: lengths are exact, and no prefix is shared between prompts.
     return [[rng.randrange(10, vocab) for _ in range(prompt_len)] for _ in range(n)]

@@ -173,3 +173,17 @@ def test_ppo_refuses_a_reward_model_trained_on_the_other_format(tmp_path):
         check_reward_format(str(rm), True)
     (rm / "reward_stats.json").write_text(json.dumps({"mean": 0.0, "std": 1.0, "n": 4}))  # written before the format was recorded
     check_reward_format(str(rm), True)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_tiny_models_embed_every_token_their_tokenizer_loads_with(tmp_path, arch):
+    """As transformers loads them (a qwen2 checkpoint gets Qwen2Tokenizer, which adds <|endoftext|> if missing),
+    every token id the tokenizer can produce has a row in the model's embedding."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from rlhf_dist.data.tiny import make_tiny_model
+
+    path = make_tiny_model(tmp_path / arch, arch=arch)
+    tok = AutoTokenizer.from_pretrained(path)
+    assert len(tok) <= AutoConfig.from_pretrained(path).vocab_size
+    assert max(tok.all_special_ids) < AutoConfig.from_pretrained(path).vocab_size

@@ -103,7 +103,10 @@ def _write_tiny_model(out: Path, hidden_size, num_layers, num_heads, vocab_size,
 
     Config, Model = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[arch]
 
-    tokenizer = make_tokenizer(out, vocab_size=vocab_size, seed=seed)
+    # transformers loads a qwen2 checkpoint's tokenizer as Qwen2Tokenizer, which adds <|endoftext|> (its unknown
+    # token) if the vocabulary lacks it: past the embedding, unless it is trained in with the rest.
+    extra = ("<|endoftext|>",) if arch == "qwen2" else ()
+    tokenizer = make_tokenizer(out, vocab_size=vocab_size, seed=seed, extra_special=extra)
     config = Config(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
