@@ -17,6 +17,11 @@ class VLLMAlone(DirectVLLM):
         _all_cores()
         return super().setup()
 
+    def run(self, prompts: list[list[int]], seed: int) -> dict:
+        # A step never finds its prompts cached: the engines drop the prefix cache at every weight sync.
+        self.llm.reset_prefix_cache()
+        return super().run(prompts, seed)
+
     def responses(self, prompts: list[list[int]], seed: int) -> list[list[int]]:
         from vllm.inputs import TokensPrompt
 
@@ -103,10 +108,11 @@ def measure_limits(cfg: Config, prompts: list[list[int]], repeats: int, log=prin
     vllm = ray.remote(VLLMAlone).options(**{**opts, "runtime_env": {"env_vars": {**env, **engine_env(cfg)}}}).remote(engine_spec(cfg), 0, 1)
     get(vllm.setup.remote())
     get(vllm.run.remote(prompts, 0))  # warm-up
-    gen = [get(vllm.run.remote(prompts, 1 + r))["seconds"] for r in range(repeats)]
+    runs = [get(vllm.run.remote(prompts, 1 + r)) for r in range(repeats)]
+    gen, gen_tokens = [x["seconds"] for x in runs], [x["tokens"] for x in runs]
     responses = get(vllm.responses.remote(prompts, 1))
     ray.kill(vllm)
-    log(f"limit: vLLM alone {statistics.median(gen):.3f} s")
+    log(f"limit: vLLM alone {statistics.median(gen):.3f} s ({statistics.median(gen_tokens):.0f} tokens)")
 
     batch = build_batch(prompts, responses, pad_id=0)
     batch["advantages"] = torch.randn(batch["mask"].shape) * batch["mask"]
@@ -131,7 +137,8 @@ def measure_limits(cfg: Config, prompts: list[list[int]], repeats: int, log=prin
         ray.kill(b)
     log(f"limit: bare broadcast of {total / 1e6:.1f} MB {statistics.median(bc):.3f} s")
     return {"generate": statistics.median(gen), "update": statistics.median(upd), "broadcast": statistics.median(bc),
-            "weight_MB": total / 1e6, "runs": {"generate": gen, "update": upd, "broadcast": bc}}
+            "weight_MB": total / 1e6, "generate_tokens": statistics.median(gen_tokens),
+            "runs": {"generate": gen, "generate_tokens": gen_tokens, "update": upd, "broadcast": bc}}
 
 
 def step_limits(cfg: Config, repeats: int, log=print) -> dict:

@@ -17,6 +17,12 @@ def use_cuda(device: str) -> bool:
     return device == "auto" and torch.cuda.is_available()
 
 
+def cpu_workers(device: str) -> bool:
+    """The driver's reading of cluster.device for the workers' environment: "auto" is CPU unless this machine
+    sees CUDA (a driver without GPUs steering a GPU cluster should say `cuda`)."""
+    return device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+
+
 def backend_for(device: str) -> str:
     return "nccl" if use_cuda(device) else "gloo"
 

@@ -4,7 +4,7 @@ import pytest
 from rlhf_dist.config import ConfigError, derive, load_config
 from rlhf_dist.runtime.groups import ActorGroup
 from rlhf_dist.runtime.placement import create_pools, remove_pools
-from rlhf_dist.trainers.rl_roles import role_slots
+from rlhf_dist.trainers.rl_roles import role_slots, role_specs
 
 from tests.conftest import LOGICAL_GPUS, demo_config_dict
 
@@ -17,6 +17,11 @@ class Probe:
         import ray
 
         return [str(g) for g in ray.get_gpu_ids()]
+
+    def niceness(self):
+        import os
+
+        return os.nice(0)
 
 
 def two_pool_config(tmp_path, learner_gpus=2, rollout_gpus=2):
@@ -51,6 +56,30 @@ def test_two_pools_get_separate_gpus_and_colocated_roles_share(ray_session, tmp_
         assert set(gpus["critic"]) == learner_gpus  # colocated: the same two GPUs
         assert set(gpus["reference"]) <= learner_gpus
         assert len(set(gpus["rollout"])) == 2 and not set(gpus["rollout"]) & learner_gpus
+    finally:
+        remove_pools(pools)
+
+
+def test_roles_that_yield_the_cpu_start_behind_the_engines(ray_session, tmp_path):
+    """On CPU the learner-side roles run niced behind the engines (measured: the demo's engine then finishes its
+    start with the learners instead of seconds after them); as the process sees itself, not as we set it."""
+    from rlhf_dist.runtime.groups import YIELD_NICE
+
+    cfg = two_pool_config(tmp_path)
+    derived = derive(cfg)
+    specs = {s.name: s for s in role_specs(cfg)}
+    assert [n for n, s in specs.items() if s.yields_cpu] == ["policy", "critic", "reference"]
+    pools = create_pools(cfg.placement.pools, derived.layout, cfg.run.name, timeout_s=30)
+    try:
+        slots = role_slots(cfg, derived)
+        engine = ActorGroup("rollout", Probe, slots["rollout"], pools, ("rollout",), env={})
+        learner = ActorGroup("policy", Probe, slots["policy"], pools, ("policy",), env={}, nice=YIELD_NICE)
+        plain = engine.call("niceness", timeout_s=60)
+        niced = learner.call("niceness", timeout_s=60)
+        engine.kill()
+        learner.kill()
+        base = plain[0]  # Ray's own worker niceness
+        assert set(plain) == {base} and set(niced) == {min(19, base + YIELD_NICE)} and niced[0] > base
     finally:
         remove_pools(pools)
 

@@ -61,3 +61,56 @@ def test_pools_pinned_to_their_cores():
     assert cores_env(cluster, "gen") == {CORES_ENV: "1"}
     assert cores_env(cluster, "other") == {}  # a pool not listed is not pinned
     assert cores_env(SimpleNamespace(device="cuda", cpu_cores={"gen": "1"}), "gen") == {}
+
+
+def test_nothing_is_compiled_on_cpu_unless_the_engine_compiles():
+    """DeepSpeed's optimizer check and vLLM's sampler would otherwise compile at start-up (measured: about 1 s
+    per learner and 2 s on the first generation); a compiled engine keeps its compiler."""
+    from rlhf_dist.config import load_config
+    from rlhf_dist.rollout.engine import engine_env
+    from rlhf_dist.runtime.groups import worker_env
+
+    from tests.conftest import demo_config_dict
+
+    assert worker_env("cpu", 1)["TORCHDYNAMO_DISABLE"] == "1"
+    assert "TORCHDYNAMO_DISABLE" not in worker_env("cuda", 1)
+    d = demo_config_dict("/tmp/m", "/tmp/p.jsonl", "/tmp/run")
+    assert engine_env(load_config(None, base=d))["TORCHDYNAMO_DISABLE"] == "1"
+    d["rollout"]["enforce_eager"] = False
+    assert engine_env(load_config(None, base=d))["TORCHDYNAMO_DISABLE"] == "0"
+
+
+def test_engines_set_up_with_the_threads_they_generate_with():
+    """Under threads per phase a lone single-worker engine generates on all the cores, and vLLM keeps the work
+    split it was set up with: the engine process starts with that many threads. Otherwise, or with TP workers
+    (other processes), threads_per_actor."""
+    from types import SimpleNamespace
+
+    from rlhf_dist.config import load_config
+    from rlhf_dist.runtime.threads import engine_threads
+    from rlhf_dist.trainers.rl_roles import role_specs
+
+    from tests.conftest import demo_config_dict
+
+    cluster = SimpleNamespace(phase_threads=True, phase_cores=8, threads_per_actor=1)
+    assert engine_threads(cluster, engines=1, tensor_parallel_size=1) == 8
+    assert engine_threads(cluster, engines=2, tensor_parallel_size=1) == 4
+    assert engine_threads(cluster, engines=1, tensor_parallel_size=2) == 1
+    assert engine_threads(SimpleNamespace(phase_threads=False, phase_cores=8, threads_per_actor=3), 1, 1) == 3
+    d = demo_config_dict("/tmp/m", "/tmp/p.jsonl", "/tmp/run")
+    d["cluster"] = {"phase_cores": 6}
+    specs = {s.name: s for s in role_specs(load_config(None, base=d))}
+    assert specs["rollout"].env["OMP_NUM_THREADS"] == "3"  # two engines split the six cores
+
+
+def test_auto_device_is_read_as_the_driver_sees_it():
+    """"auto" gets the CPU workers' environment only where the driver sees no CUDA; "cuda" never does (even from
+    a driver without GPUs, which steers a GPU cluster), and is not checked here."""
+    import torch
+
+    from rlhf_dist.dist import cpu_workers
+    from rlhf_dist.runtime.groups import worker_env
+
+    assert cpu_workers("cpu") and not cpu_workers("cuda")
+    assert cpu_workers("auto") == (not torch.cuda.is_available())
+    assert ("DS_ACCELERATOR" in worker_env("auto", 1)) == (not torch.cuda.is_available())

@@ -4,28 +4,32 @@ from __future__ import annotations
 import os
 import time
 
-from rlhf_dist.dist import node_ip, pin_cores
+from rlhf_dist.dist import cpu_workers, node_ip, pin_cores
 from rlhf_dist.errors import WeightSyncError
 from rlhf_dist.specs import EngineSpec, SamplingSpec, process_spec
 
 RECEIVER = "rlhf_dist.sync.receiver.WeightReceiver"
 
 
-def engine_env(cfg) -> dict[str, str]:
-    """Environment for an engine process, set before vLLM is imported there."""
+def engine_env(cfg, threads: int | None = None) -> dict[str, str]:
+    """Environment for an engine process, set before vLLM is imported there. `threads` (CPU): what vLLM sets up
+    with (default cluster.threads_per_actor; an RL job's engines take their generation share, see
+    rlhf_dist.runtime.threads.engine_threads)."""
     env = {
         # The engine core runs inside this actor's process: 3-4 s to start instead of about 18 s, and
         # collective_rpc reaches the worker directly.
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
         "TOKENIZERS_PARALLELISM": "false",
     }
-    if cfg.cluster.device != "cuda":
+    if cpu_workers(cfg.cluster.device):
         env.update(
             {
                 "VLLM_CPU_KVCACHE_SPACE": str(cfg.rollout.kv_cache_gb),
                 # Other roles share these cores; pinning vLLM's threads to cores would starve them.
                 "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-                "OMP_NUM_THREADS": str(cfg.cluster.threads_per_actor),
+                "OMP_NUM_THREADS": str(threads or cfg.cluster.threads_per_actor),
+                # A compiled engine (rollout.enforce_eager false) needs torch's compiler, off in other workers.
+                "TORCHDYNAMO_DISABLE": "1" if cfg.rollout.enforce_eager else "0",
             }
         )
     return env

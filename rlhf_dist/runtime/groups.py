@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Sequence
 
-from rlhf_dist.dist import CORES_ENV, LOCAL_IP_ENV
+from rlhf_dist.dist import CORES_ENV, LOCAL_IP_ENV, cpu_workers
 from rlhf_dist.errors import wait_all
 from rlhf_dist.runtime.placement import Slot, remove_pools
 
@@ -22,16 +23,28 @@ def worker_env(device: str, threads: int) -> dict[str, str]:
     for key in (LOCAL_IP_ENV, "GLOO_SOCKET_IFNAME"):
         if os.environ.get(key):
             env[key] = os.environ[key]
-    if device != "cuda":
+    if cpu_workers(device):
         # On CPU DeepSpeed would otherwise probe for accelerators; threads are capped so roles share cores.
         env.update({"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": str(threads)})
+        # Nothing is compiled on CPU (engines run eager by default; rollout_env re-enables compiling where they
+        # do not): without this, DeepSpeed's optimizer check imports torch's compiler stack in every learner and
+        # vLLM's sampler compiles its log-prob gather on the first generation (about 1 s and 2 s of start-up).
+        env["TORCHDYNAMO_DISABLE"] = "1"
     return env
+
+
+# Niceness added to the processes of roles that yield the CPU to the engines (RoleSpec.yields_cpu, CPU runs).
+# An engine's start (vLLM's import and set-up) is the longest of any role and single-threaded; among equals it
+# gets 1/N of the cores and finishes last, long after the others. Four steps of niceness give it about 2.4
+# times a learner's share (the kernel's weights), so it finishes with them. After start-up the phases run one
+# at a time, where priorities change nothing.
+YIELD_NICE = 4
 
 
 def cores_env(cluster, pool: str) -> dict:
     """The cores a pool's processes are pinned to (`cluster.cpu_cores`), applied by `dist.pin_cores` at start."""
     cores = cluster.cpu_cores.get(pool)
-    return {CORES_ENV: cores} if cores and cluster.device != "cuda" else {}
+    return {CORES_ENV: cores} if cores and cpu_workers(cluster.device) else {}
 
 
 def stop_all(groups, pools: dict) -> None:
@@ -64,13 +77,15 @@ class ActorGroup:
     per bundle reserves them (`RLHF_DIST_SEATS` tells the actor that its workers need not take them)."""
 
     def __init__(self, role: str, worker_cls: type, slots: Sequence[Slot], pools: dict, args: tuple, env: dict[str, str],
-                 seats: bool = False):
+                 seats: bool = False, nice: int = 0):
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self.role = role
         remote_cls = ray.remote(worker_cls)
         self.actors, self.seats = [], []
+        # Ray's documented way to wrap the worker interpreter: the process starts niced, before any import.
+        launch = {"py_executable": f"nice -n {nice} {sys.executable}"} if nice else {}
         for rank, slot in enumerate(slots):
             strategy = PlacementGroupSchedulingStrategy(pools[slot.pool], placement_group_bundle_index=slot.bundle)
             tp = len(slot.bundles) > 1
@@ -82,7 +97,7 @@ class ActorGroup:
                     num_cpus=0,
                     num_gpus=0 if tp else slot.gpu_fraction,
                     scheduling_strategy=strategy,
-                    runtime_env={"env_vars": {**env, **bundles}},
+                    runtime_env={"env_vars": {**env, **bundles}, **launch},
                     max_restarts=0,
                 ).remote(*args, rank, len(slots))
             )

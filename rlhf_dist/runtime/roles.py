@@ -11,9 +11,10 @@ import dataclasses
 import time
 from typing import Any
 
+from rlhf_dist.dist import cpu_workers
 from rlhf_dist.errors import wait_all
 from rlhf_dist.layout import pool_layout
-from rlhf_dist.runtime.groups import ActorGroup, cores_env, stop_all, worker_env
+from rlhf_dist.runtime.groups import YIELD_NICE, ActorGroup, cores_env, stop_all, worker_env
 from rlhf_dist.runtime.placement import check_cluster_fits, create_pools, plan_slots
 
 
@@ -29,6 +30,8 @@ class RoleSpec:
     env: dict = dataclasses.field(default_factory=dict)  # extra environment for this role's processes
     # gpus_per_rank > 1 where the workers are not Ray actors (vLLM on CPU): a seat per bundle holds its share.
     seats: bool = False
+    # CPU only: the role's processes run at a lower priority than the engines sharing their cores (see groups.py).
+    yields_cpu: bool = False
 
     @property
     def gpus(self) -> int:
@@ -53,8 +56,13 @@ class Roles:
             slots = plan_slots(specs, layout)
             self.slots = slots
             env = worker_env(cluster.device, cluster.threads_per_actor)
-            for s in specs:
-                self.groups[s.name] = ActorGroup(s.name, s.worker, slots[s.name], self.pools, (s.spec,), {**env, **s.env, **cores_env(cluster, s.pool)}, s.seats)
+            # Roles that do not yield the CPU (the engines: the longest start) are created first: Ray starts only
+            # a few worker processes at a time, and the last ones created start last.
+            for s in sorted(specs, key=lambda s: s.yields_cpu):
+                nice = YIELD_NICE if s.yields_cpu and cpu_workers(cluster.device) else 0
+                self.groups[s.name] = ActorGroup(s.name, s.worker, slots[s.name], self.pools, (s.spec,),
+                                                 {**env, **s.env, **cores_env(cluster, s.pool)}, s.seats, nice)
+            self.groups = {s.name: self.groups[s.name] for s in specs}  # the job's order, for logs and calls
             self.setup_info = self._start(specs)
         except BaseException:
             self.shutdown()
@@ -63,7 +71,11 @@ class Roles:
     def _start(self, specs: list[RoleSpec]) -> dict[str, list]:
         t = self.timeouts
         t0 = time.perf_counter()
-        infos = self.wait([g.submit("ready") for g in self.groups.values()], "actor start", t.actor_start_s)
+        readies = [g.submit("ready") for g in self.groups.values()]
+        # Roles without a process group load their models at once (the engines take longest to start);
+        # the others join their group first, which needs every rank up.
+        early = {s.name: self.groups[s.name].submit("setup") for s in specs if not s.rendezvous}
+        infos = self.wait(readies, "actor start", t.actor_start_s)
         self.device = infos[0].get("device", "cpu")
         i = 0
         for role, g in self.groups.items():
@@ -78,7 +90,7 @@ class Roles:
                 addr, port = g.call("master_endpoint", ranks=[0], timeout_s=t.call_s)[0]
                 submitted.append(g.submit("setup", addr, port))
             else:
-                submitted.append(g.submit("setup"))
+                submitted.append(early[s.name])
         done = self.wait(submitted, "model load and DeepSpeed rendezvous", t.actor_start_s)
         self.log(f"actors up in {time.perf_counter() - t0:.1f} s ({sum(len(g) for g in self.groups.values())} actors)")
         out, i = {}, 0

@@ -15,7 +15,7 @@ from rlhf_dist.learner.workers import (
 from rlhf_dist.rollout.engine import RolloutEngine, engine_env, engine_spec
 from rlhf_dist.runtime.placement import plan_slots
 from rlhf_dist.runtime.roles import Roles, RoleSpec
-from rlhf_dist.runtime.threads import PhaseThreads
+from rlhf_dist.runtime.threads import PhaseThreads, engine_threads
 from rlhf_dist.specs import (
     LearnerSpec,
     ModelSpec,
@@ -58,16 +58,20 @@ def role_specs(cfg: Config) -> list[RoleSpec]:
     """Only the roles this job uses: no critic for critic-free estimators, no reference without a KL term or the KL
     metric, no reward model without reward.model."""
     p = cfg.placement
-    specs = [RoleSpec("policy", PolicyWorker, p.policy.pool, p.policy.num_gpus, learner_spec(cfg, "policy"), rendezvous=True)]
+    specs = [RoleSpec("policy", PolicyWorker, p.policy.pool, p.policy.num_gpus, learner_spec(cfg, "policy"), rendezvous=True,
+                      yields_cpu=True)]
     if uses_critic(cfg):
-        specs.append(RoleSpec("critic", CriticWorker, p.critic.pool, p.critic.num_gpus, learner_spec(cfg, "critic"), rendezvous=True))
+        specs.append(RoleSpec("critic", CriticWorker, p.critic.pool, p.critic.num_gpus, learner_spec(cfg, "critic"), rendezvous=True,
+                              yields_cpu=True))
     if uses_reference(cfg):
         specs.append(RoleSpec("reference", ReferenceWorker, p.reference.pool, p.reference.num_gpus, reference_spec(cfg),
-                              rendezvous=p.reference.zero_stage == 3))
+                              rendezvous=p.reference.zero_stage == 3, yields_cpu=True))
     if cfg.reward.model is not None:
-        specs.append(RoleSpec("reward", RewardModelWorker, p.reward.pool, p.reward.num_gpus, reward_spec(cfg)))
+        specs.append(RoleSpec("reward", RewardModelWorker, p.reward.pool, p.reward.num_gpus, reward_spec(cfg), yields_cpu=True))
+    threads = engine_threads(cfg.cluster, p.rollout.num_engines, p.rollout.tensor_parallel_size)
     specs.append(RoleSpec("rollout", RolloutEngine, p.rollout.pool, p.rollout.num_engines, engine_spec(cfg),
-                          gpus_per_rank=p.rollout.tensor_parallel_size, env=engine_env(cfg), seats=not use_cuda(cfg.cluster.device)))
+                          gpus_per_rank=p.rollout.tensor_parallel_size, env=engine_env(cfg, threads),
+                          seats=not use_cuda(cfg.cluster.device)))
     return specs
 
 
