@@ -57,3 +57,21 @@ def test_grpo_run_with_dapo_extras(ray_session, tiny_model, tmp_path):
         assert "policy/kl_loss" in row and "policy/clipfrac" in row
     # Step 1: the policy (ZeRO-1) and the ZeRO-3 reference hold the same weights, so their log-probs agree.
     assert abs(rows[0]["kl/mean"]) < 1e-5
+
+
+def test_remembered_math_scores_equal_math_verify_own():
+    """math_verify_reward remembers its scores (a function of response and label alone); every call, first or
+    repeated, in any order, gives what math-verify itself gives, int labels included."""
+    from math_verify import parse, verify
+
+    from rlhf_dist.rewards.math import _score, math_verify_reward
+
+    cases = [("7", "7"), ("7", "8"), (" 12", "12"), ("3+4", "7"), ("abc", "1"), ("\\frac{1}{2}", "0.5"), ("x", "x"),
+             ("7", 7), ("8", "7"), ("", "0"), ("0", 0), ("-3", "-3")]
+    _score.cache_clear()
+    for _ in range(2):
+        for response, label in cases + cases[::-1]:
+            answer = parse(response, parsing_timeout=None)
+            own = 1.0 if answer and verify(parse(str(label), parsing_timeout=None), answer, timeout_seconds=None) else 0.0
+            assert math_verify_reward("q", response, label) == own, (response, label)
+    assert _score.cache_info().hits > 0 and sum(math_verify_reward("q", r, lab) for r, lab in cases) == 7.0
