@@ -33,7 +33,8 @@ def worker_env(device: str, threads: int) -> dict[str, str]:
     return env
 
 
-# Niceness added to the processes of roles that yield the CPU to the engines (RoleSpec.yields_cpu, CPU runs).
+# Niceness added to the processes of roles that yield the CPU to the engines (RoleSpec.yields_cpu; local CPU
+# clusters only, see Roles).
 # An engine's start (vLLM's import and set-up) is the longest of any role and single-threaded; among equals it
 # gets 1/N of the cores and finishes last, long after the others. Four steps of niceness give it about 2.4
 # times a learner's share (the kernel's weights), so it finishes with them. After start-up the phases run one

@@ -8,6 +8,7 @@ only its own verbs on the groups.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from typing import Any
 
@@ -56,10 +57,12 @@ class Roles:
             slots = plan_slots(specs, layout)
             self.slots = slots
             env = worker_env(cluster.device, cluster.threads_per_actor)
+            # Only on a local CPU cluster: its workers run this interpreter, which `nice` then wraps.
+            yield_here = cpu_workers(cluster.device) and not cluster.address and shutil.which("nice") is not None
             # Roles that do not yield the CPU (the engines: the longest start) are created first: Ray starts only
             # a few worker processes at a time, and the last ones created start last.
             for s in sorted(specs, key=lambda s: s.yields_cpu):
-                nice = YIELD_NICE if s.yields_cpu and cpu_workers(cluster.device) else 0
+                nice = YIELD_NICE if s.yields_cpu and yield_here else 0
                 self.groups[s.name] = ActorGroup(s.name, s.worker, slots[s.name], self.pools, (s.spec,),
                                                  {**env, **s.env, **cores_env(cluster, s.pool)}, s.seats, nice)
             self.groups = {s.name: self.groups[s.name] for s in specs}  # the job's order, for logs and calls
