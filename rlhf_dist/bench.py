@@ -246,6 +246,8 @@ def bench_step(cfg: Config, log=print) -> dict:
     run_dir = train(cfg, log=log)
     rows = []
     for m in read_metrics(run_dir):
+        if "timing/step" not in m:  # a row without a step: the held-out evaluation before step 1
+            continue
         t = {k.removeprefix("timing/"): v for k, v in m.items() if k.startswith("timing/")}
         t.setdefault("infer", 0.0)  # absent when the step needs no pre-update pass
         compute = t["generate"] + t["infer"] + t["update"]

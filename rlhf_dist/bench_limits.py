@@ -34,7 +34,8 @@ class VLLMAlone(DirectVLLM):
 
 class PolicyAlone:
     """The policy in plain torch (no DeepSpeed, one process): forward, the framework's policy loss, backward,
-    AdamW step, on the whole batch in the config's micro-batches."""
+    AdamW steps, over the whole batch as the config's update goes over it: `ppo.epochs` passes, an optimizer
+    step per mini-batch, in micro-batches. (A critic, if any, is not counted.)"""
 
     def __init__(self, cfg: Config):
         import torch
@@ -50,6 +51,7 @@ class PolicyAlone:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.ppo.policy_lr)
         self.loss = PolicyLoss(name=cfg.ppo.policy_loss, clip_eps_high=cfg.ppo.clip_eps_high, old_from_forward=True)
         self.micro, self.temperature = cfg.ppo.micro_batch_size, cfg.rollout.temperature
+        self.mini, self.epochs = cfg.ppo.mini_batch_size, cfg.ppo.epochs
 
     def ready(self) -> bool:
         return True
@@ -62,16 +64,20 @@ class PolicyAlone:
         batch = {k: v.to(self.device) for k, v in batch.items()}
         t0 = time.perf_counter()
         n = batch["input_ids"].shape[0]
-        for i in range(0, n, self.micro):
-            mb = {k: v[i : i + self.micro] for k, v in batch.items()}
-            logits = models.response_logits(self.model, mb)
-            tokens = mb["input_ids"][:, -mb["mask"].shape[1] :]
-            out = {"logprobs": models.token_logprobs(logits, tokens, self.temperature),
-                   "entropy": torch.zeros_like(mb["mask"])}
-            loss, _ = self.loss(out, mb)
-            (loss * mb["input_ids"].shape[0] / n).backward()
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
+        for _ in range(self.epochs):
+            for start in range(0, n, self.mini):
+                mini = {k: v[start : start + self.mini] for k, v in batch.items()}
+                m = mini["input_ids"].shape[0]
+                for i in range(0, m, self.micro):
+                    mb = {k: v[i : i + self.micro] for k, v in mini.items()}
+                    logits = models.response_logits(self.model, mb)
+                    tokens = mb["input_ids"][:, -mb["mask"].shape[1] :]
+                    out = {"logprobs": models.token_logprobs(logits, tokens, self.temperature),
+                           "entropy": torch.zeros_like(mb["mask"])}
+                    loss, _ = self.loss(out, mb)
+                    (loss * mb["input_ids"].shape[0] / m).backward()
+                self.opt.step()
+                self.opt.zero_grad(set_to_none=True)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - t0
@@ -122,7 +128,8 @@ def measure_limits(cfg: Config, prompts: list[list[int]], repeats: int, log=prin
     upd = [get(policy.step.remote(batch)) for _ in range(repeats)]
     total = get(policy.weight_bytes.remote())
     ray.kill(policy)
-    log(f"limit: policy update alone {statistics.median(upd):.3f} s")
+    opt_steps = cfg.ppo.epochs * -(-len(prompts) // cfg.ppo.mini_batch_size)
+    log(f"limit: policy update alone {statistics.median(upd):.3f} s ({opt_steps} optimizer steps)")
 
     # The transport the framework's sync picks: NCCL between pools on GPUs, gloo otherwise.
     pl = cfg.placement
@@ -137,7 +144,7 @@ def measure_limits(cfg: Config, prompts: list[list[int]], repeats: int, log=prin
         ray.kill(b)
     log(f"limit: bare broadcast of {total / 1e6:.1f} MB {statistics.median(bc):.3f} s")
     return {"generate": statistics.median(gen), "update": statistics.median(upd), "broadcast": statistics.median(bc),
-            "weight_MB": total / 1e6, "generate_tokens": statistics.median(gen_tokens),
+            "weight_MB": total / 1e6, "generate_tokens": statistics.median(gen_tokens), "optimizer_steps": opt_steps,
             "runs": {"generate": gen, "generate_tokens": gen_tokens, "update": upd, "broadcast": bc}}
 
 
@@ -163,7 +170,7 @@ def limit_summary(rows: list[dict], limits: dict) -> dict:
     table = [
         {"what": "generate", "step_median_s": med["generate"], "limit_s": limits["generate"], "limit": "vLLM alone, all cores"},
         {"what": "update", "step_median_s": med["update"], "limit_s": limits["update"],
-         "limit": "policy forward/backward/optimizer alone, all cores"},
+         "limit": f"policy forward/backward/optimizer alone, all cores ({limits.get('optimizer_steps', 1)} optimizer steps)"},
         {"what": "sync", "step_median_s": med["sync"], "limit_s": limits["broadcast"], "limit": "bare broadcast of the weights"},
         {"what": "step", "step_median_s": med["step_s"], "limit_s": limit, "limit": "sum of the limits"},
     ]

@@ -52,6 +52,12 @@ def test_bench_sync_compares_with_raw_broadcast(ray_session, config, tmp_path):
 
 @pytest.mark.slow
 def test_bench_step_breaks_the_step_into_phases(ray_session, config, tmp_path):
+    import yaml
+
+    # With an eval section, as the demo has: its row before step 1 is no step.
+    d = yaml.safe_load(Path(config).read_text())
+    d["eval"] = {"prompts": str(ROOT / "configs/data/demo_eval_prompts.jsonl"), "every_n_steps": 0, "greedy": True}
+    Path(config).write_text(yaml.safe_dump(d))
     out = tmp_path / "step.json"
     assert main(["bench", "step", config, "--steps", "2", "--run-dir", str(tmp_path / "bench-run"), "--out", str(out),
                  "--limit-repeats", "1"]) == 0
@@ -66,6 +72,9 @@ def test_bench_step_breaks_the_step_into_phases(ray_session, config, tmp_path):
     limits, summary = result["limits"], result["limit_summary"]
     assert all(len(limits["runs"][k]) == 1 and limits[k] > 0 for k in ("generate", "update", "broadcast"))
     assert limits["weight_MB"] > 0
+    # The limit's update goes over the batch as the learner's does: epochs x mini-batches optimizer steps.
+    p = d["ppo"]
+    assert limits["optimizer_steps"] == p["epochs"] * -(-p["rollout_batch_size"] * d["rollout"]["n_samples_per_prompt"] // p["mini_batch_size"])
     assert [r["what"] for r in summary["rows"]] == ["generate", "update", "sync", "step"]
     step_row = summary["rows"][-1]
     assert step_row["limit_s"] == pytest.approx(limits["generate"] + limits["update"] + limits["broadcast"])
