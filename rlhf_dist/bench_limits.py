@@ -1,5 +1,5 @@
 """The compute a step cannot avoid, measured in the same run as `bench step`: vLLM generating the step's batch
-alone, one forward/backward/optimizer step of the policy alone, and a bare broadcast of the weights, each
+alone, the policy's update alone (the learner's epochs and optimizer steps), and a bare broadcast of the weights, each
 with all of the machine (every core on CPU); the step's ratio to their sum."""
 from __future__ import annotations
 
