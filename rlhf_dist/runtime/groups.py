@@ -26,7 +26,7 @@ def worker_env(device: str, threads: int) -> dict[str, str]:
     if cpu_workers(device):
         # On CPU DeepSpeed would otherwise probe for accelerators; threads are capped so roles share cores.
         env.update({"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": str(threads)})
-        # Nothing is compiled on CPU (engines run eager by default; rollout_env re-enables compiling where they
+        # Nothing is compiled on CPU (engines run eager by default; engine_env re-enables compiling where they
         # do not): without this, DeepSpeed's optimizer check imports torch's compiler stack in every learner and
         # vLLM's sampler compiles its log-prob gather on the first generation (about 1 s and 2 s of start-up).
         env["TORCHDYNAMO_DISABLE"] = "1"
