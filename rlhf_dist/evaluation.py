@@ -101,7 +101,7 @@ class Evaluator:
             for j, (name, spec) in enumerate(zip(self.rules.names, self.rules.specs)):
                 columns[name] = [row[j] / spec.weight if spec.weight else row[j] for row in table]
         if roles.reward is not None:
-            padded = _padded([a + b for a, b in zip(prompts, texts)], len(roles.reward))
+            padded = _padded(list(zip(prompts, texts)), len(roles.reward))
             columns["reward_model"] = roles.reward_scores(padded)[: len(idx)]
         for name, values in columns.items():
             out[f"eval/{mode}/{name}"] = sum(values) / len(values)

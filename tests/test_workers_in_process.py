@@ -90,3 +90,41 @@ def test_labels_go_only_to_functions_that_take_them():
     assert rules.per_function(["3+4=", "1+1="], ["7", "x 2"], labels=["7", "3"]) == [[1.0, 0.5], [0.0, 0.0]]
     with pytest.raises(ConfigError, match="needs a `label`: set data.label_key"):
         RuleRewards(specs, has_labels=False)
+
+
+def test_evaluation_scores_with_the_reward_model_as_training_does(tiny_model, reward_model, tmp_path):
+    """The held-out evaluation hands the reward model (prompt, response) pairs, as the training step does (it
+    once handed it joined strings, which its worker cannot unpack). A real reward-model worker in this process;
+    the job's roles are a stand-in of our own (rlhf_dist.trainers.rl_roles), generating fixed responses."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from rlhf_dist.data.batch import split_list
+    from rlhf_dist.evaluation import Evaluator
+    from rlhf_dist.learner.workers import RewardModelWorker
+
+    prompts = tmp_path / "eval.jsonl"
+    prompts.write_text('{"prompt": "the red cat"}\n{"prompt": "a big dog"}\n{"prompt": "the sun"}\n')
+    cfg = config(tiny_model, tmp_path, model=reward_model)
+    cfg = load_config(None, [f"eval.prompts={prompts}"], base=cfg.model_dump(mode="json"))
+    worker = RewardModelWorker(reward_spec(cfg), rank=0, world_size=1)
+    worker.setup()
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+
+    class Roles:
+        rollout, reward = [0], [0, 1]  # one engine; two reward ranks, so requests are padded and split
+
+        def generate(self, ids, seed, sampling=None):
+            return {"responses": [tok(" runs fast")["input_ids"]] * len(ids), "finish_reasons": ["stop"] * len(ids)}
+
+        def reward_scores(self, pairs):
+            return [s for part in split_list(pairs, len(self.reward)) for s in worker.score(part)]
+
+    ev = Evaluator(cfg, tok, RuleRewards(cfg.reward.functions), log=lambda _: None)
+    out = ev._one(Roles(), "greedy", 1, None, rows := [])
+    texts = [r["prompt"] for r in rows]
+    want = worker.score([(t, " runs fast") for t in texts])
+    assert [r["reward_model"] for r in rows] == pytest.approx(want)
+    assert out["eval/greedy/reward_model"] == pytest.approx(sum(want) / len(want))
+    assert len(rows) == 3
