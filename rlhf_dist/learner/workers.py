@@ -322,7 +322,6 @@ class RewardModelWorker(_Base):
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if self.tokenizer.pad_token_id is None:  # Llama-3 has none; reward-model training pads with EOS too
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.tokenizer.padding_side = "right"
         self.model = models.load_reward_model(path, m.dtype, m.attn_implementation).to(self.device).eval()
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
