@@ -20,8 +20,6 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
-import torch
-
 from rlhf_dist.data.batch import rollout_batch
 
 
@@ -82,7 +80,6 @@ class RolloutProducer:
         tokens = sum(len(r) for r in gen["responses"])
         roll, metrics = rollout_batch(self.state.prompt_ids, p.idx, gen["responses"], gen["logprobs"],
                                       gen["finish_reasons"], scores, self.n)
-        roll["versions"] = torch.full((len(p.idx),), p.version, dtype=torch.long)  # per sample
         metrics.update({
             "rollout/tokens": float(tokens),
             "rollout/tokens_per_s": tokens / max(timing["generate"], 1e-9),
@@ -106,6 +103,3 @@ class RolloutProducer:
     def loader_state(self) -> dict:
         """For checkpoints: the position before the oldest batch not yet trained (its prompts are re-queued)."""
         return self.queue[0].loader_state if self.queue else self.state.loader.state_dict()
-
-    def in_flight(self) -> list[int]:
-        return [p.step for p in self.queue]
