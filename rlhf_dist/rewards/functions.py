@@ -109,8 +109,6 @@ class RuleRewards:
                     continue
                 except Exception as e:  # noqa: BLE001 - e.g. a return value that cannot be sent back
                     value, error = None, f"{type(e).__name__}: {e}"
-                if error is None and not math.isfinite(value):
-                    error = f"returned {value}"
                 if error is not None:
                     errors[i] = error
                 else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import math
 import multiprocessing
 import numbers
 import os
@@ -26,9 +27,11 @@ def resolve(name: str):
 
 
 def checked_value(value) -> tuple[float | None, str | None]:
-    """A reward must be a real number: a bool or a string is an error, never coerced."""
+    """A reward must be a finite real number: a bool or a string is an error, never coerced."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return None, f"returned {type(value).__name__} {value!r:.60}, not a number"
+    if not math.isfinite(value):
+        return None, f"returned {float(value)}"
     return float(value), None
 
 
