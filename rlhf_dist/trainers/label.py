@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rlhf_dist.data.chat import prompt_ids, require_template
 from rlhf_dist.data.prompts import load_prompts
-from rlhf_dist.dist import use_cuda
+from rlhf_dist.dist import cpu_workers
 from rlhf_dist.layout import pool_layout
 from rlhf_dist.learner.workers import RewardModelWorker
 from rlhf_dist.model_shape import check_tp_heads
@@ -31,7 +31,7 @@ def label_roles(cfg: LabelConfig) -> list[RoleSpec]:
     p, m = cfg.placement, cfg.model
     env = engine_env(cfg)
     specs = [RoleSpec("rollout", RolloutEngine, p.rollout.pool, p.rollout.num_engines, engine_spec(cfg),
-                      gpus_per_rank=p.rollout.tensor_parallel_size, env=env, seats=not use_cuda(cfg.cluster.device))]
+                      gpus_per_rank=p.rollout.tensor_parallel_size, env=env, seats=cpu_workers(cfg.cluster.device))]
     if cfg.judge.kind == "llm":
         specs.append(RoleSpec("judge", JudgeEngine, p.judge.pool, p.judge.num_gpus, judge_engine_spec(cfg), env=env))
     elif cfg.judge.kind == "reward_model":
@@ -49,8 +49,9 @@ def run_label(cfg: LabelConfig, log=print) -> Path:
         "data.max_prompt_tokens + rollout.max_new_tokens", log, who="policy",
     )
     check_tp_heads(cfg.placement.rollout.tensor_parallel_size, m.policy)
-    if j.model is not None:
+    if j.model is not None and j.kind != "llm":  # an LLM judge's model is checked with its tokenizer below
         check_model_path("judge.model", j.model)
+    judge_tok = None
     if j.kind == "llm":
         # The judge prompt plus the label tokens must fit the judge model's positions.
         judge_tok = prepare_tokenizer("judge.model", j.model or m.policy, False, j.max_prompt_tokens + JUDGE_LABEL_ROOM,
@@ -66,16 +67,16 @@ def run_label(cfg: LabelConfig, log=print) -> Path:
 
     specs = label_roles(cfg)
     with ray_session(cfg, pool_layout(cfg.placement.pools, role_gpus(specs)), log):
-        _label(cfg, specs, prompts, tokenizer, rules, run_dir, log)
+        _label(cfg, specs, prompts, tokenizer, rules, judge_tok, run_dir, log)
     return run_dir
 
 
-def _label(cfg: LabelConfig, specs, prompts, tokenizer, rules, run_dir: Path, log) -> None:
+def _label(cfg: LabelConfig, specs, prompts, tokenizer, rules, judge_tok, run_dir: Path, log) -> None:
     j, n = cfg.judge, cfg.rollout.n_samples_per_prompt
     roles = None
     try:
         roles = LabelRoles(cfg, specs, log)
-        judge = _judge(cfg, roles, rules, tokenizer)
+        judge = _judge(cfg, roles, rules, judge_tok)
         counts = {"written": 0, "ties": 0, "empty": 0, "too_long": 0}
         t0 = time.perf_counter()
         with (run_dir / "preferences.jsonl").open("w") as out:
@@ -115,8 +116,9 @@ def preference_row(prompt: str, responses: list[str], scores: list[float], judge
             "chosen_score": scores[best], "rejected_score": scores[worst], "judge": judge}
 
 
-def _judge(cfg: LabelConfig, roles: "LabelRoles", rules, tokenizer):
-    """A function (prompts, [responses per prompt]) -> [scores per prompt]."""
+def _judge(cfg: LabelConfig, roles: "LabelRoles", rules, judge_tok):
+    """A function (prompts, [responses per prompt]) -> [scores per prompt]. `judge_tok`: an LLM judge's
+    tokenizer (checked in run_label)."""
     j = cfg.judge
     if j.kind == "function":
         return lambda prompts, responses: [rules([p] * len(r), r) for p, r in zip(prompts, responses)]
@@ -127,9 +129,6 @@ def _judge(cfg: LabelConfig, roles: "LabelRoles", rules, tokenizer):
             return [flat[i * k : (i + 1) * k] for i in range(len(prompts))]
 
         return by_model
-    from transformers import AutoTokenizer
-
-    judge_tok = AutoTokenizer.from_pretrained(j.model or cfg.model.policy)
     labels = [list(judge_tok(lab, add_special_tokens=False)["input_ids"]) for lab in j.labels]
 
     chat = cfg.data.apply_chat_template
