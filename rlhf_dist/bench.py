@@ -67,7 +67,7 @@ def _prompts(cfg: Config, n: int, prompt_len: int) -> list[list[int]]:
 def bench_rollout(cfg: Config, prompts: int, prompt_len: int, repeats: int, log=print) -> dict:
     """The framework's engines (Ray actors, requests split across engines) vs vLLM called directly."""
     from rlhf_dist.data.batch import split_list
-    from rlhf_dist.dist import use_cuda
+    from rlhf_dist.dist import cpu_workers
     from rlhf_dist.rollout.engine import RolloutEngine, engine_env, engine_spec
     from rlhf_dist.runtime.roles import Roles, RoleSpec
     from rlhf_dist.runtime.scaffold import ray_session
@@ -77,7 +77,7 @@ def bench_rollout(cfg: Config, prompts: int, prompt_len: int, repeats: int, log=
     rows = []
     r, env, spec = cfg.placement.rollout, engine_env(cfg), engine_spec(cfg)
     specs = [RoleSpec("rollout", RolloutEngine, r.pool, r.num_engines, spec, gpus_per_rank=r.tensor_parallel_size, env=env,
-                      seats=not use_cuda(cfg.cluster.device)),
+                      seats=cpu_workers(cfg.cluster.device)),
              # vLLM directly, one engine in a plain actor on the first engine's bundle: same prompts, same settings.
              RoleSpec("vllm-direct", DirectVLLM, r.pool, 1, spec, env=env)]
     with ray_session(cfg, derived, log):

@@ -99,11 +99,11 @@ def measure_limits(cfg: Config, prompts: list[list[int]], repeats: int, log=prin
     import torch
 
     from rlhf_dist.data.batch import build_batch
-    from rlhf_dist.dist import use_cuda
+    from rlhf_dist.dist import cpu_workers
     from rlhf_dist.rollout.engine import engine_env, engine_spec
     from rlhf_dist.runtime.groups import worker_env
 
-    gpu = 1 if use_cuda(cfg.cluster.device) else 0
+    gpu = 0 if cpu_workers(cfg.cluster.device) else 1
     env = worker_env(cfg.cluster.device, cfg.cluster.threads_per_actor)
     opts = dict(num_cpus=0, num_gpus=gpu, runtime_env={"env_vars": env})
     deadline = cfg.timeouts.call_s

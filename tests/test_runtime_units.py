@@ -92,11 +92,12 @@ def test_engines_set_up_with_the_threads_they_generate_with():
 
     from tests.conftest import demo_config_dict
 
-    cluster = SimpleNamespace(phase_threads=True, phase_cores=8, threads_per_actor=1)
+    cluster = SimpleNamespace(device="cpu", phase_threads=True, phase_cores=8, threads_per_actor=1)
     assert engine_threads(cluster, engines=1, tensor_parallel_size=1) == 8
     assert engine_threads(cluster, engines=2, tensor_parallel_size=1) == 4
     assert engine_threads(cluster, engines=1, tensor_parallel_size=2) == 1
-    assert engine_threads(SimpleNamespace(phase_threads=False, phase_cores=8, threads_per_actor=3), 1, 1) == 3
+    assert engine_threads(SimpleNamespace(**{**vars(cluster), "device": "cuda"}), 1, 1) == 1  # GPU: no phase threads
+    assert engine_threads(SimpleNamespace(device="cpu", phase_threads=False, phase_cores=8, threads_per_actor=3), 1, 1) == 3
     d = demo_config_dict("/tmp/m", "/tmp/p.jsonl", "/tmp/run")
     d["cluster"] = {"phase_cores": 6}
     specs = {s.name: s for s in role_specs(load_config(None, base=d))}

@@ -96,8 +96,6 @@ def test_evaluation_scores_with_the_reward_model_as_training_does(tiny_model, re
     """The held-out evaluation hands the reward model (prompt, response) pairs, as the training step does (it
     once handed it joined strings, which its worker cannot unpack). A real reward-model worker in this process;
     the job's roles are a stand-in of our own (rlhf_dist.trainers.rl_roles), generating fixed responses."""
-    from pathlib import Path
-
     from transformers import AutoTokenizer
 
     from rlhf_dist.data.batch import split_list

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from rlhf_dist.dist import cpu_workers
+
 
 def node_cores() -> int:
     """Cores this process may run on (its affinity, not the machine's count)."""
@@ -14,11 +16,17 @@ def share(cores: int, actors: int) -> int:
     return max(1, cores // max(1, actors))
 
 
+def phase_threads_on(cluster, tensor_parallel_size: int) -> bool:
+    """Threads per phase apply: CPU workers, `cluster.phase_threads`, and single-worker engines (a TP engine's
+    workers are other processes, which take no share)."""
+    return cpu_workers(cluster.device) and cluster.phase_threads and tensor_parallel_size == 1
+
+
 def engine_threads(cluster, engines: int, tensor_parallel_size: int) -> int:
     """CPU: the threads a single-worker engine generates with under threads per phase (all it gets when it runs
     alone). The engine sets up with them too: vLLM's CPU kernels keep the work split they were set up with
     (measured: an engine set up on 1 thread and given 2 per phase generated about 20% slower than one set up on 2)."""
-    if cluster.phase_threads and tensor_parallel_size == 1:
+    if phase_threads_on(cluster, tensor_parallel_size):
         return share(cluster.phase_cores or node_cores(), engines)
     return cluster.threads_per_actor
 

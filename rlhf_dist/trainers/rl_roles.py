@@ -5,7 +5,7 @@ from __future__ import annotations
 from rlhf_dist.config import Config, Derived, derive, uses_critic
 from rlhf_dist.passes import uses_reference
 from rlhf_dist.data.batch import concat, split, split_list
-from rlhf_dist.dist import use_cuda
+from rlhf_dist.dist import cpu_workers
 from rlhf_dist.learner.workers import (
     CriticWorker,
     PolicyWorker,
@@ -15,7 +15,7 @@ from rlhf_dist.learner.workers import (
 from rlhf_dist.rollout.engine import RolloutEngine, engine_env, engine_spec
 from rlhf_dist.runtime.placement import plan_slots
 from rlhf_dist.runtime.roles import Roles, RoleSpec
-from rlhf_dist.runtime.threads import PhaseThreads, engine_threads
+from rlhf_dist.runtime.threads import PhaseThreads, engine_threads, phase_threads_on
 from rlhf_dist.specs import (
     LearnerSpec,
     ModelSpec,
@@ -71,7 +71,7 @@ def role_specs(cfg: Config) -> list[RoleSpec]:
     threads = engine_threads(cfg.cluster, p.rollout.num_engines, p.rollout.tensor_parallel_size)
     specs.append(RoleSpec("rollout", RolloutEngine, p.rollout.pool, p.rollout.num_engines, engine_spec(cfg),
                           gpus_per_rank=p.rollout.tensor_parallel_size, env=engine_env(cfg, threads),
-                          seats=not use_cuda(cfg.cluster.device)))
+                          seats=cpu_workers(cfg.cluster.device)))
     return specs
 
 
@@ -93,9 +93,8 @@ class RLRoles:
             pl = cfg.placement
             self.sync = WeightSync(self.roles, self.roles.device, pl.rollout.pool == pl.policy.pool,
                                    pl.rollout.tensor_parallel_size, cfg.sync.bucket_mb, t, log)
-            # A TP engine's workers are other processes: only single-worker engines take a share of threads.
-            cpu = not use_cuda(cfg.cluster.device) and pl.rollout.tensor_parallel_size == 1
-            self.threads = PhaseThreads(self.roles, cpu and cfg.cluster.phase_threads, cfg.cluster.phase_cores)
+            on = phase_threads_on(cfg.cluster, pl.rollout.tensor_parallel_size)
+            self.threads = PhaseThreads(self.roles, on, cfg.cluster.phase_cores)
         except BaseException:
             self.roles.shutdown()
             raise
