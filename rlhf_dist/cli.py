@@ -8,10 +8,10 @@ from rlhf_dist.console import echo, quiet
 
 
 def checked(cfg):
-    """The validation layer every command's config passes (paths by kind, readable, writable)."""
-    from rlhf_dist.validation import check_paths
+    """The validation layer every command's config passes (rlhf_dist.validation.check_config)."""
+    from rlhf_dist.validation import check_config
 
-    check_paths(cfg)
+    check_config(cfg)
     return cfg
 
 

@@ -43,6 +43,25 @@ def check_input_file(field: str, value: str) -> None:
         raise ConfigError(f"{field}: {value!r} cannot be read (permission denied)")
 
 
+def check_config(cfg: BaseModel) -> None:
+    """The validation layer every command's config passes: paths by kind (readable, writable), the device."""
+    check_paths(cfg)
+    check_local_device(cfg)
+
+
+def check_local_device(cfg: BaseModel) -> None:
+    """A local cluster's workers run on this machine: `cluster.device: cuda` without a CUDA device here is
+    refused before anything starts (a GPU cluster elsewhere is named by cluster.address)."""
+    cluster = getattr(cfg, "cluster", None)
+    if cluster is None or cluster.device != "cuda" or cluster.address:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError("cluster.device: 'cuda', but this machine has no CUDA device and the local cluster runs "
+                          "here (set cluster.address to use a GPU cluster, or device auto or cpu)")
+
+
 def check_paths(cfg: BaseModel) -> None:
     """Raises ConfigError naming the first bad path field."""
     from rlhf_dist.outputs import check_output_dir

@@ -37,6 +37,8 @@ CASES = [
     ("clip-higher-no-high", ["ppo.policy_loss=clip_higher"], None, "ppo.clip_eps_high: policy_loss 'clip_higher' needs"),
     ("overlong-buffer", ["ppo.overlong_buffer=12"], None, "ppo.overlong_buffer: 12 must be smaller than rollout.max_new_tokens"),
     ("restarts-no-ckpt", ["fault_tolerance.max_restarts=2"], None, "fault_tolerance.max_restarts: restarts resume from"),
+    # The suite runs without CUDA: a local cluster cannot be a GPU one (refused before Ray starts).
+    ("cuda-without-gpu", ["cluster.device=cuda"], None, "cluster.device: 'cuda', but this machine has no CUDA device"),
     ("reward-name-format", ["reward.functions=[{name: nocolon}]"], None, "reward.functions name 'nocolon' must look like"),
     ("reward-module", ["reward.functions=[{name: 'no_such_module:f'}]"], None, "cannot import 'no_such_module'"),
     ("reward-attr", ["reward.functions=[{name: 'rlhf_dist.rewards.rules:nope'}]"], None, "has no function 'nope'"),

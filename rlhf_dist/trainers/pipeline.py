@@ -32,12 +32,11 @@ def run_pipeline(config_dir: str, overrides: list[str], log=print) -> dict[str, 
         raise ConfigError(f"pipeline: {config_dir} must hold {', '.join(f'{s}.yaml' for s in STAGES)}; missing {', '.join(missing)}")
     extra = stage_overrides(overrides)
     # Every config is validated before the first stage starts (the later ones with placeholder paths).
-    from rlhf_dist.validation import check_paths
+    from rlhf_dist.validation import check_config
 
-    check_paths(load_stage_config("sft", files["sft"], extra["sft"]))
-    check_paths(load_stage_config("rm", files["rm"], extra["rm"]))
-    ppo = load_config(files["ppo"], extra["ppo"])
-    check_paths(ppo)
+    check_config(load_stage_config("sft", files["sft"], extra["sft"]))
+    check_config(load_stage_config("rm", files["rm"], extra["rm"]))
+    check_config(load_config(files["ppo"], extra["ppo"]))
 
     runs: dict[str, Path] = {}
     log("pipeline 1/3: SFT")
