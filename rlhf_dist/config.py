@@ -86,7 +86,7 @@ class RewardFunction(Strict):
     name: str  # "package.module:function", called as fn(prompt: str, response: str, **kwargs) -> float
     weight: float = 1.0
     kwargs: dict[str, Any] = Field(default_factory=dict)
-    timeout_s: float = Field(60, gt=0)  # per wave of `concurrency` calls; past it an error (after retries), never 0
+    timeout_s: float = Field(60, gt=0)  # per call; a batch waits timeout_s x the calls its busiest process runs, never 0
     retries: int = Field(0, ge=0)
     concurrency: int = Field(8, ge=1)  # calls in flight at once: worker processes (rewards/pool.py)
 

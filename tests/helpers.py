@@ -47,3 +47,10 @@ def counting_char_fraction(prompt: str, response: str, log: str) -> float:
     with open(log, "a", encoding="utf-8") as f:
         f.write(prompt.replace("\n", " ") + "\n")
     return char_fraction(prompt, response)
+
+
+def stuck_on_bad(prompt: str, response: str) -> float:
+    """Never returns for the response "bad"; 1.0 otherwise."""
+    while response == "bad":
+        time.sleep(1)
+    return 1.0

@@ -43,5 +43,8 @@ def test_lean_step_runs_no_reference_and_no_policy_pass(ray_session, tiny_model,
         # Measured by the update's first forward: the engines computed with the learner's weights.
         assert 0.0 < row["rollout/engine_learner_logprob_diff_max"] < 1e-4
         assert row["sync/verified"] is True and "policy/loss" in row
+        # Rule rewards without dynamic sampling are scored beside the step's passes, then waited for.
+        assert row["timing/score_beside"] > 0 and row["timing/score"] >= 0
+        assert row["reward/mean"] == pytest.approx(row["reward/math_verify_reward"])  # the one function, weight 1
     # Ratios are 1 at the first forward of an on-policy update, so nothing is clipped.
     assert all(r["policy/clipfrac"] == 0.0 for r in rows)

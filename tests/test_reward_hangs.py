@@ -29,6 +29,21 @@ def test_more_calls_than_processes_get_one_timeout_per_wave():
     rules.close()
 
 
+def test_calls_go_in_chunks_and_a_retry_isolates_a_hung_call():
+    """Eight calls on two processes go as four chunks of two; the hung call's chunk-mate times out with it, and
+    the retry (one call per chunk after a timeout) scores it, leaving only the hung sample failed."""
+    rules = RuleRewards([RewardFunction(name="tests.helpers:stuck_on_bad", timeout_s=1, concurrency=2, retries=1)])
+    assert rules(["p"] * 8, ["ok"] * 8) == [1.0] * 8
+    responses = ["ok", "bad"] + ["ok"] * 6
+    t0 = time.monotonic()
+    with pytest.raises(RewardError) as e:
+        rules(["p"] * 8, responses)
+    assert str(e.value) == ("reward function tests.helpers:stuck_on_bad failed on sample 1 after 2 attempt(s): "
+                            "timed out after 1 s (reward.functions timeout_s=1 per call)")  # sample 0 was scored on retry
+    assert time.monotonic() - t0 < 15  # 4 s for the chunked attempt (two chunks per process), 1 s for the retry
+    rules.close()
+
+
 @pytest.mark.parametrize("fn,shown", [("returns_bool", "returned bool True, not a number"),
                                       ("returns_string", "returned str '0.5', not a number")])
 def test_bool_and_string_rewards_are_errors_not_coerced(fn, shown):

@@ -32,23 +32,24 @@ def build_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: in
     P = max(len(p) for p in prompts)
     R = max(1, max(len(r) for r in responses))
     B = len(prompts)
+    # One flat copy of every token, placed by index (a tensor per row cost 5 ms for 256 rows).
+    lp = torch.tensor([len(p) for p in prompts])
+    lr = torch.tensor([len(r) for r in responses])
+    cols = torch.arange(P + R)
+    in_prompt = (cols >= P - lp[:, None]) & (cols < P)
+    in_response = (cols >= P) & (cols < P + lr[:, None])
+    attention_mask = (in_prompt | in_response).long()
     input_ids = torch.full((B, P + R), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((B, P + R), dtype=torch.long)
-    mask = torch.zeros((B, R), dtype=torch.float32)
-    for i, (p, r) in enumerate(zip(prompts, responses)):
-        input_ids[i, P - len(p) : P] = torch.tensor(p)
-        attention_mask[i, P - len(p) : P] = 1
-        if r:
-            input_ids[i, P : P + len(r)] = torch.tensor(r)
-            attention_mask[i, P : P + len(r)] = 1
-            mask[i, : len(r)] = 1
+    # Row-major order of the True cells is each row's prompt then its response: the tokens' order.
+    input_ids[attention_mask.bool()] = torch.tensor([t for p, r in zip(prompts, responses) for t in (*p, *r)], dtype=torch.long)
+    mask = in_response[:, P:].float()
     return {"input_ids": input_ids, "attention_mask": attention_mask, "mask": mask}
 
 
 def pad_rows(rows: list[list[float]], width: int) -> torch.Tensor:
+    lengths = torch.tensor([len(r) for r in rows])
     out = torch.zeros((len(rows), width), dtype=torch.float32)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(r, dtype=torch.float32)
+    out[torch.arange(width) < lengths[:, None]] = torch.tensor([x for r in rows for x in r], dtype=torch.float32)
     return out
 
 

@@ -86,35 +86,44 @@ class RuleRewards:
         return [list(row) for row in zip(*columns)]
 
     def _run(self, spec: RewardFunction, calls: list[tuple]) -> list[float]:
-        """All calls at once over the worker processes, under one deadline for the whole batch: timeout_s for
-        each wave of `processes` calls (so per-call timeouts never add up one after another). Calls still
-        running at the deadline are abandoned with their processes. Failures are retried up to spec.retries
-        times, then an error."""
+        """All calls at once over the worker processes, in chunks (one round trip each), under one deadline
+        for the whole batch: timeout_s for each call the busiest process may run (so per-call timeouts never add
+        up one after another across processes). Calls still running at the deadline are abandoned with their
+        processes. Failures are retried up to spec.retries times, then an error; after a timeout the retries
+        go one call per chunk, so a hung call no longer holds its chunk-mates."""
         out: list[float | None] = [None] * len(calls)
         errors: dict[int, str] = {}
         todo = list(range(len(calls)))
+        single = False
         for _attempt in range(spec.retries + 1):
             pool = self.pool.get()
-            budget = spec.timeout_s * math.ceil(len(todo) / self.pool.processes)
+            procs = self.pool.processes
+            # About two chunks per process: a few round trips per batch instead of one per sample, with some
+            # room to even out calls that take longer than others.
+            size = 1 if single else max(1, math.ceil(len(todo) / (2 * procs)))
+            chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
+            budget = spec.timeout_s * size * math.ceil(len(chunks) / procs)
             deadline = time.monotonic() + budget
             env = dict(os.environ)
-            pending = {i: pool.apply_async(call, (spec.name, calls[i][0], calls[i][1], {**calls[i][2], **spec.kwargs}, env))
-                       for i in todo}
+            pending = [(chunk, pool.apply_async(call, (spec.name, [(calls[i][0], calls[i][1], {**calls[i][2], **spec.kwargs}) for i in chunk], env)))
+                       for chunk in chunks]
             errors, stuck = {}, False
-            for i, res in pending.items():
+            for chunk, res in pending:
                 try:
-                    value, error = res.get(timeout=max(0.0, deadline - time.monotonic()))
+                    results = res.get(timeout=max(0.0, deadline - time.monotonic()))
                 except multiprocessing.TimeoutError:
-                    errors[i], stuck = f"timed out after {budget:g} s (reward.functions timeout_s={spec.timeout_s:g} per call)", True
-                    continue
+                    stuck = True
+                    results = [(None, f"timed out after {budget:g} s (reward.functions timeout_s={spec.timeout_s:g} per call)")] * len(chunk)
                 except Exception as e:  # noqa: BLE001 - e.g. a return value that cannot be sent back
-                    value, error = None, f"{type(e).__name__}: {e}"
-                if error is not None:
-                    errors[i] = error
-                else:
-                    out[i] = value
+                    results = [(None, f"{type(e).__name__}: {e}")] * len(chunk)
+                for i, (value, error) in zip(chunk, results):
+                    if error is not None:
+                        errors[i] = error
+                    else:
+                        out[i] = value
             if stuck:
                 self.pool.terminate()  # the stuck calls end with their processes; a retry starts fresh ones
+                single = True
             todo = sorted(errors)
             if not todo:
                 return out  # type: ignore[return-value]

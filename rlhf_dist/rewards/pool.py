@@ -35,16 +35,25 @@ def checked_value(value) -> tuple[float | None, str | None]:
     return float(value), None
 
 
-def call(name: str, prompt: str, response: str, kwargs: dict, env: dict) -> tuple[float | None, str | None]:
-    """Runs in a worker: (value, None) or (None, error text); exceptions never cross as objects. `env` is the
-    caller's environment now (workers are forked from a server started earlier, e.g. before an API key was set)."""
+def call(name: str, calls: list[tuple[str, str, dict]], env: dict) -> list[tuple[float | None, str | None]]:
+    """Runs in a worker: for each (prompt, response, kwargs), (value, None) or (None, error text); exceptions
+    never cross as objects. Calls come in chunks: one round trip (and one copy of `env`) per chunk, not per
+    sample. `env` is the caller's environment now (workers are forked from a server started earlier, e.g.
+    before an API key was set)."""
     if env != os.environ:
         os.environ.clear()
         os.environ.update(env)
     try:
-        return checked_value(resolve(name)(prompt, response, **kwargs))
-    except Exception as e:  # noqa: BLE001 - reported with the function and sample named by the caller
-        return None, f"{type(e).__name__}: {str(e)[:300]}"
+        fn = resolve(name)
+    except Exception as e:  # noqa: BLE001 - as for a failing call
+        return [(None, f"{type(e).__name__}: {str(e)[:300]}")] * len(calls)
+    out = []
+    for prompt, response, kwargs in calls:
+        try:
+            out.append(checked_value(fn(prompt, response, **kwargs)))
+        except Exception as e:  # noqa: BLE001 - reported with the function and sample named by the caller
+            out.append((None, f"{type(e).__name__}: {str(e)[:300]}"))
+    return out
 
 
 def _warm(names: list[str]) -> None:

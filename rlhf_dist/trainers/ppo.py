@@ -1,7 +1,10 @@
 """The RL loop (PPO and the critic-free family). Reads top to bottom; the math lives in rlhf_dist.algorithms."""
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 import torch
@@ -17,6 +20,7 @@ from rlhf_dist.config import Config, derive
 from rlhf_dist.console import StepProgress, step_line
 from rlhf_dist.data.batch import build_batch, rollout_batch
 from rlhf_dist.data.prompts import PromptLoader, load_prompts
+from rlhf_dist.errors import WaitTimeout
 from rlhf_dist.evaluation import Evaluator
 from rlhf_dist.passes import step_passes
 from rlhf_dist.metrics import MetricsWriter, set_aside_metrics_after
@@ -138,11 +142,12 @@ def rl_step(cfg: Config, roles: RLRoles, state: LoopState, step: int) -> dict:
         roll, roll_metrics = collect_rollouts(cfg, roles, state, step, timing)
     batch = build_batch(roll["prompt_ids"], roll["responses"], state.tokenizer.pad_token_id)
     mask = batch["mask"]
-    scores = roll["scores"]
 
-    # 3b. Reference, critic and policy passes in parallel, only those this step needs (rlhf_dist.passes).
+    # 3b. Reference, critic and policy passes in parallel, only those this step needs (rlhf_dist.passes); scores
+    # still being computed beside them are waited for after.
     engine_lp = roll["engine_logprobs"]
     out = run_passes(roles, state.passes, batch, engine_lp, timing)
+    scores = await_scores(roll, roll_metrics, timing, cfg.timeouts.call_s)
     values = out.values
     staleness = roll_metrics.get("rollout/staleness", 0.0)
     if out.probe is not None and staleness == 0:
@@ -225,6 +230,8 @@ def collect_rollouts(cfg: Config, roles: RLRoles, state: LoopState, step: int, t
     the batch is filled with dropped groups and the shortfall is reported in the metrics."""
     ppo, n = cfg.ppo, cfg.rollout.n_samples_per_prompt
     want = ppo.rollout_batch_size
+    if not ppo.dynamic_sampling and roles.reward is None:
+        return rollouts_scored_beside(cfg, roles, state, step, timing)
     kept, spare = [], []
     gen_s = score_s = 0.0
     tokens = 0
@@ -267,6 +274,54 @@ def collect_rollouts(cfg: Config, roles: RLRoles, state: LoopState, step: int, t
     if ppo.dynamic_sampling:
         metrics.update({"dynamic_sampling/rounds": rounds, "dynamic_sampling/filled_with_uninformative": filled})
     return roll, metrics
+
+
+def rollouts_scored_beside(cfg: Config, roles: RLRoles, state: LoopState, step: int, timing: dict) -> tuple[dict, dict]:
+    """One round whose every group is trained: the scores are not needed before the update, so rule rewards
+    (worker processes, rlhf_dist.rewards.pool) run on a helper thread while the step's passes run; a reward
+    model is left out (its actors would share the passes' cores and threads)."""
+    idx = [i for i in state.loader.next_batch() for _ in range(cfg.rollout.n_samples_per_prompt)]
+    t0 = time.perf_counter()
+    gen = roles.generate([state.prompt_ids[i] for i in idx], seed=generation_seed(cfg.run.seed, step, 1))
+    timing["generate"] = time.perf_counter() - t0
+    roll, metrics = rollout_batch(state.prompt_ids, idx, gen["responses"], gen["logprobs"], gen["finish_reasons"], None,
+                                  cfg.rollout.n_samples_per_prompt)
+    roll["scores"] = in_background(score, cfg, roles, state, idx, gen["responses"])
+    tokens = sum(len(r) for r in gen["responses"])
+    metrics.update({"rollout/tokens": float(tokens), "rollout/tokens_per_s": tokens / max(timing["generate"], 1e-9)})
+    return roll, metrics
+
+
+def await_scores(roll: dict, metrics: dict, timing: dict, limit_s: float) -> torch.Tensor:
+    """The step's scores. Those computed beside the passes are waited for here: timing/score is the wait the
+    step saw, timing/score_beside the scoring's own seconds."""
+    pending = roll["scores"]
+    if not isinstance(pending, Future):
+        return pending
+    t0 = time.perf_counter()
+    try:
+        (scores, parts), busy = pending.result(timeout=limit_s)
+    except FutureTimeout:
+        raise WaitTimeout(f"scoring the step's samples: not done in {limit_s:g} s (timeouts.call_s)") from None
+    timing["score"], timing["score_beside"] = time.perf_counter() - t0, busy
+    metrics.update({f"reward/{name}": float(v.mean()) for name, v in parts.items()})
+    roll["scores"] = scores
+    return scores
+
+
+def in_background(fn, *args) -> Future:
+    """fn(*args) on a daemon thread (a reward call stuck until its deadline never holds the process at exit)."""
+    fut: Future = Future()
+
+    def run():
+        t0 = time.perf_counter()
+        try:
+            fut.set_result((fn(*args), time.perf_counter() - t0))
+        except BaseException as e:  # noqa: BLE001 - raised again by the waiter
+            fut.set_exception(e)
+
+    threading.Thread(target=run, name="scoring", daemon=True).start()
+    return fut
 
 
 def score(cfg: Config, roles: RLRoles, state: LoopState, idx: list[int], responses: list[list[int]]):
