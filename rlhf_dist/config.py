@@ -190,6 +190,9 @@ class PlacementConfig(Strict):
     reference: InferenceRole
     reward: InferenceRole | None = None  # needed only when reward.model is set
     rollout: RolloutRole
+    # Learner-side ranks on one bundle (policy, critic, a replicated reference and reward model; never ZeRO-3,
+    # never the engines) share one process, whose calls then run one after another (rlhf_dist/runtime/hosts.py).
+    share_processes: bool = False
 
 
 class SyncConfig(Strict):

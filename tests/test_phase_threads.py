@@ -15,14 +15,15 @@ def test_share_splits_cores_and_never_drops_below_one():
 class Group:
     """Stands in for an ActorGroup: our own runtime class, not Ray; records what it was asked."""
 
-    def __init__(self, role, n):
+    def __init__(self, role, n, processes=None):
         self.role, self.actors, self.asked = role, [None] * n, []
+        self.processes = processes or [(role, r) for r in range(n)]
 
     def __len__(self):
         return len(self.actors)
 
-    def submit(self, method, n):
-        self.asked.append((method, n))
+    def submit(self, method, n, ranks):
+        self.asked.append((method, n, tuple(ranks)))
         return [n], [self.role]
 
 
@@ -38,12 +39,27 @@ def test_phase_threads_sends_only_changed_shares():
     t.phase(policy, critic, None)
     t.phase(engine)  # unchanged: nothing sent
     t.phase(policy)  # alone now: all 8 cores over 2 ranks
-    assert engine.asked == [("set_threads", 8)]
-    assert policy.asked == [("set_threads", 2), ("set_threads", 4)]
-    assert critic.asked == [("set_threads", 2)]
+    assert engine.asked == [("set_threads", 8, (0,))]
+    assert policy.asked == [("set_threads", 2, (0, 1)), ("set_threads", 4, (0, 1))]
+    assert critic.asked == [("set_threads", 2, (0, 1))]
     off = PhaseThreads(Waiter(), enabled=False, cores=8)
     off.phase(engine)
-    assert engine.asked == [("set_threads", 8)]
+    assert engine.asked == [("set_threads", 8, (0,))]
+
+
+def test_roles_sharing_processes_count_once_and_share_threads():
+    """placement.share_processes: policy and critic rank r (and the reference on rank 0) in one process. A
+    phase splits the cores over processes, not ranks; a share set through one role holds for the others, and a
+    share changed through another role is sent again."""
+    hosts = [("host", "main", 0), ("host", "main", 1)]
+    policy, critic, ref = Group("policy", 2, hosts), Group("critic", 2, hosts), Group("reference", 1, hosts[:1])
+    t = PhaseThreads(Waiter(), enabled=True, cores=8)
+    t.phase(policy, critic)  # 2 processes: 4 threads each, set once per process
+    assert policy.asked == [("set_threads", 4, (0, 1))] and critic.asked == []
+    t.phase(ref)  # the reference alone: its process (policy and critic rank 0's too) gets all 8
+    assert ref.asked == [("set_threads", 8, (0,))]
+    t.phase(policy)  # rank 0's process was changed through the reference: sent again, rank 1's was not
+    assert policy.asked[1:] == [("set_threads", 4, (0,))]
 
 
 def test_worker_applies_its_share(tiny_model, tmp_path):

@@ -1,4 +1,5 @@
 """Pure parts of the role runtime and the config's single sources of truth, without Ray."""
+import dataclasses
 import typing
 
 import pytest
@@ -115,3 +116,41 @@ def test_auto_device_is_read_as_the_driver_sees_it():
     assert cpu_workers("cpu") and not cpu_workers("cuda")
     assert cpu_workers("auto") == (not torch.cuda.is_available())
     assert ("DS_ACCELERATOR" in worker_env("auto", 1)) == (not torch.cuda.is_available())
+
+
+def test_hosts_share_a_bundle_only_where_the_process_group_matches():
+    """placement.share_processes: one process per bundle for the hostable roles' ranks on it; a role whose
+    process group spans other ranks than the pool's first, a role with its own environment and the engines
+    keep their own processes; the host's GPU share is its members' together."""
+    from rlhf_dist.runtime.hosts import plan_hosts
+
+    pools = {"main": PoolConfig(nodes=1, gpus_per_node=2)}
+    specs = [RoleSpec("policy", object, "main", 2, None, rendezvous=True, hostable=True),
+             RoleSpec("critic", object, "main", 2, None, rendezvous=True, hostable=True),
+             RoleSpec("reference", object, "main", 1, None, hostable=True),
+             RoleSpec("rollout", object, "main", 1, None)]
+    slots = plan_slots(specs, pool_layout(pools, role_gpus(specs)))
+    hosts = plan_hosts(specs, slots)
+    assert [(h.bundle, h.members) for h in hosts] == [(0, (("policy", 0), ("critic", 0), ("reference", 0))),
+                                                      (1, (("policy", 1), ("critic", 1)))]
+    assert [h.gpu_fraction for h in hosts] == [0.75, 0.5]  # four roles in the pool: a quarter of a GPU each
+
+    one_rank_critic = [specs[0], dataclasses.replace(specs[1], ranks=1), specs[2], specs[3]]
+    hosts = plan_hosts(one_rank_critic, plan_slots(one_rank_critic, pool_layout(pools, role_gpus(one_rank_critic))))
+    assert [h.members for h in hosts] == [(("policy", 0), ("reference", 0)), (("policy", 1),)]
+    own_env = [specs[0], specs[1], dataclasses.replace(specs[2], env={"X": "1"}), specs[3]]
+    assert all("reference" not in dict(h.members) for h in plan_hosts(own_env, slots))
+    assert plan_hosts([dataclasses.replace(s, hostable=False) for s in specs], slots) == []
+
+
+def test_share_processes_keeps_zero3_roles_and_engines_apart(tmp_path):
+    from rlhf_dist.config import load_config
+    from rlhf_dist.trainers.rl_roles import role_specs
+    from tests.conftest import demo_config_dict
+
+    d = demo_config_dict(str(tmp_path / "m"), str(tmp_path / "p.jsonl"), str(tmp_path / "run"))
+    d["placement"]["share_processes"] = True
+    hostable = {s.name: s.hostable for s in role_specs(load_config(None, base=d))}
+    assert hostable == {"policy": False, "critic": True, "reference": True, "rollout": False}  # the policy is ZeRO-3 here
+    d["placement"]["share_processes"] = False
+    assert not any(s.hostable for s in role_specs(load_config(None, base=d)))

@@ -51,6 +51,13 @@ def init_distributed(backend: str, master_addr: str, port: int, rank: int, world
 
     from rlhf_dist.dist import tcp_store
 
+    if dist.is_initialized():
+        # A process shared with another role (placement.share_processes): its group is this role's too, which the
+        # sharing rule guarantees spans the same ranks.
+        if (dist.get_rank(), dist.get_world_size()) != (rank, world_size):
+            raise RuntimeError(f"this process already joined a process group as rank {dist.get_rank()} of "
+                               f"{dist.get_world_size()}, not rank {rank} of {world_size}")
+        return
     # Ray gives each actor its own visible device(s), so the local device index is always 0.
     os.environ.update(
         {"LOCAL_RANK": "0", "RANK": str(rank), "WORLD_SIZE": str(world_size), "MASTER_ADDR": master_addr, "MASTER_PORT": str(port)}

@@ -37,10 +37,15 @@ class _Base:
         if self.device.type == "cpu":
             D.pin_cores()
             D.set_threads(proc.threads)
-        torch.manual_seed(proc.seed + 1000 * rank)
+        self._seed()
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+
+    def _seed(self) -> None:
+        """Seeded at construction and again before loading (a critic's value head is drawn then): in a process
+        shared with other roles, each role's draws are those it would make alone."""
+        torch.manual_seed(self.settings.process.seed + 1000 * self.rank)
 
     def ready(self) -> dict:
         import os
@@ -84,6 +89,7 @@ class LearnerWorker(_Base):
         self.spec = self.settings.train
         t0 = time.perf_counter()
         self._rendezvous(master_addr, port)
+        self._seed()
         self._hf_ds = None
         if self.spec.role.zero_stage == 3:
             # Makes from_pretrained build the model already partitioned (zero.Init), as large models need.

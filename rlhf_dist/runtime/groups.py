@@ -72,10 +72,29 @@ class BundleSeat:
         return {**self.where, "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
 
 
+def start_actor(remote_cls, pg, bundle: int, num_gpus: float, env: dict, nice: int, args: tuple):
+    """One actor on a placement group's bundle, with its environment (and niceness, see YIELD_NICE)."""
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    # Ray's documented way to wrap the worker interpreter: the process starts niced, before any import.
+    launch = {"py_executable": f"nice -n {nice} {sys.executable}"} if nice else {}
+    return remote_cls.options(
+        # CPUs are not reserved: on small machines roles share cores (threads are capped instead).
+        num_cpus=0,
+        num_gpus=num_gpus,
+        scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=bundle),
+        runtime_env={"env_vars": env, **launch},
+        max_restarts=0,
+    ).remote(*args)
+
+
 class ActorGroup:
     """One actor per slot. A slot of several bundles (a tensor-parallel engine) gets an actor holding no GPU:
     its workers use the bundles' GPUs (`RLHF_DIST_BUNDLES` tells it which), and with `seats` a `BundleSeat`
-    per bundle reserves them (`RLHF_DIST_SEATS` tells the actor that its workers need not take them)."""
+    per bundle reserves them (`RLHF_DIST_SEATS` tells the actor that its workers need not take them).
+    `processes` names each rank's process (threads per phase count processes, not ranks)."""
+
+    via_host = False
 
     def __init__(self, role: str, worker_cls: type, slots: Sequence[Slot], pools: dict, args: tuple, env: dict[str, str],
                  seats: bool = False, nice: int = 0):
@@ -85,23 +104,12 @@ class ActorGroup:
         self.role = role
         remote_cls = ray.remote(worker_cls)
         self.actors, self.seats = [], []
-        # Ray's documented way to wrap the worker interpreter: the process starts niced, before any import.
-        launch = {"py_executable": f"nice -n {nice} {sys.executable}"} if nice else {}
         for rank, slot in enumerate(slots):
-            strategy = PlacementGroupSchedulingStrategy(pools[slot.pool], placement_group_bundle_index=slot.bundle)
             tp = len(slot.bundles) > 1
             bundles = {"RLHF_DIST_BUNDLES": ",".join(map(str, slot.bundles)), "RLHF_DIST_GPU_SHARE": str(slot.gpu_fraction),
                        "RLHF_DIST_SEATS": "1" if tp and seats else ""}
-            self.actors.append(
-                remote_cls.options(
-                    # CPUs are not reserved: on small machines roles share cores (threads are capped instead).
-                    num_cpus=0,
-                    num_gpus=0 if tp else slot.gpu_fraction,
-                    scheduling_strategy=strategy,
-                    runtime_env={"env_vars": {**env, **bundles}, **launch},
-                    max_restarts=0,
-                ).remote(*args, rank, len(slots))
-            )
+            self.actors.append(start_actor(remote_cls, pools[slot.pool], slot.bundle, 0 if tp else slot.gpu_fraction,
+                                           {**env, **bundles}, nice, (*args, rank, len(slots))))
             if tp and seats:
                 seat = ray.remote(BundleSeat)
                 self.seats += [
@@ -110,6 +118,7 @@ class ActorGroup:
                     .remote(role, rank, b)
                     for b in slot.bundles
                 ]
+        self.processes = [(role, rank) for rank in range(len(self.actors))]
 
     def __len__(self) -> int:
         return len(self.actors)
@@ -123,7 +132,8 @@ class ActorGroup:
         refs = []
         for i, r in enumerate(ranks):
             a = per_rank[i] if per_rank is not None else args
-            refs.append(getattr(self.actors[r], method).remote(*a))
+            actor = self.actors[r]
+            refs.append(actor.call.remote(self.role, method, *a) if self.via_host else getattr(actor, method).remote(*a))
         return refs, self.labels(ranks)
 
     def call(self, method: str, *args: Any, timeout_s: float, ranks=None, per_rank=None) -> list:
@@ -135,3 +145,12 @@ class ActorGroup:
 
         for a in self.actors + self.seats:
             ray.kill(a, no_restart=True)
+
+
+class HostedGroup(ActorGroup):
+    """A role whose ranks live in shared processes (rlhf_dist.runtime.hosts): calls go through RoleHost.call."""
+
+    via_host = True
+
+    def __init__(self, role: str, hosts: list, processes: list):
+        self.role, self.actors, self.seats, self.processes = role, list(hosts), [], list(processes)

@@ -15,7 +15,8 @@ from typing import Any
 from rlhf_dist.dist import cpu_workers
 from rlhf_dist.errors import wait_all
 from rlhf_dist.layout import pool_layout
-from rlhf_dist.runtime.groups import YIELD_NICE, ActorGroup, cores_env, stop_all, worker_env
+from rlhf_dist.runtime.groups import YIELD_NICE, ActorGroup, HostedGroup, cores_env, start_actor, stop_all, worker_env
+from rlhf_dist.runtime.hosts import RoleHost, plan_hosts
 from rlhf_dist.runtime.placement import check_cluster_fits, create_pools, plan_slots
 
 
@@ -33,6 +34,8 @@ class RoleSpec:
     seats: bool = False
     # CPU only: the role's processes run at a lower priority than the engines sharing their cores (see groups.py).
     yields_cpu: bool = False
+    # With placement.share_processes: the role's ranks may live in processes shared with other roles (hosts.py).
+    hostable: bool = False
 
     @property
     def gpus(self) -> int:
@@ -59,17 +62,39 @@ class Roles:
             env = worker_env(cluster.device, cluster.threads_per_actor)
             # Only on a local CPU cluster: its workers run this interpreter, which `nice` then wraps.
             yield_here = cpu_workers(cluster.device) and not cluster.address and shutil.which("nice") is not None
+            hosts = plan_hosts(specs, slots)
+            hosted = {role for h in hosts for role, _ in h.members}
             # Roles that do not yield the CPU (the engines: the longest start) are created first: Ray starts only
             # a few worker processes at a time, and the last ones created start last.
             for s in sorted(specs, key=lambda s: s.yields_cpu):
+                if s.name in hosted:
+                    continue
                 nice = YIELD_NICE if s.yields_cpu and yield_here else 0
                 self.groups[s.name] = ActorGroup(s.name, s.worker, slots[s.name], self.pools, (s.spec,),
                                                  {**env, **s.env, **cores_env(cluster, s.pool)}, s.seats, nice)
+            self.groups.update(self._start_hosts(hosts, specs, env, cluster, yield_here))
             self.groups = {s.name: self.groups[s.name] for s in specs}  # the job's order, for logs and calls
             self.setup_info = self._start(specs)
         except BaseException:
             self.shutdown()
             raise
+
+    def _start_hosts(self, hosts, specs: list[RoleSpec], env: dict, cluster, yield_here: bool) -> dict[str, HostedGroup]:
+        """One RoleHost actor per planned host; each hosted role gets a group of its ranks' hosts."""
+        import ray
+
+        by_name = {s.name: s for s in specs}
+        handles, keys = {}, {}
+        for h in hosts:
+            members = [by_name[role] for role, _ in h.members]
+            nice = YIELD_NICE if yield_here and all(s.yields_cpu for s in members) else 0
+            env_h = {**env, **cores_env(cluster, h.pool), "RLHF_DIST_BUNDLES": str(h.bundle), "RLHF_DIST_GPU_SHARE": str(h.gpu_fraction)}
+            args = ([(s.name, s.worker, s.spec, rank, s.ranks) for s, (_, rank) in zip(members, h.members)],)
+            actor = start_actor(ray.remote(RoleHost), self.pools[h.pool], h.bundle, h.gpu_fraction, env_h, nice, args)
+            for role, rank in h.members:
+                handles[role, rank], keys[role, rank] = actor, ("host", h.pool, h.bundle)
+        return {s.name: HostedGroup(s.name, [handles[s.name, r] for r in range(s.ranks)], [keys[s.name, r] for r in range(s.ranks)])
+                for s in specs if (s.name, 0) in handles}
 
     def _start(self, specs: list[RoleSpec]) -> dict[str, list]:
         t = self.timeouts
@@ -95,7 +120,9 @@ class Roles:
             else:
                 submitted.append(early[s.name])
         done = self.wait(submitted, "model load and DeepSpeed rendezvous", t.actor_start_s)
-        self.log(f"actors up in {time.perf_counter() - t0:.1f} s ({sum(len(g) for g in self.groups.values())} actors)")
+        ranks = sum(len(g) for g in self.groups.values())
+        procs = len({p for g in self.groups.values() for p in g.processes})
+        self.log(f"actors up in {time.perf_counter() - t0:.1f} s ({ranks} actors" + (f" in {procs} processes)" if procs < ranks else ")"))
         out, i = {}, 0
         for s in specs:
             out[s.name], i = done[i : i + s.ranks], i + s.ranks

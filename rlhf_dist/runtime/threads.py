@@ -32,19 +32,26 @@ def engine_threads(cluster, engines: int, tensor_parallel_size: int) -> int:
 
 
 class PhaseThreads:
-    """Sets each group's torch threads before a phase, calling only the groups whose share changes.
+    """Sets each process's torch threads before a phase, calling only the processes whose share changes.
+    Processes, not roles: roles sharing a process (placement.share_processes) share its threads, so a share set
+    through one of them holds for the others too.
     `cores`: the node's cores (all actors are counted as one node's: on several CPU nodes this under-uses them)."""
 
     def __init__(self, roles, enabled: bool, cores: int | None):
         self.roles, self.enabled = roles, enabled
         self.cores = cores or node_cores()
-        self.current: dict[str, int] = {}
+        self.current: dict = {}  # process -> threads
 
     def phase(self, *groups) -> None:
         groups = [g for g in groups if g is not None]
         if not self.enabled or not groups:
             return
-        n = share(self.cores, sum(len(g) for g in groups))
-        changed = [g for g in groups if self.current.get(g.role) != n]
-        self.roles.wait([g.submit("set_threads", n) for g in changed], f"set {n} threads per actor")
-        self.current.update({g.role: n for g in changed})
+        n = share(self.cores, len({p for g in groups for p in g.processes}))
+        calls, changed = [], set()
+        for g in groups:
+            ranks = [r for r, p in enumerate(g.processes) if self.current.get(p) != n and p not in changed]
+            if ranks:
+                calls.append(g.submit("set_threads", n, ranks=ranks))
+                changed.update(g.processes[r] for r in ranks)
+        self.roles.wait(calls, f"set {n} threads per process")
+        self.current.update(dict.fromkeys(changed, n))

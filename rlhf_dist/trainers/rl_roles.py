@@ -58,16 +58,21 @@ def role_specs(cfg: Config) -> list[RoleSpec]:
     """Only the roles this job uses: no critic for critic-free estimators, no reference without a KL term or the KL
     metric, no reward model without reward.model."""
     p = cfg.placement
+
+    def shares(role) -> bool:  # transformers keeps one ZeRO-3 setting per process: ZeRO-3 roles keep their own
+        return p.share_processes and role.zero_stage != 3
+
     specs = [RoleSpec("policy", PolicyWorker, p.policy.pool, p.policy.num_gpus, learner_spec(cfg, "policy"), rendezvous=True,
-                      yields_cpu=True)]
+                      yields_cpu=True, hostable=shares(p.policy))]
     if uses_critic(cfg):
         specs.append(RoleSpec("critic", CriticWorker, p.critic.pool, p.critic.num_gpus, learner_spec(cfg, "critic"), rendezvous=True,
-                              yields_cpu=True))
+                              yields_cpu=True, hostable=shares(p.critic)))
     if uses_reference(cfg):
         specs.append(RoleSpec("reference", ReferenceWorker, p.reference.pool, p.reference.num_gpus, reference_spec(cfg),
-                              rendezvous=p.reference.zero_stage == 3, yields_cpu=True))
+                              rendezvous=p.reference.zero_stage == 3, yields_cpu=True, hostable=shares(p.reference)))
     if cfg.reward.model is not None:
-        specs.append(RoleSpec("reward", RewardModelWorker, p.reward.pool, p.reward.num_gpus, reward_spec(cfg), yields_cpu=True))
+        specs.append(RoleSpec("reward", RewardModelWorker, p.reward.pool, p.reward.num_gpus, reward_spec(cfg), yields_cpu=True,
+                              hostable=shares(p.reward)))
     threads = engine_threads(cfg.cluster, p.rollout.num_engines, p.rollout.tensor_parallel_size)
     specs.append(RoleSpec("rollout", RolloutEngine, p.rollout.pool, p.rollout.num_engines, engine_spec(cfg),
                           gpus_per_rank=p.rollout.tensor_parallel_size, env=engine_env(cfg, threads),
