@@ -24,6 +24,8 @@ tokens, h = hidden size, a = attention heads, n = layers, V = vocabulary):
     communication buffers (COMM_GIB)
   host memory per node: offloaded states of the ranks on that node, a full 16-bit copy for each ZeRO-3
     role (gathered to write checkpoints and the final model), and HOST_PER_PROCESS_GIB per worker process
+  placement.share_processes: roles sharing a process on a GPU (rlhf_dist.runtime.hosts) pay the largest of
+    their process overheads once (one CUDA context, one default group), and one process's host memory
 Colocated roles share their pool's GPUs, so their estimates add up on each GPU. Verdicts: at least 10%
 headroom fits; less is a warning; over 100% is refused.
 """
@@ -150,17 +152,19 @@ def plan(cfg: Config) -> dict:
         # What the role takes on each of its GPUs: vLLM takes its whole reservation whatever it needs.
         r["total_gib"] = r.get("reserved_gib", r["estimate_gib"]) + r["overhead_gib"]
     pools = {}
+    shared = _shared_processes(cfg, derived, roles)
     for name, members in derived.roles_per_pool.items():
         members = [m for m in members if m in roles]
         if not members:
             continue
         pool_cfg = cfg.placement.pools[name]
-        need = sum(roles[m]["total_gib"] for m in members)
+        saved_gpu, saved_host = shared.get(name, (0.0, 0.0))
+        need = sum(roles[m]["total_gib"] for m in members) - saved_gpu
         headroom, verdict = _verdict(need, cfg.cluster.gpu_memory_gb)
         ranks_per_node = {m: min(roles[m]["gpus"], pool_cfg.gpus_per_node) for m in members}
         host = sum(ranks_per_node[m] * (roles[m]["host_per_rank"] / GiB + HOST_PER_PROCESS_GIB)
-                   + roles[m]["full_copy"] / GiB for m in members)
-        pl = {"gpus": derived.gpus_per_pool[name], "roles": members, "per_gpu_gib": need,
+                   + roles[m]["full_copy"] / GiB for m in members) - saved_host
+        pl = {"gpus": derived.gpus_per_pool[name], "roles": members, "per_gpu_gib": need, "shared_process_saving_gib": saved_gpu,
               "gpu_memory_gib": cfg.cluster.gpu_memory_gb, "headroom": headroom, "verdict": verdict,
               "host_per_node_gib": host, "problems": []}
         if "rollout" in members and not roles["rollout"]["holds_weights"]:
@@ -178,6 +182,24 @@ def plan(cfg: Config) -> dict:
         "fits": all(pl["fits"] for pl in pools.values()),
         "warnings": _warnings(roles, pools),
     }
+
+
+def _shared_processes(cfg: Config, derived, roles: dict) -> dict[str, tuple[float, float]]:
+    """pool -> (GiB saved on its fullest GPU, GiB of host memory saved per node) by placement.share_processes:
+    the runtime's own plan of who shares (rlhf_dist.runtime.hosts)."""
+    if not cfg.placement.share_processes:
+        return {}
+    from rlhf_dist.runtime.hosts import plan_hosts
+    from rlhf_dist.trainers.rl_roles import role_slots, role_specs
+
+    out: dict[str, tuple[float, float]] = {}
+    for h in plan_hosts(role_specs(cfg), role_slots(cfg, derived)):
+        overheads = [roles[role]["overhead_gib"] for role, _ in h.members]
+        gpu, host = out.get(h.pool, (0.0, 0.0))
+        on_first_node = h.bundle < cfg.placement.pools[h.pool].gpus_per_node
+        out[h.pool] = (max(gpu, sum(overheads) - max(overheads)),
+                       host + (len(h.members) - 1) * HOST_PER_PROCESS_GIB * on_first_node)
+    return out
 
 
 def _warnings(roles: dict, pools: dict) -> list[str]:
@@ -217,6 +239,7 @@ def format_plan(result: dict) -> str:
         lines.append(
             f"pool {name}: {pl['gpus']} GPUs, roles {', '.join(pl['roles'])}: {pl['per_gpu_gib']:.2f} GiB per GPU "
             f"of {pl['gpu_memory_gib']:g} ({pl['headroom']:.0%} headroom) -> {verdict}; host {pl['host_per_node_gib']:.0f} GiB per node"
+            + (f" (shared processes: {pl['shared_process_saving_gib']:.2f} GiB less per GPU)" if pl["shared_process_saving_gib"] else "")
         )
     lines += [f"warning: {w}" for w in result["warnings"]]
     return "\n".join(lines)

@@ -154,3 +154,20 @@ def test_train_refuses_tp_that_does_not_split_the_heads_before_any_actor(tmp_pat
     err = capsys.readouterr().err
     assert "placement.rollout.tensor_parallel_size=3: 2 attention heads are not divisible by 3" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_shared_processes_pay_one_process_overhead(tiny_model, tmp_path):
+    """placement.share_processes on the demo's layout (policy and critic ZeRO-2 on 2 GPUs, a reference, an
+    engine): policy, critic and reference rank 0 share GPU 0's process, whose overhead is the largest of theirs
+    (1 GiB: one CUDA context and default group) instead of 1 + 1 + 0.5; each extra member saves one process's
+    host memory (2 GiB): 3 on GPU 0 and 2 on GPU 1 save 6 GiB on the node."""
+    from tests.conftest import demo_config_dict
+
+    d = demo_config_dict(tiny_model, str(tmp_path / "p.jsonl"), str(tmp_path / "run"))
+    d["placement"].update({"policy": {"pool": "main", "num_gpus": 2, "zero_stage": 2}, "rollout": {"pool": "main", "num_engines": 1}})
+    alone = plan(load_config(None, base=d))["pools"]["main"]
+    d["placement"]["share_processes"] = True
+    shared = plan(load_config(None, base=d))["pools"]["main"]
+    assert alone["shared_process_saving_gib"] == 0 and shared["shared_process_saving_gib"] == pytest.approx(1.5)
+    assert alone["per_gpu_gib"] - shared["per_gpu_gib"] == pytest.approx(1.5)
+    assert alone["host_per_node_gib"] - shared["host_per_node_gib"] == pytest.approx(6.0)
