@@ -76,6 +76,13 @@ def reserve_port() -> tuple[str, int]:
     return host, port
 
 
+def release_port(port: int) -> None:
+    """Close a port reserve_port made that will not host a store after all."""
+    sock = _reserved.pop(port, None)
+    if sock is not None:
+        sock.close()
+
+
 def tcp_store(host: str, port: int, world_size: int, is_master: bool, timeout: datetime.timedelta):
     """A TCPStore; the master serves it from the socket reserve_port made (so only on the node address)."""
     sock = _reserved.pop(port, None) if is_master else None

@@ -29,18 +29,21 @@ def test_more_calls_than_processes_get_one_timeout_per_wave():
     rules.close()
 
 
-def test_calls_go_in_chunks_and_a_retry_isolates_a_hung_call():
-    """Eight calls on two processes go as four chunks of two; the hung call's chunk-mate times out with it, and
-    the retry (one call per chunk after a timeout) scores it, leaving only the hung sample failed."""
-    rules = RuleRewards([RewardFunction(name="tests.helpers:stuck_on_bad", timeout_s=1, concurrency=2, retries=1)])
+@pytest.mark.parametrize("retries", [0, 1])
+def test_calls_go_in_chunks_and_a_hung_call_is_named_alone(retries):
+    """Eight calls on two processes go as four chunks of two. The hung call's chunk overruns; its calls run again
+    one per chunk in the same attempt, so its chunk-mate (sample 0) is scored and only the hung sample is named."""
+    rules = RuleRewards([RewardFunction(name="tests.helpers:stuck_on_bad", timeout_s=1, concurrency=2, retries=retries)])
     assert rules(["p"] * 8, ["ok"] * 8) == [1.0] * 8
     responses = ["ok", "bad"] + ["ok"] * 6
     t0 = time.monotonic()
     with pytest.raises(RewardError) as e:
         rules(["p"] * 8, responses)
-    assert str(e.value) == ("reward function tests.helpers:stuck_on_bad failed on sample 1 after 2 attempt(s): "
-                            "timed out after 1 s (reward.functions timeout_s=1 per call)")  # sample 0 was scored on retry
-    assert time.monotonic() - t0 < 15  # 4 s for the chunked attempt (two chunks per process), 1 s for the retry
+    assert str(e.value) == (f"reward function tests.helpers:stuck_on_bad failed on sample 1 after {retries + 1} attempt(s): "
+                            "timed out after 1 s (reward.functions timeout_s=1 per call)")
+    # each attempt: 4 s for the chunked pass (two chunks of two per process), 1 s one call per chunk
+    assert time.monotonic() - t0 < 5 * (retries + 1) + 8
+    assert rules.deadline_s(8) == (retries + 1) * 2 * 1 * (4 + 2)
     rules.close()
 
 

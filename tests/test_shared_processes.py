@@ -41,5 +41,6 @@ def test_shared_processes_train_as_separate_ones(ray_session, tiny_model, tmp_pa
             assert any("(6 actors in 3 processes)" in line for line in lines), lines
         else:
             assert len({p for ps in rank_pids.values() for p in ps}) == 6, lines
+    assert len(runs[False]) == len(runs[True]) == 2
     for alone, shared in zip(runs[False], runs[True]):
         assert {k: alone[k] for k in SAME} == {k: shared[k] for k in SAME}, alone["step"]

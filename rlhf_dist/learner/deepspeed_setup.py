@@ -49,11 +49,12 @@ def init_distributed(backend: str, master_addr: str, port: int, rank: int, world
     import deepspeed
     import torch.distributed as dist
 
-    from rlhf_dist.dist import tcp_store
+    from rlhf_dist.dist import release_port, tcp_store
 
     if dist.is_initialized():
         # A process shared with another role (placement.share_processes): its group is this role's too, which the
-        # sharing rule guarantees spans the same ranks.
+        # sharing rule guarantees spans the same ranks. The port reserved for this role's store is not needed.
+        release_port(port)
         if (dist.get_rank(), dist.get_world_size()) != (rank, world_size):
             raise RuntimeError(f"this process already joined a process group as rank {dist.get_rank()} of "
                                f"{dist.get_world_size()}, not rank {rank} of {world_size}")

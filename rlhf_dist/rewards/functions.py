@@ -49,6 +49,11 @@ def label_use(fn: Callable) -> str:
     return "optional" if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()) else "no"
 
 
+def chunk_size(calls: int, processes: int) -> int:
+    """Calls per round trip to the pool: about two chunks per process."""
+    return max(1, math.ceil(calls / (2 * processes)))
+
+
 class RuleRewards:
     """Weighted sum of the configured functions; a function that fails or returns a non-number is an error.
 
@@ -86,44 +91,21 @@ class RuleRewards:
         return [list(row) for row in zip(*columns)]
 
     def _run(self, spec: RewardFunction, calls: list[tuple]) -> list[float]:
-        """All calls at once over the worker processes, in chunks (one round trip each), under one deadline
-        for the whole batch: timeout_s for each call the busiest process may run (so per-call timeouts never add
-        up one after another across processes). Calls still running at the deadline are abandoned with their
-        processes. Failures are retried up to spec.retries times, then an error; after a timeout the retries
-        go one call per chunk, so a hung call no longer holds its chunk-mates."""
+        """All calls at once over the worker processes, in chunks (one round trip each), under one deadline per
+        pass: timeout_s for each call the busiest process may run (so per-call timeouts never add up one after
+        another across processes). Calls still running at the deadline are abandoned with their processes; the
+        calls of a chunk that overran are run again one per chunk in the same attempt, so the one that hangs is
+        the one named, not its chunk-mates. Failures are retried up to spec.retries times, then an error."""
         out: list[float | None] = [None] * len(calls)
         errors: dict[int, str] = {}
         todo = list(range(len(calls)))
-        single = False
         for _attempt in range(spec.retries + 1):
-            pool = self.pool.get()
-            procs = self.pool.processes
             # About two chunks per process: a few round trips per batch instead of one per sample, with some
             # room to even out calls that take longer than others.
-            size = 1 if single else max(1, math.ceil(len(todo) / (2 * procs)))
-            chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
-            budget = spec.timeout_s * size * math.ceil(len(chunks) / procs)
-            deadline = time.monotonic() + budget
-            env = dict(os.environ)
-            pending = [(chunk, pool.apply_async(call, (spec.name, [(calls[i][0], calls[i][1], {**calls[i][2], **spec.kwargs}) for i in chunk], env)))
-                       for chunk in chunks]
-            errors, stuck = {}, False
-            for chunk, res in pending:
-                try:
-                    results = res.get(timeout=max(0.0, deadline - time.monotonic()))
-                except multiprocessing.TimeoutError:
-                    stuck = True
-                    results = [(None, f"timed out after {budget:g} s (reward.functions timeout_s={spec.timeout_s:g} per call)")] * len(chunk)
-                except Exception as e:  # noqa: BLE001 - e.g. a return value that cannot be sent back
-                    results = [(None, f"{type(e).__name__}: {e}")] * len(chunk)
-                for i, (value, error) in zip(chunk, results):
-                    if error is not None:
-                        errors[i] = error
-                    else:
-                        out[i] = value
-            if stuck:
-                self.pool.terminate()  # the stuck calls end with their processes; a retry starts fresh ones
-                single = True
+            errors, stuck = self._pass(spec, calls, todo, chunk_size(len(todo), self.pool.processes), out)
+            if stuck and chunk_size(len(todo), self.pool.processes) > 1:
+                isolated, _ = self._pass(spec, calls, sorted(stuck), 1, out)
+                errors = {**{i: e for i, e in errors.items() if i not in stuck}, **isolated}
             todo = sorted(errors)
             if not todo:
                 return out  # type: ignore[return-value]
@@ -132,6 +114,42 @@ class RuleRewards:
             f"reward function {spec.name} failed on sample {i} after {spec.retries + 1} attempt(s): {errors[i]}"
             + (f" ({len(todo)} samples failed)" if len(todo) > 1 else "")
         )
+
+    def _pass(self, spec: RewardFunction, calls: list[tuple], todo: list[int], size: int, out: list) -> tuple[dict, set]:
+        """One pass over `todo` in chunks of `size`: fills `out`; returns (errors by sample, samples whose chunk
+        overran the deadline). An overrun ends the pool's processes (a later pass starts fresh ones)."""
+        pool = self.pool.get()
+        chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
+        budget = spec.timeout_s * size * math.ceil(len(chunks) / self.pool.processes)
+        deadline = time.monotonic() + budget
+        env = dict(os.environ)
+        pending = [(chunk, pool.apply_async(call, (spec.name, [(calls[i][0], calls[i][1], {**calls[i][2], **spec.kwargs}) for i in chunk], env)))
+                   for chunk in chunks]
+        errors, stuck = {}, set()
+        for chunk, res in pending:
+            try:
+                results = res.get(timeout=max(0.0, deadline - time.monotonic()))
+            except multiprocessing.TimeoutError:
+                stuck.update(chunk)
+                results = [(None, f"timed out after {budget:g} s (reward.functions timeout_s={spec.timeout_s:g} per call)")] * len(chunk)
+            except Exception as e:  # noqa: BLE001 - e.g. a return value that cannot be sent back
+                results = [(None, f"{type(e).__name__}: {e}")] * len(chunk)
+            for i, (value, error) in zip(chunk, results):
+                if error is not None:
+                    errors[i] = error
+                else:
+                    out[i] = value
+        if stuck:
+            self.pool.terminate(pool)  # the stuck calls end with their processes
+        return errors, stuck
+
+    def deadline_s(self, n: int) -> float:
+        """The longest scoring `n` samples can take before every function's own deadlines have ended it: each
+        attempt a chunked pass and a pass one call per chunk, each up to timeout_s per call the busiest process
+        runs."""
+        procs = self.pool.processes
+        per_pass = math.ceil(n / procs) + chunk_size(n, procs)
+        return sum((s.retries + 1) * 2 * s.timeout_s * per_pass for s in self.specs)
 
     def close(self) -> None:
         self.pool.close()

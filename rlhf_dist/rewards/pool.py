@@ -14,6 +14,7 @@ import multiprocessing
 import numbers
 import os
 import sys
+import threading
 
 _FUNCTIONS: dict = {}
 
@@ -88,21 +89,28 @@ class RewardPool:
     def __init__(self, processes: int, names: list[str]):
         self.processes, self.names = processes, names
         self._pool = None
+        # The step's scoring may run on a helper thread; a batch abandoned by a failed step may still be
+        # waiting on it while the next one starts.
+        self._lock = threading.Lock()
 
     def get(self):
-        if self._pool is None:
-            ctx = multiprocessing.get_context("forkserver")
-            # The forkserver imports the reward modules once and every worker is forked with them loaded
-            # (not the caller's __main__, the default).
-            ctx.set_forkserver_preload([__name__] + sorted({n.partition(":")[0] for n in self.names}))
-            with _main_hidden():
-                self._pool = ctx.Pool(self.processes, initializer=_warm, initargs=(self.names,))
-        return self._pool
+        with self._lock:
+            if self._pool is None:
+                ctx = multiprocessing.get_context("forkserver")
+                # The forkserver imports the reward modules once and every worker is forked with them loaded
+                # (not the caller's __main__, the default).
+                ctx.set_forkserver_preload([__name__] + sorted({n.partition(":")[0] for n in self.names}))
+                with _main_hidden():
+                    self._pool = ctx.Pool(self.processes, initializer=_warm, initargs=(self.names,))
+            return self._pool
 
-    def terminate(self) -> None:
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool = None
+    def terminate(self, pool=None) -> None:
+        """Ends the workers; with `pool`, only if that is still the current pool (a caller whose calls
+        overran never ends the fresh pool a later batch started)."""
+        with self._lock:
+            if self._pool is not None and (pool is None or pool is self._pool):
+                self._pool.terminate()
+                self._pool = None
 
     close = terminate
 

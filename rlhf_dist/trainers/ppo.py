@@ -147,7 +147,8 @@ def rl_step(cfg: Config, roles: RLRoles, state: LoopState, step: int) -> dict:
     # still being computed beside them are waited for after.
     engine_lp = roll["engine_logprobs"]
     out = run_passes(roles, state.passes, batch, engine_lp, timing)
-    scores = await_scores(roll, roll_metrics, timing, cfg.timeouts.call_s)
+    # Bounded by the reward functions' own deadlines (rlhf_dist.rewards.functions), with call_s to spare.
+    scores = await_scores(roll, roll_metrics, timing, cfg.timeouts.call_s + (state.rules.deadline_s(len(mask)) if state.rules else 0))
     values = out.values
     staleness = roll_metrics.get("rollout/staleness", 0.0)
     if out.probe is not None and staleness == 0:
@@ -302,7 +303,7 @@ def await_scores(roll: dict, metrics: dict, timing: dict, limit_s: float) -> tor
     try:
         (scores, parts), busy = pending.result(timeout=limit_s)
     except FutureTimeout:
-        raise WaitTimeout(f"scoring the step's samples: not done in {limit_s:g} s (timeouts.call_s)") from None
+        raise WaitTimeout(f"scoring the step's samples: not done in {limit_s:g} s (the reward functions' deadlines plus timeouts.call_s)") from None
     timing["score"], timing["score_beside"] = time.perf_counter() - t0, busy
     metrics.update({f"reward/{name}": float(v.mean()) for name, v in parts.items()})
     roll["scores"] = scores

@@ -71,8 +71,10 @@ def role_specs(cfg: Config) -> list[RoleSpec]:
         specs.append(RoleSpec("reference", ReferenceWorker, p.reference.pool, p.reference.num_gpus, reference_spec(cfg),
                               rendezvous=p.reference.zero_stage == 3, yields_cpu=True, hostable=shares(p.reference)))
     if cfg.reward.model is not None:
+        # In asynchronous mode the producer's thread scores beside the update: in the learners' processes its
+        # calls would queue behind the update's.
         specs.append(RoleSpec("reward", RewardModelWorker, p.reward.pool, p.reward.num_gpus, reward_spec(cfg), yields_cpu=True,
-                              hostable=shares(p.reward)))
+                              hostable=shares(p.reward) and cfg.rollout.max_staleness == 0))
     threads = engine_threads(cfg.cluster, p.rollout.num_engines, p.rollout.tensor_parallel_size)
     specs.append(RoleSpec("rollout", RolloutEngine, p.rollout.pool, p.rollout.num_engines, engine_spec(cfg),
                           gpus_per_rank=p.rollout.tensor_parallel_size, env=engine_env(cfg, threads),
