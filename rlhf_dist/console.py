@@ -24,6 +24,7 @@ class QuietConsole:
         self._saved = (os.dup(1), os.dup(2))
         self.terminal = os.fdopen(os.dup(1), "w", buffering=1)
         self._target = tempfile.TemporaryFile()
+        self._held = True  # output is held in the temporary file until the first run log is attached
         self._point(self._target.fileno())
 
     def _point(self, fd: int) -> None:
@@ -33,16 +34,19 @@ class QuietConsole:
         os.dup2(fd, 2)
 
     def attach(self, log_path) -> None:
-        """From now on library output goes to `log_path` (appended), after what was held so far."""
+        """From now on library output goes to `log_path` (appended), after what was held so far. A later
+        attach (the next stage of a pipeline) moves on to that run's log: what came before stays in the
+        previous one."""
         target = open(log_path, "ab")
         sys.stdout.flush()
         sys.stderr.flush()
-        self._target.seek(0)
-        shutil.copyfileobj(self._target, target)
-        target.flush()
+        if self._held:
+            self._target.seek(0)
+            shutil.copyfileobj(self._target, target)
+            target.flush()
         self._point(target.fileno())
         self._target.close()
-        self._target = target
+        self._target, self._held = target, False
 
     def echo(self, text: str) -> None:
         from tqdm import tqdm

@@ -74,3 +74,30 @@ def test_step_line_shows_eval_and_lr():
     assert step_line(7, m) == (
         "step 7: reward 0.500 kl 0.0100 len 3.0 step 1.2s sync 0.02s lr 1.00e-03 | eval sampled/pass@1 0.250 sampled/pass@8 0.750"
     )
+
+
+def test_a_second_run_log_takes_over_like_a_pipeline_stage(tmp_path):
+    """`rlhf-dist pipeline` runs several stages in one quiet console: each stage's run log takes the library
+    output from then on, and what the first stage's libraries wrote stays in the first log (attaching a
+    second log used to fail reading the first, which is open for writing only)."""
+    script = textwrap.dedent("""
+        import os, sys
+        from rlhf_dist.console import echo, quiet
+        from rlhf_dist.metrics import RunLog
+        from pathlib import Path
+
+        for stage in ("sft", "rm"):
+            (Path(sys.argv[1]) / stage).mkdir()
+        with quiet(True):
+            print("held before any run directory")
+            RunLog(Path(sys.argv[1]) / "sft", echo)
+            os.write(2, b"written during the first stage\\n")
+            RunLog(Path(sys.argv[1]) / "rm", echo)
+            os.write(2, b"written during the second stage\\n")
+    """)
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    first, second = (tmp_path / "sft" / "train.log").read_text(), (tmp_path / "rm" / "train.log").read_text()
+    assert "held before any run directory" in first and "written during the first stage" in first
+    assert "written during the second stage" in second and "first stage" not in second
