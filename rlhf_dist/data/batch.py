@@ -27,6 +27,16 @@ def rollout_batch(prompt_ids, idx: list[int], responses, logprobs, finish_reason
     return roll, {"response/truncated_fraction": float(roll["truncated"].float().mean())}
 
 
+def throughput_metrics(tokens: int, seconds: float) -> dict:
+    """The tokens a step generated and their rate."""
+    return {"rollout/tokens": float(tokens), "rollout/tokens_per_s": tokens / max(seconds, 1e-9)}
+
+
+def reward_part_metrics(parts: dict) -> dict:
+    """Each reward component's unweighted mean over the trained samples (e.g. accuracy)."""
+    return {f"reward/{name}": float(v.mean()) for name, v in parts.items()}
+
+
 def build_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     """Prompts left-padded to the longest prompt, responses right-padded to the longest response."""
     P = max(len(p) for p in prompts)

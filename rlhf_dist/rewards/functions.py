@@ -102,8 +102,9 @@ class RuleRewards:
         for _attempt in range(spec.retries + 1):
             # About two chunks per process: a few round trips per batch instead of one per sample, with some
             # room to even out calls that take longer than others.
-            errors, stuck = self._pass(spec, calls, todo, chunk_size(len(todo), self.pool.processes), out)
-            if stuck and chunk_size(len(todo), self.pool.processes) > 1:
+            size = chunk_size(len(todo), self.pool.processes)
+            errors, stuck = self._pass(spec, calls, todo, size, out)
+            if stuck and size > 1:
                 isolated, _ = self._pass(spec, calls, sorted(stuck), 1, out)
                 errors = {**{i: e for i, e in errors.items() if i not in stuck}, **isolated}
             todo = sorted(errors)

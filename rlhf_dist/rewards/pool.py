@@ -44,14 +44,10 @@ def call(name: str, calls: list[tuple[str, str, dict]], env: dict) -> list[tuple
     if env != os.environ:
         os.environ.clear()
         os.environ.update(env)
-    try:
-        fn = resolve(name)
-    except Exception as e:  # noqa: BLE001 - as for a failing call
-        return [(None, f"{type(e).__name__}: {str(e)[:300]}")] * len(calls)
     out = []
     for prompt, response, kwargs in calls:
         try:
-            out.append(checked_value(fn(prompt, response, **kwargs)))
+            out.append(checked_value(resolve(name)(prompt, response, **kwargs)))
         except Exception as e:  # noqa: BLE001 - reported with the function and sample named by the caller
             out.append((None, f"{type(e).__name__}: {str(e)[:300]}"))
     return out

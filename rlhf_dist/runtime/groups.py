@@ -94,8 +94,6 @@ class ActorGroup:
     per bundle reserves them (`RLHF_DIST_SEATS` tells the actor that its workers need not take them).
     `processes` names each rank's process (threads per phase count processes, not ranks)."""
 
-    via_host = False
-
     def __init__(self, role: str, worker_cls: type, slots: Sequence[Slot], pools: dict, args: tuple, env: dict[str, str],
                  seats: bool = False, nice: int = 0):
         import ray
@@ -132,9 +130,11 @@ class ActorGroup:
         refs = []
         for i, r in enumerate(ranks):
             a = per_rank[i] if per_rank is not None else args
-            actor = self.actors[r]
-            refs.append(actor.call.remote(self.role, method, *a) if self.via_host else getattr(actor, method).remote(*a))
+            refs.append(self._invoke(self.actors[r], method, a))
         return refs, self.labels(ranks)
+
+    def _invoke(self, actor, method: str, args: tuple):
+        return getattr(actor, method).remote(*args)
 
     def call(self, method: str, *args: Any, timeout_s: float, ranks=None, per_rank=None) -> list:
         refs, labels = self.submit(method, *args, ranks=ranks, per_rank=per_rank)
@@ -150,7 +150,8 @@ class ActorGroup:
 class HostedGroup(ActorGroup):
     """A role whose ranks live in shared processes (rlhf_dist.runtime.hosts): calls go through RoleHost.call."""
 
-    via_host = True
-
     def __init__(self, role: str, hosts: list, processes: list):
         self.role, self.actors, self.seats, self.processes = role, list(hosts), [], list(processes)
+
+    def _invoke(self, actor, method: str, args: tuple):
+        return actor.call.remote(self.role, method, *args)

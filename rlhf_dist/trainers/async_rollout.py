@@ -20,7 +20,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
-from rlhf_dist.data.batch import rollout_batch
+from rlhf_dist.data.batch import reward_part_metrics, rollout_batch, throughput_metrics
 
 
 def generation_seed(seed: int, step: int, round_: int) -> int:
@@ -81,13 +81,12 @@ class RolloutProducer:
         roll, metrics = rollout_batch(self.state.prompt_ids, p.idx, gen["responses"], gen["logprobs"],
                                       gen["finish_reasons"], scores, self.n)
         metrics.update({
-            "rollout/tokens": float(tokens),
-            "rollout/tokens_per_s": tokens / max(timing["generate"], 1e-9),
+            **throughput_metrics(tokens, timing["generate"]),
             "rollout/weights_version": float(p.version),
             # The learner holds version step-1 while it trains step `step`.
             "rollout/staleness": float(step - 1 - p.version),
         })
-        metrics.update({f"reward/{name}": float(v.mean()) for name, v in parts.items()})
+        metrics.update(reward_part_metrics(parts))
         return roll, metrics
 
     def _finish(self, submitted, idx: list[int]):

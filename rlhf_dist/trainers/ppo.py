@@ -18,7 +18,7 @@ from rlhf_dist import checkpoint
 from rlhf_dist.checkpoint import Checkpoint, load_trainer_state
 from rlhf_dist.config import Config, derive
 from rlhf_dist.console import StepProgress, step_line
-from rlhf_dist.data.batch import build_batch, rollout_batch
+from rlhf_dist.data.batch import build_batch, reward_part_metrics, rollout_batch, throughput_metrics
 from rlhf_dist.data.prompts import PromptLoader, load_prompts
 from rlhf_dist.errors import WaitTimeout
 from rlhf_dist.evaluation import Evaluator
@@ -148,7 +148,7 @@ def rl_step(cfg: Config, roles: RLRoles, state: LoopState, step: int) -> dict:
     engine_lp = roll["engine_logprobs"]
     out = run_passes(roles, state.passes, batch, engine_lp, timing)
     # Bounded by the reward functions' own deadlines (rlhf_dist.rewards.functions), with call_s to spare.
-    scores = await_scores(roll, roll_metrics, timing, cfg.timeouts.call_s + (state.rules.deadline_s(len(mask)) if state.rules else 0))
+    scores = await_scores(roll, roll_metrics, timing, cfg.timeouts.call_s + state.rules.deadline_s(len(mask)))
     values = out.values
     staleness = roll_metrics.get("rollout/staleness", 0.0)
     if out.probe is not None and staleness == 0:
@@ -239,10 +239,8 @@ def collect_rollouts(cfg: Config, roles: RLRoles, state: LoopState, step: int, t
     rounds = 0
     while len(kept) < want and rounds < (ppo.max_sampling_rounds if ppo.dynamic_sampling else 1):
         rounds += 1
-        idx = [i for i in state.loader.next_batch() for _ in range(n)]
-        t0 = time.perf_counter()
-        gen = roles.generate([state.prompt_ids[i] for i in idx], seed=generation_seed(cfg.run.seed, step, rounds))
-        gen_s += time.perf_counter() - t0
+        idx, gen, seconds = generate_round(cfg, roles, state, step, rounds)
+        gen_s += seconds
         tokens += sum(len(r) for r in gen["responses"])
         t0 = time.perf_counter()
         scores, parts = score(cfg, roles, state, idx, gen["responses"])
@@ -268,10 +266,8 @@ def collect_rollouts(cfg: Config, roles: RLRoles, state: LoopState, step: int, t
         [lp for g in chosen for lp in g["logprobs"]], [f for g in chosen for f in g["finish"]],
         torch.cat([g["scores"] for g in chosen]), n,
     )
-    metrics.update({"rollout/tokens": float(tokens), "rollout/tokens_per_s": tokens / max(gen_s, 1e-9)})
-    for name in chosen[0]["parts"]:
-        # Unweighted mean of each reward component over the trained samples (e.g. accuracy).
-        metrics[f"reward/{name}"] = float(torch.cat([g["parts"][name] for g in chosen]).mean())
+    metrics.update(throughput_metrics(tokens, gen_s))
+    metrics.update(reward_part_metrics({name: torch.cat([g["parts"][name] for g in chosen]) for name in chosen[0]["parts"]}))
     if ppo.dynamic_sampling:
         metrics.update({"dynamic_sampling/rounds": rounds, "dynamic_sampling/filled_with_uninformative": filled})
     return roll, metrics
@@ -281,16 +277,21 @@ def rollouts_scored_beside(cfg: Config, roles: RLRoles, state: LoopState, step: 
     """One round whose every group is trained: the scores are not needed before the update, so rule rewards
     (worker processes, rlhf_dist.rewards.pool) run on a helper thread while the step's passes run; a reward
     model is left out (its actors would share the passes' cores and threads)."""
-    idx = [i for i in state.loader.next_batch() for _ in range(cfg.rollout.n_samples_per_prompt)]
-    t0 = time.perf_counter()
-    gen = roles.generate([state.prompt_ids[i] for i in idx], seed=generation_seed(cfg.run.seed, step, 1))
-    timing["generate"] = time.perf_counter() - t0
+    idx, gen, timing["generate"] = generate_round(cfg, roles, state, step, 1)
     roll, metrics = rollout_batch(state.prompt_ids, idx, gen["responses"], gen["logprobs"], gen["finish_reasons"], None,
                                   cfg.rollout.n_samples_per_prompt)
     roll["scores"] = in_background(score, cfg, roles, state, idx, gen["responses"])
-    tokens = sum(len(r) for r in gen["responses"])
-    metrics.update({"rollout/tokens": float(tokens), "rollout/tokens_per_s": tokens / max(timing["generate"], 1e-9)})
+    metrics.update(throughput_metrics(sum(len(r) for r in gen["responses"]), timing["generate"]))
     return roll, metrics
+
+
+def generate_round(cfg: Config, roles: RLRoles, state: LoopState, step: int, round_: int) -> tuple[list[int], dict, float]:
+    """The next prompts, each n_samples_per_prompt times in a row (the grouping contract), generated: (the
+    prompt of each sample, the engines' answers, seconds)."""
+    idx = [i for i in state.loader.next_batch() for _ in range(cfg.rollout.n_samples_per_prompt)]
+    t0 = time.perf_counter()
+    gen = roles.generate([state.prompt_ids[i] for i in idx], seed=generation_seed(cfg.run.seed, step, round_))
+    return idx, gen, time.perf_counter() - t0
 
 
 def await_scores(roll: dict, metrics: dict, timing: dict, limit_s: float) -> torch.Tensor:
@@ -305,7 +306,7 @@ def await_scores(roll: dict, metrics: dict, timing: dict, limit_s: float) -> tor
     except FutureTimeout:
         raise WaitTimeout(f"scoring the step's samples: not done in {limit_s:g} s (the reward functions' deadlines plus timeouts.call_s)") from None
     timing["score"], timing["score_beside"] = time.perf_counter() - t0, busy
-    metrics.update({f"reward/{name}": float(v.mean()) for name, v in parts.items()})
+    metrics.update(reward_part_metrics(parts))
     roll["scores"] = scores
     return scores
 
