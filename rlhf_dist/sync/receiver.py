@@ -10,9 +10,8 @@ silently drained), and the engine parameters vLLM's load_weights did not write.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 
-from rlhf_dist.sync.buckets import Bucket, checksum
+from rlhf_dist.sync.buckets import Bucket, checksum, checksum_thread
 from rlhf_dist.sync.group import SyncGroup
 
 
@@ -33,8 +32,9 @@ class WeightReceiver:
     def rlhf_receive(self, version: int, verify: bool) -> dict:
         sums: list = []
         device = self._rlhf_sync.device
-        # Checksums run beside the loader (torch releases the GIL), off the sync's critical path.
-        hasher = ThreadPoolExecutor(1) if verify else None
+        # Checksums run beside the loader (torch releases the GIL), off the sync's critical path, on one thread
+        # kept for the engine's life (starting one per sync cost about 1 ms).
+        hasher = checksum_thread(self) if verify else None
         waited = 0.0  # seconds blocked in broadcasts; the rest of the call is vLLM loading the weights
         taken = 0  # tensors the loader pulled from the stream
         t_start = time.perf_counter()
@@ -60,7 +60,6 @@ class WeightReceiver:
         left = [name for name, _ in weights]
         if hasher is not None:
             sums = [f.result() for f in sums]  # the loader only reads the buffers: the bytes are those received
-            hasher.shutdown()
         # Recorded only once the loader has returned: generate() checks it before sampling.
         self._rlhf_version = version
         total = time.perf_counter() - t_start

@@ -3,11 +3,10 @@ pack, checksum and broadcast (rank 0 only, over the dedicated sync group)."""
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from rlhf_dist.sync.buckets import Bucket, checksum, pack, plan_buckets
+from rlhf_dist.sync.buckets import Bucket, checksum, checksum_thread, pack, plan_buckets
 from rlhf_dist.sync.group import SyncGroup
 
 
@@ -33,7 +32,7 @@ class WeightSender:
         t0 = time.perf_counter()
         sums, nbytes, sending = [], 0, 0.0
         # Checksums run beside the next gather and broadcast (torch releases the GIL).
-        hasher = ThreadPoolExecutor(1) if verify and self.rank == 0 else None
+        hasher = checksum_thread(self) if verify and self.rank == 0 else None
         for bucket, tensors in full_buckets:
             if self.rank != 0:
                 continue
@@ -46,6 +45,5 @@ class WeightSender:
                 sums.append(hasher.submit(checksum, flat))
         if hasher is not None:
             sums = [f.result() for f in sums]
-            hasher.shutdown()
         # Time in broadcast includes waiting for the engines to finish loading the previous bucket.
         return {"seconds": time.perf_counter() - t0, "bytes": nbytes, "checksums": sums, "broadcast_s": sending}
