@@ -110,3 +110,4 @@ class EngineSpec:
     sampling: SamplingSpec | None = None  # None: an engine that only scores (the LLM judge)
     worker_extension: str | None = None  # the weight receiver, for engines that take synced weights
     warmup: tuple[int, int] = (0, 0)  # (requests, prompt tokens) generated once at set-up; (0, 0): none
+    engine_load: str = "auto"  # sync.engine_load: how the receiver loads synced weights

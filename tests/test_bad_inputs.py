@@ -79,6 +79,7 @@ CASES = [
     ("inf-call-timeout", ["timeouts.call_s=.inf"], None, "timeouts.call_s: Input should be a finite number"),
     ("inf-rendezvous-timeout", ["timeouts.rendezvous_s=.inf"], None, "timeouts.rendezvous_s: Input should be a finite number"),
     ("inf-bucket", ["sync.bucket_mb=.inf"], None, "sync.bucket_mb: Input should be a finite number"),
+    ("unknown-engine-load", ["sync.engine_load=fast"], None, "sync.engine_load: Input should be 'auto' or 'vllm_reload'"),
     ("nan-gpu-memory", ["cluster.gpu_memory_gb=.nan"], None, "cluster.gpu_memory_gb: Input should be a finite number"),
     # --- overrides ---
     ("override-bad-yaml", ["run.name=[unclosed"], None, "override 'run.name=[unclosed': the value is not valid YAML"),

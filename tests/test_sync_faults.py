@@ -16,21 +16,22 @@ from tests.conftest import demo_config_dict
 
 
 def _install_fault(worker, mode: str, name: str):
-    """Runs inside a vLLM worker: wrap its loader so that it skips or corrupts one tensor."""
-    runner = worker.model_runner
-    real = getattr(runner, "_real_reload_weights", None) or runner.reload_weights
-    runner._real_reload_weights = real
+    """Runs inside a vLLM worker: wrap the receiver's load (either path, sync.engine_load) so that it skips or
+    corrupts one tensor on its way to the engine's loader."""
+    receiver = worker.rlhf_version.__self__  # the vLLM worker (`worker` may be the wrapper that forwards to it)
+    real = getattr(receiver, "_real_rlhf_load", None) or receiver._rlhf_load
+    receiver._real_rlhf_load = real
 
-    def faulty(weights_iterator, **kwargs):
+    def faulty(weights):
         def stream():
-            for n, t in weights_iterator:
+            for n, t in weights:
                 if n == name and mode == "skip":
-                    return  # dropped: taken from the stream, never handed to vLLM's loader
+                    continue  # dropped: taken from the stream, never handed to the loader
                 yield (n, t + 1.0) if n == name and mode == "corrupt" else (n, t)
 
-        return real(weights_iterator=stream(), **kwargs)
+        return real(stream())
 
-    runner.reload_weights = faulty
+    receiver._rlhf_load = faulty
     return True
 
 
@@ -41,8 +42,8 @@ class FaultyEngine(RolloutEngine):
         return self.llm.collective_rpc(_install_fault, args=(mode, name))
 
 
-@pytest.fixture(scope="module")
-def faulty_roles(ray_session, tiny_model, tmp_path_factory):
+@pytest.fixture(scope="module", params=["auto", "vllm_reload"])
+def faulty_roles(request, ray_session, tiny_model, tmp_path_factory):
     import ray
 
     from rlhf_dist.trainers.rl_roles import RLRoles, role_specs
@@ -52,7 +53,8 @@ def faulty_roles(ray_session, tiny_model, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("faults")
     (tmp / "p.jsonl").write_text("".join(json.dumps({"prompt": f"the cat {w} and the dog"}) + "\n" for w in WORDS[:16]))
     d = demo_config_dict(tiny_model, str(tmp / "p.jsonl"), str(tmp / "run"))
-    d["sync"] = {"bucket_mb": 0.05, "max_logprob_diff": 1e-3}
+    # Both ways an engine loads (the lean CPU reload, and vLLM's reload_weights that GPU engines run).
+    d["sync"] = {"bucket_mb": 0.05, "max_logprob_diff": 1e-3, "engine_load": request.param}
     cfg = load_config(None, base=d)
     specs = [dataclasses.replace(s, worker=FaultyEngine) if s.name == "rollout" else s for s in role_specs(cfg)]
     roles = RLRoles(cfg, specs=specs)

@@ -57,7 +57,8 @@ def engine_spec(cfg) -> EngineSpec:
         per_engine = -(-cfg.ppo.rollout_batch_size * r.n_samples_per_prompt // cfg.placement.rollout.num_engines)
         warmup = (per_engine, cfg.data.max_prompt_tokens)
     sampling = SamplingSpec(r.max_new_tokens, r.temperature, r.top_p, r.top_k, r.min_p, tuple(r.stop), tuple(r.stop_token_ids))
-    return EngineSpec(process_spec(cfg), llm_kwargs(cfg), cfg.placement.rollout.tensor_parallel_size, sampling, RECEIVER, warmup)
+    return EngineSpec(process_spec(cfg), llm_kwargs(cfg), cfg.placement.rollout.tensor_parallel_size, sampling, RECEIVER, warmup,
+                      cfg.sync.engine_load)
 
 
 def sampling_params(r: SamplingSpec, n: int, seed: int, overrides: dict | None = None) -> list:
@@ -169,11 +170,13 @@ class RolloutEngine:
             finish.append(c.finish_reason)
         return {"responses": responses, "logprobs": logprobs, "finish_reasons": finish, "seconds": seconds}
 
-    def init_weight_sync(self, master_addr: str, port: int, first_rank: int, world_size: int, backend: str, buckets) -> list[int]:
-        """Join the sync group; `buckets` is the plan agreed once, used by every later receive."""
+    def init_weight_sync(self, master_addr: str, port: int, first_rank: int, world_size: int, backend: str, buckets) -> list[dict]:
+        """Join the sync group; `buckets` is the plan agreed once, used by every later receive. Per worker: its
+        sync rank and how it loads the weights it receives."""
         p = self.settings.process
         return self.llm.collective_rpc(
-            "rlhf_init_sync", args=(master_addr, port, first_rank, world_size, backend, p.rendezvous_s, p.collective_s, buckets)
+            "rlhf_init_sync",
+            args=(master_addr, port, first_rank, world_size, backend, p.rendezvous_s, p.collective_s, buckets, self.settings.engine_load),
         )
 
     def set_sync_plan(self, buckets) -> list[bool]:

@@ -2,8 +2,8 @@
 `collective_rpc`).
 
 The bucket plan arrives once, when the sync group is set up; each sync then streams the buckets over the
-dedicated group straight into vLLM's `reload_weights` (HF checkpoint names; works for fp32 CPU models whose
-linear weights oneDNN has pre-packed, and for GPU models). Each worker reports what the loader did with the
+dedicated group straight into the engine's loader: vLLM's `reload_weights` (HF checkpoint names; any model, GPU
+and CPU), or for unquantized eager CPU models rlhf_dist.sync.cpu_reload (the same result in about half the time). Each worker reports what the loader did with the
 tensors: the checksum over exactly the bytes handed to it, the names it never took from the stream (never
 silently drained), and the engine parameters vLLM's load_weights did not write.
 """
@@ -11,18 +11,27 @@ from __future__ import annotations
 
 import time
 
+from rlhf_dist.sync import cpu_reload
 from rlhf_dist.sync.buckets import Bucket, checksum, checksum_thread
 from rlhf_dist.sync.group import SyncGroup
 
 
 class WeightReceiver:
     def rlhf_init_sync(self, master_addr: str, port: int, first_rank: int, world_size: int, backend: str,
-                       rendezvous_s: float, collective_s: float, buckets: list[Bucket]) -> int:
+                       rendezvous_s: float, collective_s: float, buckets: list[Bucket], engine_load: str = "auto") -> dict:
+        """Joins the sync group. `engine_load` (sync.engine_load): "auto" loads CPU models that rlhf_dist.sync.cpu_reload
+        accepts through it and every other model through vLLM's reload_weights; "vllm_reload" always the latter.
+        Returns this worker's sync rank and how it loads, said once in the run log."""
         # With one engine per tensor-parallel group, a worker's vLLM rank is its TP rank.
         self._rlhf_sync = SyncGroup(master_addr, port, first_rank + self.rank, world_size, backend, rendezvous_s, collective_s)
         self._rlhf_buckets = buckets
         self._rlhf_version = -1  # no weights received yet: the checkpoint loaded at start-up
-        return self._rlhf_sync.rank
+        why_not = "sync.engine_load is vllm_reload"
+        if engine_load == "auto":
+            why_not = cpu_reload.unsupported(self.model_runner.get_model(), self.vllm_config)
+        self._rlhf_lean = why_not is None
+        return {"rank": self._rlhf_sync.rank,
+                "engine_load": "rlhf_dist.sync.cpu_reload" if why_not is None else f"vLLM's reload_weights ({why_not})"}
 
     def rlhf_set_plan(self, buckets: list[Bucket]) -> bool:
         """A new bucket plan (the sync benchmark compares bucket sizes); a run keeps the one agreed at set-up."""
@@ -67,10 +76,18 @@ class WeightReceiver:
                 "left_in_stream": left, "not_written": written}
 
     def _rlhf_load(self, weights) -> list[str]:
-        """reload_weights, keeping what vLLM's own load_weights reports: the engine parameters it wrote (fused
-        and sharded names). Returns the parameters it did not write, which vLLM itself would only log."""
+        """The lean CPU reload or vLLM's reload_weights, keeping what vLLM's own load_weights reports: the engine
+        parameters it wrote (fused and sharded names). Returns the parameters it did not write, which vLLM itself
+        would only log."""
         model = self.model_runner.get_model()
         expected = {name for name, _ in model.named_parameters()}
+        if self._rlhf_lean:
+            written = cpu_reload.load(model, weights)
+            # What the runner's reload_weights clears after loading (no-ops for the text models this path takes).
+            self.model_runner.reset_lora_state()
+            self.model_runner.reset_encoder_cache()
+            self.model_runner.reset_mm_cache()
+            return sorted(expected - written)
         real, written = model.load_weights, set()
 
         def load_weights(items):
@@ -83,6 +100,7 @@ class WeightReceiver:
             self.model_runner.reload_weights(weights_iterator=weights)
         finally:
             del model.load_weights
+        cpu_reload.repack_kept(model)  # CPU: a tied LM head's packed copy is stale after reload_weights
         return sorted(expected - written)
 
     def rlhf_version(self) -> int:

@@ -25,13 +25,15 @@ class WeightSync:
         addr, port = self.policy.call("master_endpoint", ranks=[0], timeout_s=timeouts.call_s)[0]
         world = 1 + len(self.rollout) * tp
         per_engine = [(addr, port, 1 + e * tp, world, backend, self.buckets) for e in range(len(self.rollout))]
-        roles.wait(
+        joined = roles.wait(
             [self.policy.submit("init_weight_sync", addr, port, world, backend),
              self.rollout.submit("init_weight_sync", per_rank=per_engine)],
             f"weight-sync rendezvous ({backend}, {world} ranks)", timeouts.rendezvous_s,
         )
+        loads = sorted({w["engine_load"] for workers in joined[len(self.policy) :] for w in workers})
         total = sum(b.nbytes for b in self.buckets)
-        log(f"weight sync: {len(self.buckets)} buckets, {total / 2**20:.1f} MiB, {world} ranks over {backend}")
+        log(f"weight sync: {len(self.buckets)} buckets, {total / 2**20:.1f} MiB, {world} ranks over {backend}; "
+            f"engines load through {' / '.join(loads)}")
 
     def replan(self, bucket_mb: float) -> None:
         """Another bucket size for learner and engines alike (the sync benchmark compares sizes)."""
