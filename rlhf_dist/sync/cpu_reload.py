@@ -17,6 +17,8 @@ takes vLLM's own reload. GPU engines always take vLLM's reload: this module is f
 """
 from __future__ import annotations
 
+import torch
+
 LEAN_METHODS = ("UnquantizedLinearMethod", "UnquantizedEmbeddingMethod")
 
 
@@ -50,8 +52,14 @@ def unsupported(model, vllm_config) -> str | None:
 def load(model, weights) -> set[str]:
     """Loads checkpoint-format `weights` into a model `unsupported` accepted; returns the engine parameters its
     loaders wrote (as vLLM's load_weights reports them)."""
-    from vllm.model_executor.model_loader.reload.layerwise import _get_original_loader, get_layerwise_info
-    from vllm.model_executor.model_loader.reload.meta import materialize_layer, restore_layer_on_meta
+    from vllm.model_executor.model_loader.reload.layerwise import (
+        _get_original_loader,
+        get_layerwise_info,
+    )
+    from vllm.model_executor.model_loader.reload.meta import (
+        materialize_layer,
+        restore_layer_on_meta,
+    )
     from vllm.model_executor.model_loader.reload.utils import get_layer_tensors
 
     packed = [module for _, module in _packed(model)]
@@ -82,7 +90,8 @@ def repack_kept(model) -> None:
 
 
 def _packed(model) -> list:
-    return [(name, m) for name, m in model.named_modules() if hasattr(m, "cpu_linear") and hasattr(m, "quant_method")]
+    return [(name, m) for name, m in model.named_modules()
+            if hasattr(m, "cpu_linear") and hasattr(m, "quant_method") and isinstance(getattr(m, "weight", None), torch.Tensor)]
 
 
 def _dropped(module) -> bool:

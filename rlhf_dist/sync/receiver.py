@@ -3,9 +3,10 @@
 
 The bucket plan arrives once, when the sync group is set up; each sync then streams the buckets over the
 dedicated group straight into the engine's loader: vLLM's `reload_weights` (HF checkpoint names; any model, GPU
-and CPU), or for unquantized eager CPU models rlhf_dist.sync.cpu_reload (the same result in about half the time). Each worker reports what the loader did with the
-tensors: the checksum over exactly the bytes handed to it, the names it never took from the stream (never
-silently drained), and the engine parameters vLLM's load_weights did not write.
+and CPU), or for unquantized eager CPU models rlhf_dist.sync.cpu_reload (the same result in about half the
+time). Each worker reports what the loader did with the tensors: the checksum over exactly the bytes handed to
+it, the names it never took from the stream (never silently drained), and the engine parameters vLLM's
+load_weights did not write.
 """
 from __future__ import annotations
 
