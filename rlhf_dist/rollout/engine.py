@@ -57,8 +57,9 @@ def engine_spec(cfg) -> EngineSpec:
         per_engine = -(-cfg.ppo.rollout_batch_size * r.n_samples_per_prompt // cfg.placement.rollout.num_engines)
         warmup = (per_engine, cfg.data.max_prompt_tokens)
     sampling = SamplingSpec(r.max_new_tokens, r.temperature, r.top_p, r.top_k, r.min_p, tuple(r.stop), tuple(r.stop_token_ids))
+    engine_load = cfg.sync.engine_load if hasattr(cfg, "sync") else "auto"  # labelling engines take no synced weights
     return EngineSpec(process_spec(cfg), llm_kwargs(cfg), cfg.placement.rollout.tensor_parallel_size, sampling, RECEIVER, warmup,
-                      cfg.sync.engine_load)
+                      engine_load)
 
 
 def sampling_params(r: SamplingSpec, n: int, seed: int, overrides: dict | None = None) -> list:
