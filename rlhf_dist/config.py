@@ -201,9 +201,9 @@ class SyncConfig(Strict):
     # Stop the run when the engines' log-probs of their sampled tokens differ from the learner's by more than this
     # (the probe `rollout/engine_learner_logprob_diff_max`, every step); None: reported only.
     max_logprob_diff: float | None = Field(None, gt=0)
-    # How engines load synced weights. auto: unquantized eager CPU models through rlhf_dist.sync.cpu_reload (vLLM's
-    # general reload bookkeeping skipped, same engine outputs), everything else through vLLM's reload_weights;
-    # vllm_reload: always vLLM's (what GPU engines run; the CPU tests run it with this setting).
+    # How engines load synced weights. auto: unquantized eager Llama/Qwen2 CPU models through
+    # rlhf_dist.sync.cpu_reload (vLLM's general reload bookkeeping skipped, same engine outputs), everything else
+    # through vLLM's reload_weights; vllm_reload: always vLLM's (what GPU engines run; CPU tests run it too).
     engine_load: Literal["auto", "vllm_reload"] = "auto"
 
 

@@ -1,8 +1,8 @@
 """How CPU engines load synced weights, on real vLLM, against vLLM's own reload and against transformers.
 
 The receiver's two paths (rlhf_dist.sync.receiver: the lean CPU reload, rlhf_dist.sync.cpu_reload, and vLLM's
-reload_weights) load the same new weights; the engine then samples the same tokens with the same log-probs, bit
-for bit, and its greedy log-probs equal transformers' for the same weights. Llama- and Qwen2-shaped models
+reload_weights) each load new weights first in turn: the engine's greedy log-probs then equal transformers' for
+those weights, and loading the same weights through the other path leaves its samples unchanged, bit for bit. Llama- and Qwen2-shaped models
 (biased q/k/v projections, tied embeddings: vLLM's reload alone left a tied LM head's packed copy stale), each
 engine in its own interpreter."""
 import json
@@ -57,13 +57,18 @@ why = llm.collective_rpc(lambda self: __import__("rlhf_dist.sync.cpu_reload").sy
     self.model_runner.get_model(), self.vllm_config))[0]
 tied = llm.collective_rpc(lambda self: getattr(self.model_runner.get_model(), "lm_head", None) is not None
                           and self.model_runner.get_model().lm_head.weight is self.model_runner.get_model().model.embed_tokens.weight)[0]
-before = sample(1.0)
+previous = sample(1.0)
 rows = []
-for w in versions:
-    missed = llm.collective_rpc(load, args=(w, False))[0]; by_vllm, greedy_vllm = sample(1.0), sample(0.0)
-    missed += llm.collective_rpc(load, args=(w, True))[0]; by_lean, greedy_lean = sample(1.0), sample(0.0)
-    rows.append({"same": by_lean == by_vllm and greedy_lean == greedy_vllm, "changed": by_vllm != before,
-                 "missed": missed, "transformers_gap": transformers_gap(w, greedy_lean)})
+for i, w in enumerate(versions * 2):  # v0 v1 v0 v1: each path goes first with each version
+    # Each new version goes through one path first and is checked there, against transformers and against what
+    # the engine sampled before; then through the other path, which must give the same samples.
+    first = i % 2 == 0  # lean first, then vLLM's first
+    missed = llm.collective_rpc(load, args=(w, first))[0]; sampled, greedy = sample(1.0), sample(0.0)
+    gap = transformers_gap(w, greedy)
+    missed += llm.collective_rpc(load, args=(w, not first))[0]; again, greedy_again = sample(1.0), sample(0.0)
+    rows.append({"first": "lean" if first else "vllm", "same": sampled == again and greedy == greedy_again,
+                 "changed": sampled != previous, "missed": missed, "transformers_gap": gap})
+    previous = again
 print("REPORT " + json.dumps({"unsupported": why, "tied": tied, "rows": rows}))
 """
 
@@ -93,6 +98,7 @@ def test_both_engine_load_paths_give_the_engine_the_new_weights(shape, tiny_mode
     report = json.loads(lines[-1].removeprefix("REPORT "))
     assert report["unsupported"] is None
     assert report["tied"] is (shape == "qwen2-tied")
+    assert [row["first"] for row in report["rows"]] == ["lean", "vllm", "lean", "vllm"]
     for row in report["rows"]:
         assert row["same"] and row["changed"] and row["missed"] == [], row
         assert row["transformers_gap"] < 1e-4, row

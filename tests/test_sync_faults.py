@@ -65,6 +65,9 @@ def faulty_roles(request, ray_session, tiny_model, tmp_path_factory):
 @pytest.mark.slow
 def test_a_tensor_the_loader_skips_fails_the_sync_by_name(faulty_roles):
     cfg, roles, _ = faulty_roles
+    lean = cfg.sync.engine_load == "auto"
+    assert roles.sync.engine_load == (["rlhf_dist.sync.cpu_reload"] if lean else
+                                      ["vLLM's reload_weights (sync.engine_load is vllm_reload)"])
     roles.sync_weights(0, verify=True)  # a healthy engine: the sync passes
     names = roles.sync.names
     roles.rollout.call("set_fault", "skip", names[-1], timeout_s=60)
@@ -72,6 +75,16 @@ def test_a_tensor_the_loader_skips_fails_the_sync_by_name(faulty_roles):
     with pytest.raises(WeightSyncError, match=rf"rollout engine 0 worker 0: vLLM's loader took {len(names)} of the "
                                               rf"policy's {len(names)} tensors; engine parameters it did not write: "
                                               rf"lm_head.weight$"):
+        roles.sync_weights(1, verify=True)
+
+
+@pytest.mark.slow
+def test_a_skipped_tensor_of_a_packed_layer_fails_the_sync_by_name(faulty_roles):
+    """On CPU vLLM drops a linear layer's weight once packed: the lean path gives it back and must see it written."""
+    _, roles, _ = faulty_roles
+    name = "model.layers.1.mlp.down_proj.weight"
+    roles.rollout.call("set_fault", "skip", name, timeout_s=60)
+    with pytest.raises(WeightSyncError, match=rf"engine parameters it did not write: {name}$"):
         roles.sync_weights(1, verify=True)
 
 

@@ -14,7 +14,7 @@ from math_verify import parse, parser, verify
 # math-verify still builds them through sympy.Number; tests/test_math_reward.py checks the scores against
 # math-verify in a process where this module was never imported.
 if parser.Number is sympy.Number:
-    parser.Number = functools.lru_cache(maxsize=4096)(sympy.Number)
+    parser.Number = functools.lru_cache(maxsize=4096, typed=True)(sympy.Number)
 
 
 def math_verify_reward(prompt: str, response: str, label) -> float:

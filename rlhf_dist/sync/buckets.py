@@ -111,6 +111,14 @@ def checksum(flat: torch.Tensor) -> int:
     return int(weighted.item()) ^ (int(words.sum(dtype=torch.int64).item()) << 1)
 
 
+def checksum_with(flat: torch.Tensor, threads: int) -> int:
+    """checksum on a kept thread, with the torch threads its caller has now: a thread keeps the count it first ran
+    with, and threads per phase change the caller's."""
+    if torch.get_num_threads() != threads:
+        torch._C.set_num_threads(threads)  # torch.set_num_threads is a no-op inside vLLM's CPU worker
+    return checksum(flat)
+
+
 def checksum_thread(owner) -> ThreadPoolExecutor:
     """The one thread an endpoint (sender or receiver) checksums on, started at its first verified sync and kept:
     starting one per sync cost about 1 ms of a 19 ms sync (the GRPO demo)."""

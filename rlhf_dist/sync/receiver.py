@@ -3,17 +3,19 @@
 
 The bucket plan arrives once, when the sync group is set up; each sync then streams the buckets over the
 dedicated group straight into the engine's loader: vLLM's `reload_weights` (HF checkpoint names; any model, GPU
-and CPU), or for unquantized eager CPU models rlhf_dist.sync.cpu_reload (the same result in about half the
-time). Each worker reports what the loader did with the tensors: the checksum over exactly the bytes handed to
-it, the names it never took from the stream (never silently drained), and the engine parameters vLLM's
-load_weights did not write.
+and CPU), or for unquantized eager CPU Llama/Qwen2 models rlhf_dist.sync.cpu_reload (the same result in about
+half the time). Each worker reports what the loader did with the tensors: the checksum over exactly the bytes
+handed to it, the names it never took from the stream (never silently drained), and the engine parameters
+vLLM's load_weights did not write.
 """
 from __future__ import annotations
 
 import time
 
+import torch
+
 from rlhf_dist.sync import cpu_reload
-from rlhf_dist.sync.buckets import Bucket, checksum, checksum_thread
+from rlhf_dist.sync.buckets import Bucket, checksum_thread, checksum_with
 from rlhf_dist.sync.group import SyncGroup
 
 
@@ -57,7 +59,7 @@ class WeightReceiver:
                 self._rlhf_sync.broadcast(flat)
                 waited += time.perf_counter() - t0
                 if verify:
-                    sums.append(hasher.submit(checksum, flat))
+                    sums.append(hasher.submit(checksum_with, flat, torch.get_num_threads()))
                 for item in bucket.unpack(flat):
                     taken += 1
                     yield item
@@ -101,7 +103,7 @@ class WeightReceiver:
             self.model_runner.reload_weights(weights_iterator=weights)
         finally:
             del model.load_weights
-        cpu_reload.repack_kept(model)  # CPU: a tied LM head's packed copy is stale after reload_weights
+        cpu_reload.repack_tied(model)  # CPU: a tied LM head's packed copy is stale after reload_weights
         return sorted(expected - written)
 
     def rlhf_version(self) -> int:

@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from rlhf_dist.sync.buckets import Bucket, checksum, checksum_thread, pack, plan_buckets
+from rlhf_dist.sync.buckets import Bucket, checksum_thread, checksum_with, pack, plan_buckets
 from rlhf_dist.sync.group import SyncGroup
 
 
@@ -42,7 +42,7 @@ class WeightSender:
             sending += time.perf_counter() - t1
             nbytes += bucket.nbytes
             if verify:
-                sums.append(hasher.submit(checksum, flat))
+                sums.append(hasher.submit(checksum_with, flat, torch.get_num_threads()))
         if hasher is not None:
             sums = [f.result() for f in sums]
         # Time in broadcast includes waiting for the engines to finish loading the previous bucket.

@@ -30,10 +30,11 @@ class WeightSync:
              self.rollout.submit("init_weight_sync", per_rank=per_engine)],
             f"weight-sync rendezvous ({backend}, {world} ranks)", timeouts.rendezvous_s,
         )
-        loads = sorted({w["engine_load"] for workers in joined[len(self.policy) :] for w in workers})
+        # How the engines' workers load what they receive (rlhf_dist.sync.receiver), said once.
+        self.engine_load = sorted({w["engine_load"] for workers in joined[len(self.policy) :] for w in workers})
         total = sum(b.nbytes for b in self.buckets)
         log(f"weight sync: {len(self.buckets)} buckets, {total / 2**20:.1f} MiB, {world} ranks over {backend}; "
-            f"engines load through {' / '.join(loads)}")
+            f"engines load through {' / '.join(self.engine_load)}")
 
     def replan(self, bucket_mb: float) -> None:
         """Another bucket size for learner and engines alike (the sync benchmark compares sizes)."""
