@@ -20,6 +20,8 @@ from transformers import AutoModelForCausalLM
 from vllm import LLM, SamplingParams
 from vllm.inputs import TokensPrompt
 
+from rlhf_dist.sync import cpu_reload
+
 path = sys.argv[1]
 llm = LLM(model=path, dtype="float32", max_model_len=32, enforce_eager=True, gpu_memory_utilization=0.5,
           logprobs_mode="processed_logprobs", seed=0, worker_extension_cls="rlhf_dist.sync.receiver.WeightReceiver")
@@ -38,6 +40,8 @@ def sample(temperature):
 
 def load(self, weights, lean):
     receiver = self._rlhf_load.__self__  # the vLLM worker (`self` may be the wrapper that forwards to it)
+    if not hasattr(receiver, "_rlhf_packed"):  # what rlhf_init_sync finds once
+        receiver._rlhf_packed = cpu_reload.PackedLayers(receiver.model_runner.get_model())
     receiver._rlhf_lean = lean
     return receiver._rlhf_load(iter(list(weights.items())))
 
@@ -53,8 +57,11 @@ def transformers_gap(weights, greedy):
             gap = max(gap, abs(float(ref[token]) - logprob), float(ref.max()) - float(ref[token]))
     return gap
 
-why = llm.collective_rpc(lambda self: __import__("rlhf_dist.sync.cpu_reload").sync.cpu_reload.unsupported(
-    self.model_runner.get_model(), self.vllm_config))[0]
+def why_not(self):
+    model = self.model_runner.get_model()
+    return cpu_reload.unsupported(model, self.vllm_config, cpu_reload.PackedLayers(model))
+
+why = llm.collective_rpc(why_not)[0]
 tied = llm.collective_rpc(lambda self: getattr(self.model_runner.get_model(), "lm_head", None) is not None
                           and self.model_runner.get_model().lm_head.weight is self.model_runner.get_model().model.embed_tokens.weight)[0]
 previous = sample(1.0)

