@@ -60,3 +60,19 @@ def test_math_verify_numbers_are_remembered():
     for tail in ("ab", "cd", "ef"):  # new responses each time, the same number
         math_verify_reward("q", "41" + tail, "41")
     assert parser.Number.cache_info().hits >= before + 2
+
+
+def test_verify_runs_once_per_label_and_integer_answer():
+    """Responses that extract to the same integers share one verify per label; anything else (a float, an
+    expression) is verified on its own. The scores themselves are checked against math-verify above."""
+    from rlhf_dist.rewards import math as m
+
+    m._score.cache_clear()
+    m._VERIFIED.clear()
+    assert [math_verify_reward("q", r, "41") for r in ("41ab", "41 cd", "41.")] == [1.0, 1.0, 1.0]
+    assert len(m._VERIFIED) == 1  # one extraction ([41, "41"]), one label
+    assert math_verify_reward("q", "41ab", "42") == 0.0  # a new label: verified again, not taken from "41"
+    assert len(m._VERIFIED) == 2
+    assert math_verify_reward("q", "41.0", "41") == 1.0  # a float: verified on its own, never remembered
+    assert math_verify_reward("q", "0", "0") == 1.0 and math_verify_reward("q", "-1", "-1") == 1.0  # sympy's own types
+    assert len(m._VERIFIED) == 4

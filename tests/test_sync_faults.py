@@ -1,8 +1,9 @@
 """Weight sync proves what the engines hold, with real vLLM: an engine whose loader drops a tensor (takes it
 from the stream, never writes it) fails the sync by name; an engine that loads a corrupted tensor (the bytes on the wire being right) stops the run at the
-log-prob probe (`sync.max_logprob_diff`)."""
+log-prob probe (`sync.max_logprob_diff`); a bucket whose bytes change on the wire fails a verified sync."""
 import dataclasses
 import json
+import re
 import sys
 
 import pytest
@@ -17,10 +18,27 @@ from tests.conftest import demo_config_dict
 
 def _install_fault(worker, mode: str, name: str):
     """Runs inside a vLLM worker: wrap the receiver's load (either path, sync.engine_load) so that it skips or
-    corrupts one tensor on its way to the engine's loader."""
+    corrupts one tensor on its way to the engine's loader; or ("wire") change a received bucket's bytes before
+    the receiver sees them, as a faulty transport would."""
     receiver = worker.rlhf_version.__self__  # the vLLM worker (`worker` may be the wrapper that forwards to it)
     real = getattr(receiver, "_real_rlhf_load", None) or receiver._rlhf_load
     receiver._real_rlhf_load = real
+    group = receiver._rlhf_sync
+    group.__dict__.pop("start_broadcast", None)  # the group's own method again
+    if mode == "wire":
+        received = group.start_broadcast
+
+        class Changed:
+            def __init__(self, flat):
+                self.flat, self.work = flat, received(flat)
+
+            def wait(self):
+                self.work.wait()
+                self.flat[-1] += 1.0  # the last value of every bucket
+
+        group.start_broadcast = Changed
+        receiver._rlhf_load = real
+        return True
 
     def faulty(weights):
         def stream():
@@ -105,3 +123,19 @@ def test_a_corrupted_tensor_in_the_engine_stops_the_run(faulty_roles):
     assert sync["sync/verified"] is True
     with pytest.raises(WeightSyncError, match=r"step 3: engine and learner log-probs .* more than sync.max_logprob_diff=0.001"):
         rl_step(cfg, roles, state, 3)
+
+
+@pytest.mark.slow
+def test_bytes_changed_on_the_wire_fail_a_verified_sync_by_bucket(faulty_roles):
+    """The engine checksums each bucket as received, before its loader reads it: a bucket whose bytes differ from
+    what the policy sent fails the sync, naming the bucket and its tensors."""
+    _, roles, _ = faulty_roles
+    roles.rollout.call("set_fault", "wire", "", timeout_s=60)
+    try:
+        first = roles.sync.buckets[0].names
+        said = f"rollout engine 0 worker 0 received different bytes than the policy sent in bucket 0 ({first[0]} .. {first[-1]})"
+        with pytest.raises(WeightSyncError, match=re.escape(said)):
+            roles.sync_weights(4, verify=True)
+    finally:
+        roles.rollout.call("set_fault", "none", "", timeout_s=60)
+    roles.sync_weights(5, verify=True)  # the transport mended: verified again

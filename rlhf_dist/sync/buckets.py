@@ -6,7 +6,6 @@ partitions, so `ds_shape` is used) and sent to every engine, so both sides unpac
 from __future__ import annotations
 
 import dataclasses
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -109,19 +108,3 @@ def checksum(flat: torch.Tensor) -> int:
     weighted = (words[: k * _PERIOD].view(k, _PERIOD) * w).sum(dtype=torch.int64)
     weighted += (words[k * _PERIOD :] * w[: n - k * _PERIOD]).sum(dtype=torch.int64)
     return int(weighted.item()) ^ (int(words.sum(dtype=torch.int64).item()) << 1)
-
-
-def checksum_with(flat: torch.Tensor, threads: int) -> int:
-    """checksum on a kept thread, with the torch threads its caller has now: a thread keeps the count it first ran
-    with, and threads per phase change the caller's."""
-    if torch.get_num_threads() != threads:
-        torch._C.set_num_threads(threads)  # torch.set_num_threads is a no-op inside vLLM's CPU worker
-    return checksum(flat)
-
-
-def checksum_thread(owner) -> ThreadPoolExecutor:
-    """The one thread an endpoint (sender or receiver) checksums on, started at its first verified sync and kept:
-    starting one per sync cost about 1 ms of a 19 ms sync (the GRPO demo)."""
-    if getattr(owner, "_checksum_thread", None) is None:
-        owner._checksum_thread = ThreadPoolExecutor(1, thread_name_prefix="sync-checksum")
-    return owner._checksum_thread

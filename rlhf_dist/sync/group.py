@@ -50,4 +50,9 @@ class SyncGroup:
             self.device = torch.device("cpu")
 
     def broadcast(self, tensor: torch.Tensor) -> None:
-        self.pg.broadcast(tensor, 0).wait()
+        self.start_broadcast(tensor).wait()
+
+    def start_broadcast(self, tensor: torch.Tensor):
+        """The broadcast runs on the backend's own threads (or stream); `.wait()` on the result ends it, bounded by
+        the group's collective deadline."""
+        return self.pg.broadcast(tensor, 0)

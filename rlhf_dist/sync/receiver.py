@@ -15,7 +15,7 @@ import time
 import torch
 
 from rlhf_dist.sync import cpu_reload
-from rlhf_dist.sync.buckets import Bucket, checksum_thread, checksum_with
+from rlhf_dist.sync.buckets import Bucket, checksum
 from rlhf_dist.sync.group import SyncGroup
 
 
@@ -45,23 +45,27 @@ class WeightReceiver:
 
     def rlhf_receive(self, version: int, verify: bool) -> dict:
         sums: list = []
-        device = self._rlhf_sync.device
-        # Checksums run beside the loader (torch releases the GIL), off the sync's critical path, on one thread
-        # kept for the engine's life (starting one per sync cost about 1 ms).
-        hasher = checksum_thread(self) if verify else None
+        group, buckets = self._rlhf_sync, self._rlhf_buckets
         waited = 0.0  # seconds blocked in broadcasts; the rest of the call is vLLM loading the weights
         taken = 0  # tensors the loader pulled from the stream
         t_start = time.perf_counter()
 
+        def receive(i: int):
+            flat = buckets[i].empty(group.device)
+            return flat, group.start_broadcast(flat)
+
         def stream():
             nonlocal waited, taken
-            for bucket in self._rlhf_buckets:
-                flat = bucket.empty(device)
+            incoming = receive(0) if buckets else None
+            for i, bucket in enumerate(buckets):
+                flat, work = incoming
                 t0 = time.perf_counter()
-                self._rlhf_sync.broadcast(flat)
+                work.wait()
                 waited += time.perf_counter() - t0
+                # The next bucket arrives while the loader takes this one (two buckets held at most).
+                incoming = receive(i + 1) if i + 1 < len(buckets) else None
                 if verify:
-                    sums.append(hasher.submit(checksum_with, flat, torch.get_num_threads()))
+                    sums.append(checksum(flat))  # before the loader sees the bytes
                 for item in bucket.unpack(flat):
                     taken += 1
                     yield item
@@ -72,8 +76,6 @@ class WeightReceiver:
         # broadcasts must complete) and named in the report, which the controller refuses.
         consumed = taken
         left = [name for name, _ in weights]
-        if hasher is not None:
-            sums = [f.result() for f in sums]  # the loader only reads the buffers: the bytes are those received
         # Recorded only once the loader has returned: generate() checks it before sampling.
         self._rlhf_version = version
         total = time.perf_counter() - t_start
