@@ -68,11 +68,11 @@ def test_verify_runs_once_per_label_and_integer_answer():
     from rlhf_dist.rewards import math as m
 
     m._score.cache_clear()
-    m._VERIFIED.clear()
+    m._verified.cache_clear()
     assert [math_verify_reward("q", r, "41") for r in ("41ab", "41 cd", "41.")] == [1.0, 1.0, 1.0]
-    assert len(m._VERIFIED) == 1  # one extraction ([41, "41"]), one label
+    assert m._verified.cache_info().currsize == 1  # one extraction ([41, "41"]), one label
     assert math_verify_reward("q", "41ab", "42") == 0.0  # a new label: verified again, not taken from "41"
-    assert len(m._VERIFIED) == 2
+    assert m._verified.cache_info().currsize == 2
     assert math_verify_reward("q", "41.0", "41") == 1.0  # a float: verified on its own, never remembered
     assert math_verify_reward("q", "0", "0") == 1.0 and math_verify_reward("q", "-1", "-1") == 1.0  # sympy's own types
-    assert len(m._VERIFIED) == 4
+    assert m._verified.cache_info().currsize == 4

@@ -37,18 +37,18 @@ def _score(response: str, label: str) -> float:
     key = _plain(answer)
     if key is None:
         return 1.0 if verify(_gold(label), answer, timeout_seconds=None) else 0.0
-    return _verified(label, key, answer)
+    return _verified(label, key)
 
 
 def _plain(answer: list) -> tuple | None:
     """The extraction as a key when it holds only integers and strings (a trained policy's answers are mostly
-    these), which equal keys give back exactly; None for anything else (floats, expressions, sets)."""
+    these), from which _verified rebuilds it exactly; None for anything else (floats, expressions, sets)."""
     key = []
     for item in answer:
         if isinstance(item, str):
-            key.append((str, item))
-        elif isinstance(item, sympy.Integer):
-            key.append((type(item), int(item)))
+            key.append(item)
+        elif isinstance(item, sympy.Integer):  # sympy.Integer(n) gives it back, its 0, 1 and -1 types included
+            key.append(int(item))
         else:
             return None
     return tuple(key)
@@ -56,16 +56,10 @@ def _plain(answer: list) -> tuple | None:
 
 # Many responses extract to the same few numbers ("7", " 7 apples", "7." all give [7, "7"]): verify (sympy's
 # comparisons, about half a call's cost) runs once per label and extraction, not once per response.
-_VERIFIED: dict = {}
-
-
-def _verified(label: str, key: tuple, answer: list) -> float:
-    found = _VERIFIED.get((label, key))
-    if found is None:
-        if len(_VERIFIED) >= 65536:
-            _VERIFIED.clear()
-        found = _VERIFIED[(label, key)] = 1.0 if verify(_gold(label), answer, timeout_seconds=None) else 0.0
-    return found
+@functools.lru_cache(maxsize=65536)
+def _verified(label: str, key: tuple) -> float:
+    answer = [item if isinstance(item, str) else sympy.Integer(item) for item in key]
+    return 1.0 if verify(_gold(label), answer, timeout_seconds=None) else 0.0
 
 
 @functools.lru_cache(maxsize=4096)

@@ -49,9 +49,6 @@ class SyncGroup:
             self.pg = dist.ProcessGroupGloo(prefixed, rank, world_size, timeout)
             self.device = torch.device("cpu")
 
-    def broadcast(self, tensor: torch.Tensor) -> None:
-        self.start_broadcast(tensor).wait()
-
     def start_broadcast(self, tensor: torch.Tensor):
         """The broadcast runs on the backend's own threads (or stream); `.wait()` on the result ends it, bounded by
         the group's collective deadline."""

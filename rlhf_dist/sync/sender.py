@@ -39,7 +39,7 @@ class WeightSender:
             sent = self.group.start_broadcast(flat)
             if verify:
                 # While the backend sends the bucket (the root only reads it): no helper thread, whose hand-offs
-                # cost more than the checksum itself (about 1.5 ms against 0.2 ms a MiB on CPU).
+                # cost more than the checksum itself (0.7 ms against 0.16 ms for a 0.8 MB bucket on CPU).
                 sums.append(checksum(flat))
             sent.wait()
             sending += time.perf_counter() - t1
