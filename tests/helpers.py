@@ -54,3 +54,12 @@ def stuck_on_bad(prompt: str, response: str) -> float:
     while response == "bad":
         time.sleep(1)
     return 1.0
+
+
+def counting_fails_on_bad(prompt: str, response: str, log: str) -> float:
+    """Appends each response it is called with to `log`; raises for the response "bad", 1.0 otherwise."""
+    with open(log, "a", encoding="utf-8") as f:
+        f.write(response + "\n")
+    if response == "bad":
+        raise ValueError("bad answer")
+    return 1.0

@@ -11,7 +11,7 @@ from typing import Callable
 
 from rlhf_dist.config import ConfigError, RewardFunction
 from rlhf_dist.errors import RewardError
-from rlhf_dist.rewards.pool import RewardPool, call
+from rlhf_dist.rewards.pool import RewardPool, call, call_all
 
 
 def load_function(spec: RewardFunction) -> Callable[..., float]:
@@ -81,30 +81,37 @@ class RuleRewards:
 
     def per_function(self, prompts: list[str], responses: list[str], labels: list | None = None) -> list[list[float]]:
         """[sample][function] weighted values. `label` is passed only to functions that take it."""
-        columns = []
-        for spec, fn, takes_label in zip(self.specs, self.fns, self.takes_label):
-            calls = [
-                (p, r, {"label": labels[i]} if takes_label and labels is not None else {})
-                for i, (p, r) in enumerate(zip(prompts, responses))
-            ]
-            columns.append([spec.weight * v for v in self._run(spec, calls)])
+        calls = [
+            [(p, r, {"label": labels[i]} if takes_label and labels is not None else {}) for i, (p, r) in enumerate(zip(prompts, responses))]
+            for takes_label in self.takes_label
+        ]
+        # Several functions: their first attempt goes in one round trip per chunk for all of them (the pool's
+        # cost is per round trip: a format check alone cost as much through it as math-verify's extra work).
+        firsts = self._together(calls) if len(self.specs) > 1 and prompts else [None] * len(self.specs)
+        columns = [[spec.weight * v for v in self._run(spec, c, first)] for spec, c, first in zip(self.specs, calls, firsts)]
         return [list(row) for row in zip(*columns)]
 
-    def _run(self, spec: RewardFunction, calls: list[tuple]) -> list[float]:
+    def _run(self, spec: RewardFunction, calls: list[tuple], first: tuple | None = None) -> list[float]:
         """All calls at once over the worker processes, in chunks (one round trip each), under one deadline per
         pass: timeout_s for each call the busiest process may run (so per-call timeouts never add up one after
         another across processes). Calls still running at the deadline are abandoned with their processes; the
         calls of a chunk that overran are run again one per chunk in the same attempt, so the one that hangs is
-        the one named, not its chunk-mates. Failures are retried up to spec.retries times, then an error."""
+        the one named, not its chunk-mates. Failures are retried up to spec.retries times, then an error.
+        `first`: the first attempt's (values, errors, overran) when it ran with the other functions' calls."""
         out: list[float | None] = [None] * len(calls)
         errors: dict[int, str] = {}
         todo = list(range(len(calls)))
-        for _attempt in range(spec.retries + 1):
-            # About two chunks per process: a few round trips per batch instead of one per sample, with some
-            # room to even out calls that take longer than others.
-            size = chunk_size(len(todo), self.pool.processes)
-            errors, stuck = self._pass(spec, calls, todo, size, out)
-            if stuck and size > 1:
+        for attempt in range(spec.retries + 1):
+            if attempt == 0 and first is not None:
+                values, errors, stuck = first
+                out = list(values)
+                size = 0  # chunks of several calls, whichever function overran: each call alone again
+            else:
+                # About two chunks per process: a few round trips per batch instead of one per sample, with some
+                # room to even out calls that take longer than others.
+                size = chunk_size(len(todo), self.pool.processes)
+                errors, stuck = self._pass(spec, calls, todo, size, out)
+            if stuck and size != 1:
                 isolated, _ = self._pass(spec, calls, sorted(stuck), 1, out)
                 errors = {**{i: e for i, e in errors.items() if i not in stuck}, **isolated}
             todo = sorted(errors)
@@ -115,6 +122,43 @@ class RuleRewards:
             f"reward function {spec.name} failed on sample {i} after {spec.retries + 1} attempt(s): {errors[i]}"
             + (f" ({len(todo)} samples failed)" if len(todo) > 1 else "")
         )
+
+    def _together(self, calls: list[list[tuple]]) -> list[tuple]:
+        """Every function's first attempt in one pass: each chunk of samples runs all the functions in one round
+        trip, under the sum of their timeouts for each sample the busiest process runs. Per function: (values,
+        errors by sample, samples whose chunk overran), as _run continues from it."""
+        n, names = len(calls[0]), [s.name for s in self.specs]
+        size = chunk_size(n, self.pool.processes)
+        pool = self.pool.get()
+        chunks = [range(i, min(i + size, n)) for i in range(0, n, size)]
+        budget = sum(s.timeout_s for s in self.specs) * size * math.ceil(len(chunks) / self.pool.processes)
+        deadline = time.monotonic() + budget
+        env = dict(os.environ)
+        pending = []
+        for chunk in chunks:
+            rows = [(calls[0][i][0], calls[0][i][1], [{**c[i][2], **s.kwargs} for c, s in zip(calls, self.specs)]) for i in chunk]
+            pending.append((chunk, pool.apply_async(call_all, (names, rows, env))))
+        firsts = [([None] * n, {}, set()) for _ in self.specs]
+        overran = False
+        for chunk, res in pending:
+            try:
+                results = res.get(timeout=max(0.0, deadline - time.monotonic()))
+            except multiprocessing.TimeoutError:
+                overran = True
+                for _, _, stuck in firsts:
+                    stuck.update(chunk)
+                continue
+            except Exception as e:  # noqa: BLE001 - e.g. a return value that cannot be sent back
+                results = [[(None, f"{type(e).__name__}: {e}")] * len(names)] * len(chunk)
+            for i, row in zip(chunk, results):
+                for (values, errors, _), (value, error) in zip(firsts, row):
+                    if error is not None:
+                        errors[i] = error
+                    else:
+                        values[i] = value
+        if overran:
+            self.pool.terminate(pool)  # the stuck calls end with their processes
+        return firsts
 
     def _pass(self, spec: RewardFunction, calls: list[tuple], todo: list[int], size: int, out: list) -> tuple[dict, set]:
         """One pass over `todo` in chunks of `size`: fills `out`; returns (errors by sample, samples whose chunk

@@ -41,16 +41,28 @@ def call(name: str, calls: list[tuple[str, str, dict]], env: dict) -> list[tuple
     never cross as objects. Calls come in chunks: one round trip (and one copy of `env`) per chunk, not per
     sample. `env` is the caller's environment now (workers are forked from a server started earlier, e.g.
     before an API key was set)."""
+    _use_env(env)
+    return [_one(name, prompt, response, kwargs) for prompt, response, kwargs in calls]
+
+
+def call_all(names: list[str], rows: list[tuple[str, str, list[dict]]], env: dict) -> list[list[tuple[float | None, str | None]]]:
+    """Runs in a worker: every function on each (prompt, response, kwargs per function), in one round trip for
+    all of them: [[(value, error) per function] per row]."""
+    _use_env(env)
+    return [[_one(name, prompt, response, kw) for name, kw in zip(names, kwargs)] for prompt, response, kwargs in rows]
+
+
+def _use_env(env: dict) -> None:
     if env != os.environ:
         os.environ.clear()
         os.environ.update(env)
-    out = []
-    for prompt, response, kwargs in calls:
-        try:
-            out.append(checked_value(resolve(name)(prompt, response, **kwargs)))
-        except Exception as e:  # noqa: BLE001 - reported with the function and sample named by the caller
-            out.append((None, f"{type(e).__name__}: {str(e)[:300]}"))
-    return out
+
+
+def _one(name: str, prompt: str, response: str, kwargs: dict) -> tuple[float | None, str | None]:
+    try:
+        return checked_value(resolve(name)(prompt, response, **kwargs))
+    except Exception as e:  # noqa: BLE001 - reported with the function and sample named by the caller
+        return None, f"{type(e).__name__}: {str(e)[:300]}"
 
 
 def _warm(names: list[str]) -> None:
