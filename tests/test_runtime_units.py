@@ -154,3 +154,29 @@ def test_share_processes_keeps_zero3_roles_and_engines_apart(tmp_path):
     assert hostable == {"policy": False, "critic": True, "reference": True, "rollout": False}  # the policy is ZeRO-3 here
     d["placement"]["share_processes"] = False
     assert not any(s.hostable for s in role_specs(load_config(None, base=d)))
+
+
+def test_shards_cross_to_the_ranks_as_their_own_rows(ray_session):
+    """split() sends each rank its rows as numpy arrays: Ray ships an array's own bytes, where a torch slice is
+    pickled with its whole storage (every rank got the full batch). The ranks take back equal, writable tensors."""
+    import pickle
+
+    import torch
+
+    from rlhf_dist.data.batch import from_wire, split
+
+    batch = {"input_ids": torch.arange(256 * 64).reshape(256, 64), "mask": torch.rand(256, 16),
+             "halves": torch.rand(256, 16).to(torch.bfloat16)}
+    shards = split(batch, 4)
+    assert [type(s["input_ids"]).__name__ for s in shards] == ["ndarray"] * 4
+    assert isinstance(shards[0]["halves"], torch.Tensor)  # numpy has no bfloat16: sent as a tensor
+    rows = 64 * 64 * 8
+    assert len(pickle.dumps(shards[1]["input_ids"], protocol=5)) < 1.1 * rows
+    assert len(pickle.dumps(batch["input_ids"][64:128], protocol=5)) > 3.9 * rows  # what a torch slice carried
+    received = ray_session.get(ray_session.put(shards[1]))  # what an actor receives: read-only views of Ray's buffers
+    assert not received["input_ids"].flags.writeable
+    back = {k: from_wire(v) for k, v in received.items()}
+    for k in batch:
+        assert torch.equal(back[k], batch[k][64:128])
+    back["input_ids"] += 1  # a copy the rank may change
+    assert torch.equal(from_wire(received["input_ids"]), batch["input_ids"][64:128])

@@ -7,6 +7,7 @@ in request order, and the group estimators, dynamic sampling and labelling read 
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from rlhf_dist.rollout.finish import truncated_flags
@@ -63,10 +64,30 @@ def pad_rows(rows: list[list[float]], width: int) -> torch.Tensor:
     return out
 
 
-def split(batch: dict[str, torch.Tensor], n: int) -> list[dict[str, torch.Tensor]]:
-    """n equal contiguous shards (the config check guarantees divisibility)."""
+def split(batch: dict[str, torch.Tensor], n: int) -> list[dict]:
+    """n equal contiguous shards (the config check guarantees divisibility), as they are sent to the ranks:
+    tensors as numpy arrays where numpy has the dtype (the ranks take them back with `from_wire`). Ray sends an
+    array's own bytes as a raw buffer; a tensor is pickled through torch.save of its whole storage, so each
+    rank's shard of a sliced batch carried the full batch (measured on the GRPO demo, submitting a pass to two
+    ranks: 1.9 -> 1.0 ms; the update: 1.7 -> 0.9 ms)."""
     size = batch["input_ids"].shape[0] // n
-    return [{k: v[i * size : (i + 1) * size] for k, v in batch.items()} for i in range(n)]
+    return [{k: to_wire(v[i * size : (i + 1) * size]) for k, v in batch.items()} for i in range(n)]
+
+
+# bfloat16 and the other dtypes numpy lacks stay tensors.
+_WIRE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.int64, torch.int32, torch.int16, torch.int8,
+                torch.uint8, torch.bool)
+
+
+def to_wire(v):
+    if isinstance(v, torch.Tensor) and v.dtype in _WIRE_DTYPES and v.device.type == "cpu" and not v.requires_grad:
+        return v.numpy()
+    return v
+
+
+def from_wire(v):
+    """A shard's value as a tensor again. Received arrays are read-only views of the transport's buffers: copied."""
+    return torch.from_numpy(v.copy()) if isinstance(v, np.ndarray) else v
 
 
 def split_list(items: list, n: int) -> list[list]:

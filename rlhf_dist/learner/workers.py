@@ -13,6 +13,7 @@ import torch
 
 from rlhf_dist import dist as D
 from rlhf_dist.algorithms import entropy_from_logits
+from rlhf_dist.data.batch import from_wire
 from rlhf_dist.errors import WaitTimeout
 from rlhf_dist.learner import models
 from rlhf_dist.learner.deepspeed_setup import ds_config, inference_ds_config, init_distributed, make_engine, skip_shm_comm
@@ -76,8 +77,9 @@ class _Base:
                 f"after {time.perf_counter() - t0:.0f} s (timeouts.rendezvous_s): {str(e).splitlines()[0]}"
             ) from None
 
-    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.to(self.device) for k, v in batch.items()}
+    def _to_device(self, batch: dict) -> dict[str, torch.Tensor]:
+        """A shard as sent by rlhf_dist.data.batch.split (numpy arrays) or as tensors, on this rank's device."""
+        return {k: from_wire(v).to(self.device) for k, v in batch.items()}
 
 
 class LearnerWorker(_Base):

@@ -44,11 +44,13 @@ class WeightSync:
     def sync(self, version: int, verify: bool) -> dict:
         """Policy -> every engine; with `verify`, each engine worker's checksums must equal the learner's."""
         t0 = time.perf_counter()
+        # The engines' calls go first: the broadcast starts when they join it, and the driver's submissions take
+        # about a millisecond each.
         results = self.roles.wait(
-            [self.policy.submit("broadcast_weights", verify), self.rollout.submit("receive_weights", version, verify)],
+            [self.rollout.submit("receive_weights", version, verify), self.policy.submit("broadcast_weights", verify)],
             f"weight sync v{version}",
         )
-        sent, engines = results[0], results[len(self.policy) :]
+        engines, sent = results[: len(self.rollout)], results[len(self.rollout)]
         for e, workers in enumerate(engines):
             for w, got in enumerate(workers):
                 if got["left_in_stream"] or got["not_written"] or got["consumed"] != len(self.names):
