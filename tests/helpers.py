@@ -63,3 +63,15 @@ def counting_fails_on_bad(prompt: str, response: str, log: str) -> float:
     if response == "bad":
         raise ValueError("bad answer")
     return 1.0
+
+
+def exits_on_bad(prompt: str, response: str) -> float:
+    """Ends its own process for the response "bad" (a crashing native library, an out-of-memory kill); 1.0 otherwise."""
+    import os
+    import signal
+
+    if response == "bad":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if response == "quit":
+        os._exit(3)
+    return 1.0

@@ -95,3 +95,24 @@ def test_cli_ends_with_one_line_when_a_reward_never_returns(tiny_model, tmp_path
     assert "timed out after 2 s (reward.functions timeout_s=2 per call)" in last, last
     assert "Traceback" not in out.stderr
     assert time.monotonic() - t0 < 500
+
+
+@pytest.mark.parametrize("response,how", [("bad", "killed by SIGKILL"), ("quit", "exit code 3")])
+@pytest.mark.parametrize("together", [False, True])
+def test_a_worker_that_exits_is_an_error_at_once_not_a_timeout(response, how, together):
+    """multiprocessing's pool replaces a worker that exits but never fails the call it held: the batch used to wait
+    out its whole deadline and call it a timeout. Alone or beside another function, the error comes at once and
+    names the function whose call ended its process."""
+    specs = [RewardFunction(name="tests.helpers:exits_on_bad", concurrency=2)]
+    if together:
+        specs.insert(0, RewardFunction(name="rlhf_dist.rewards.rules:char_fraction", concurrency=2))
+    rules = RuleRewards(specs)
+    rules.pool.get()
+    t0 = time.monotonic()
+    with pytest.raises(RewardError) as e:
+        rules(["p"] * 8, ["ok"] * 5 + [response] + ["ok"] * 2)
+    assert time.monotonic() - t0 < 15  # the deadline is 60 s a call
+    assert str(e.value).startswith("reward function tests.helpers:exits_on_bad failed on sample ")
+    assert str(e.value).endswith(f"after 1 attempt(s): a reward worker process exited ({how}) while this call or one beside it ran")
+    assert rules.per_function(["p"] * 2, ["ok"] * 2)[0][-1] == 1.0  # fresh workers afterwards
+    rules.close()

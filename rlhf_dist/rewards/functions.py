@@ -11,7 +11,7 @@ from typing import Callable
 
 from rlhf_dist.config import ConfigError, RewardFunction
 from rlhf_dist.errors import RewardError
-from rlhf_dist.rewards.pool import RewardPool, call, call_all
+from rlhf_dist.rewards.pool import RewardPool, WorkerExited, call, call_all, result
 
 
 def load_function(spec: RewardFunction) -> Callable[..., float]:
@@ -140,10 +140,13 @@ class RuleRewards:
             pending.append((chunk, pool.apply_async(call_all, (names, rows, env))))
         firsts = [([None] * n, {}, set()) for _ in self.specs]
         overran = False
+        workers = self.pool.workers(pool)
         for chunk, res in pending:
             try:
-                results = res.get(timeout=max(0.0, deadline - time.monotonic()))
-            except multiprocessing.TimeoutError:
+                results = result(res, deadline, workers)
+            except (multiprocessing.TimeoutError, WorkerExited):
+                # Overran, or lost with a worker that exited: which function is unknown, so each runs these
+                # calls again one per chunk.
                 overran = True
                 for _, _, stuck in firsts:
                     stuck.update(chunk)
@@ -170,13 +173,21 @@ class RuleRewards:
         env = dict(os.environ)
         pending = [(chunk, pool.apply_async(call, (spec.name, [(calls[i][0], calls[i][1], {**calls[i][2], **spec.kwargs}) for i in chunk], env)))
                    for chunk in chunks]
-        errors, stuck = {}, set()
+        errors, stuck, lost = {}, set(), False
+        workers = self.pool.workers(pool)
         for chunk, res in pending:
             try:
-                results = res.get(timeout=max(0.0, deadline - time.monotonic()))
+                results = result(res, deadline, workers)
             except multiprocessing.TimeoutError:
                 stuck.update(chunk)
                 results = [(None, f"timed out after {budget:g} s (reward.functions timeout_s={spec.timeout_s:g} per call)")] * len(chunk)
+            except WorkerExited as e:
+                # Its call is lost: an error now, not a wait for the deadline. Chunks of several calls run again
+                # one per chunk, like an overrun one, to narrow down the call that ends its process.
+                lost = True
+                if size > 1:
+                    stuck.update(chunk)
+                results = [(None, str(e))] * len(chunk)
             except Exception as e:  # noqa: BLE001 - e.g. a return value that cannot be sent back
                 results = [(None, f"{type(e).__name__}: {e}")] * len(chunk)
             for i, (value, error) in zip(chunk, results):
@@ -184,8 +195,8 @@ class RuleRewards:
                     errors[i] = error
                 else:
                     out[i] = value
-        if stuck:
-            self.pool.terminate(pool)  # the stuck calls end with their processes
+        if stuck or lost:
+            self.pool.terminate(pool)  # the stuck calls end with their processes; calls beside a lost one too
         return errors, stuck
 
     def deadline_s(self, n: int) -> float:

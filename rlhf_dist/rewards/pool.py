@@ -13,8 +13,10 @@ import math
 import multiprocessing
 import numbers
 import os
+import signal
 import sys
 import threading
+import time
 
 _FUNCTIONS: dict = {}
 
@@ -65,6 +67,35 @@ def _one(name: str, prompt: str, response: str, kwargs: dict) -> tuple[float | N
         return None, f"{type(e).__name__}: {str(e)[:300]}"
 
 
+class WorkerExited(Exception):
+    """A worker process ended while calls were in flight; which of them it held is unknown."""
+
+    def __init__(self, exitcode: int):
+        if exitcode < 0:
+            try:
+                how = f"killed by {signal.Signals(-exitcode).name}"
+            except ValueError:
+                how = f"killed by signal {-exitcode}"
+        else:
+            how = f"exit code {exitcode}"
+        super().__init__(f"a reward worker process exited ({how}) while this call or one beside it ran")
+
+
+def result(res, deadline: float, workers: list):
+    """`res`'s value once ready, waiting until `deadline` (multiprocessing.TimeoutError then); WorkerExited as
+    soon as one of `workers` has ended, since the call it held will never complete."""
+    while True:
+        left = deadline - time.monotonic()
+        res.wait(max(0.0, min(left, 0.05)))
+        if res.ready():
+            return res.get()
+        ended = next((w.exitcode for w in workers if w.exitcode is not None), None)
+        if ended is not None:
+            raise WorkerExited(ended)
+        if left <= 0:
+            raise multiprocessing.TimeoutError
+
+
 def _warm(names: list[str]) -> None:
     for name in names:
         try:
@@ -111,6 +142,13 @@ class RewardPool:
                 with _main_hidden():
                     self._pool = ctx.Pool(self.processes, initializer=_warm, initargs=(self.names,))
             return self._pool
+
+    @staticmethod
+    def workers(pool) -> list:
+        """The pool's worker processes now. multiprocessing's pool replaces a worker that exits but never fails the
+        call it held: a caller watching these sees the exit instead of waiting for its deadline (the pool keeps
+        them in `_pool`, the only place it exposes them)."""
+        return [w for w in pool._pool if w.exitcode is None]
 
     def terminate(self, pool=None) -> None:
         """Ends the workers; with `pool`, only if that is still the current pool (a caller whose calls
