@@ -21,12 +21,12 @@ def test_scores_equal_each_function_alone_in_one_round_trip_per_chunk():
     sent = []
     pool = together.pool.get()
     apply_async = pool.apply_async
-    pool.apply_async = lambda fn, args: sent.append(fn.__name__) or apply_async(fn, args)
+    pool.apply_async = lambda fn, args: sent.append((fn.__name__, args[0])) or apply_async(fn, args)
     got = together.per_function(prompts, responses, labels)
     alone = [RuleRewards([s], has_labels=True).per_function(prompts, responses, labels) for s in specs]
     assert got == [[a[0], c[0]] for a, c in zip(*alone)]
     assert [row[0] for row in got[:3]] == [1.0, 1.0, 1.0] and got[3][0] == 0.0  # the scores are real ones
-    assert sent == ["call_all"] * 4  # 16 samples on 2 processes: 4 chunks, each scoring both functions
+    assert sent == [("call_all", [MATH, CHAR])] * 4  # 16 samples on 2 processes: 4 chunks, each scoring both functions
     together.close()
 
 

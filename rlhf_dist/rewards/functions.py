@@ -11,7 +11,7 @@ from typing import Callable
 
 from rlhf_dist.config import ConfigError, RewardFunction
 from rlhf_dist.errors import RewardError
-from rlhf_dist.rewards.pool import RewardPool, WorkerExited, call, call_all, result
+from rlhf_dist.rewards.pool import RewardPool, WorkerExited, call_all, result
 
 
 def load_function(spec: RewardFunction) -> Callable[..., float]:
@@ -85,9 +85,13 @@ class RuleRewards:
             [(p, r, {"label": labels[i]} if takes_label and labels is not None else {}) for i, (p, r) in enumerate(zip(prompts, responses))]
             for takes_label in self.takes_label
         ]
-        # Several functions: their first attempt goes in one round trip per chunk for all of them (the pool's
-        # cost is per round trip: a format check alone cost as much through it as math-verify's extra work).
-        firsts = self._together(calls) if len(self.specs) > 1 and prompts else [None] * len(self.specs)
+        firsts = [None] * len(self.specs)
+        if len(self.specs) > 1 and prompts:
+            # The first attempt goes in one round trip per chunk for all the functions (the pool's cost is per
+            # round trip: a format check alone cost as much through it as math-verify's extra work).
+            outs = [[None] * len(prompts) for _ in self.specs]
+            size = chunk_size(len(prompts), self.pool.processes)
+            firsts = [(out, *got) for out, got in zip(outs, self._pass(self.specs, calls, range(len(prompts)), size, outs))]
         columns = [[spec.weight * v for v in self._run(spec, c, first)] for spec, c, first in zip(self.specs, calls, firsts)]
         return [list(row) for row in zip(*columns)]
 
@@ -97,23 +101,22 @@ class RuleRewards:
         another across processes). Calls still running at the deadline are abandoned with their processes; the
         calls of a chunk that overran are run again one per chunk in the same attempt, so the one that hangs is
         the one named, not its chunk-mates. Failures are retried up to spec.retries times, then an error.
-        `first`: the first attempt's (values, errors, overran) when it ran with the other functions' calls."""
+        `first`: the first attempt's (values, errors, calls to run again alone) when it ran with the other
+        functions' calls."""
         out: list[float | None] = [None] * len(calls)
         errors: dict[int, str] = {}
         todo = list(range(len(calls)))
         for attempt in range(spec.retries + 1):
             if attempt == 0 and first is not None:
-                values, errors, stuck = first
-                out = list(values)
-                size = 0  # chunks of several calls, whichever function overran: each call alone again
+                out, errors, alone = first
             else:
                 # About two chunks per process: a few round trips per batch instead of one per sample, with some
                 # room to even out calls that take longer than others.
                 size = chunk_size(len(todo), self.pool.processes)
-                errors, stuck = self._pass(spec, calls, todo, size, out)
-            if stuck and size != 1:
-                isolated, _ = self._pass(spec, calls, sorted(stuck), 1, out)
-                errors = {**{i: e for i, e in errors.items() if i not in stuck}, **isolated}
+                [(errors, alone)] = self._pass([spec], [calls], todo, size, [out])
+            if alone:
+                [(isolated, _)] = self._pass([spec], [calls], sorted(alone), 1, [out])
+                errors = {**{i: e for i, e in errors.items() if i not in alone}, **isolated}
             todo = sorted(errors)
             if not todo:
                 return out  # type: ignore[return-value]
@@ -123,81 +126,51 @@ class RuleRewards:
             + (f" ({len(todo)} samples failed)" if len(todo) > 1 else "")
         )
 
-    def _together(self, calls: list[list[tuple]]) -> list[tuple]:
-        """Every function's first attempt in one pass: each chunk of samples runs all the functions in one round
-        trip, under the sum of their timeouts for each sample the busiest process runs. Per function: (values,
-        errors by sample, samples whose chunk overran), as _run continues from it."""
-        n, names = len(calls[0]), [s.name for s in self.specs]
-        size = chunk_size(n, self.pool.processes)
-        pool = self.pool.get()
-        chunks = [range(i, min(i + size, n)) for i in range(0, n, size)]
-        budget = sum(s.timeout_s for s in self.specs) * size * math.ceil(len(chunks) / self.pool.processes)
-        deadline = time.monotonic() + budget
-        env = dict(os.environ)
-        pending = []
-        for chunk in chunks:
-            rows = [(calls[0][i][0], calls[0][i][1], [{**c[i][2], **s.kwargs} for c, s in zip(calls, self.specs)]) for i in chunk]
-            pending.append((chunk, pool.apply_async(call_all, (names, rows, env))))
-        firsts = [([None] * n, {}, set()) for _ in self.specs]
-        overran = False
-        workers = self.pool.workers(pool)
-        for chunk, res in pending:
-            try:
-                results = result(res, deadline, workers)
-            except (multiprocessing.TimeoutError, WorkerExited):
-                # Overran, or lost with a worker that exited: which function is unknown, so each runs these
-                # calls again one per chunk.
-                overran = True
-                for _, _, stuck in firsts:
-                    stuck.update(chunk)
-                continue
-            except Exception as e:  # noqa: BLE001 - e.g. a return value that cannot be sent back
-                results = [[(None, f"{type(e).__name__}: {e}")] * len(names)] * len(chunk)
-            for i, row in zip(chunk, results):
-                for (values, errors, _), (value, error) in zip(firsts, row):
-                    if error is not None:
-                        errors[i] = error
-                    else:
-                        values[i] = value
-        if overran:
-            self.pool.terminate(pool)  # the stuck calls end with their processes
-        return firsts
-
-    def _pass(self, spec: RewardFunction, calls: list[tuple], todo: list[int], size: int, out: list) -> tuple[dict, set]:
-        """One pass over `todo` in chunks of `size`: fills `out`; returns (errors by sample, samples whose chunk
-        overran the deadline). An overrun ends the pool's processes (a later pass starts fresh ones)."""
+    def _pass(self, specs: list[RewardFunction], calls: list[list[tuple]], todo, size: int, outs: list[list]) -> list[tuple[dict, set]]:
+        """One pass over `todo` in chunks of `size`, each chunk one round trip that runs every function in `specs`
+        on its samples, under the sum of their timeouts for each sample the busiest process runs. Fills `outs`
+        (one list per function); returns per function (errors by sample, samples to run again one per chunk: those
+        of a chunk that overran or was lost with its process, where several calls shared the round trip, so the
+        one at fault can be named). An overrun or a lost call ends the pool's processes (a later pass starts fresh
+        ones)."""
         pool = self.pool.get()
         chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
-        budget = spec.timeout_s * size * math.ceil(len(chunks) / self.pool.processes)
+        budget = sum(s.timeout_s for s in specs) * size * math.ceil(len(chunks) / self.pool.processes)
         deadline = time.monotonic() + budget
-        env = dict(os.environ)
-        pending = [(chunk, pool.apply_async(call, (spec.name, [(calls[i][0], calls[i][1], {**calls[i][2], **spec.kwargs}) for i in chunk], env)))
-                   for chunk in chunks]
-        errors, stuck, lost = {}, set(), False
+        env, names = dict(os.environ), [s.name for s in specs]
+        pending = []
+        for chunk in chunks:
+            rows = [(calls[0][i][0], calls[0][i][1], [{**c[i][2], **s.kwargs} for c, s in zip(calls, specs)]) for i in chunk]
+            pending.append((chunk, pool.apply_async(call_all, (names, rows, env))))
+        shared = size > 1 or len(specs) > 1
+        got = [({}, set()) for _ in specs]
+        ended = False
         workers = self.pool.workers(pool)
         for chunk, res in pending:
+            lost = False  # overran, or lost with a worker that exited
             try:
                 results = result(res, deadline, workers)
             except multiprocessing.TimeoutError:
-                stuck.update(chunk)
-                results = [(None, f"timed out after {budget:g} s (reward.functions timeout_s={spec.timeout_s:g} per call)")] * len(chunk)
-            except WorkerExited as e:
-                # Its call is lost: an error now, not a wait for the deadline. Chunks of several calls run again
-                # one per chunk, like an overrun one, to narrow down the call that ends its process.
                 lost = True
-                if size > 1:
-                    stuck.update(chunk)
-                results = [(None, str(e))] * len(chunk)
+                texts = [f"timed out after {budget:g} s (reward.functions timeout_s={s.timeout_s:g} per call)" for s in specs]
+                results = [[(None, t) for t in texts]] * len(chunk)
+            except WorkerExited as e:  # its call is lost: an error now, not a wait for the deadline
+                lost = True
+                results = [[(None, str(e))] * len(specs)] * len(chunk)
             except Exception as e:  # noqa: BLE001 - e.g. a return value that cannot be sent back
-                results = [(None, f"{type(e).__name__}: {e}")] * len(chunk)
-            for i, (value, error) in zip(chunk, results):
-                if error is not None:
-                    errors[i] = error
-                else:
-                    out[i] = value
-        if stuck or lost:
+                results = [[(None, f"{type(e).__name__}: {e}")] * len(specs)] * len(chunk)
+            ended |= lost
+            for i, row in zip(chunk, results):
+                for out, (errors, alone), (value, error) in zip(outs, got, row):
+                    if error is not None:
+                        errors[i] = error
+                    else:
+                        out[i] = value
+                    if lost and shared:
+                        alone.add(i)
+        if ended:
             self.pool.terminate(pool)  # the stuck calls end with their processes; calls beside a lost one too
-        return errors, stuck
+        return got
 
     def deadline_s(self, n: int) -> float:
         """The longest scoring `n` samples can take before every function's own deadlines have ended it: each

@@ -38,26 +38,16 @@ def checked_value(value) -> tuple[float | None, str | None]:
     return float(value), None
 
 
-def call(name: str, calls: list[tuple[str, str, dict]], env: dict) -> list[tuple[float | None, str | None]]:
-    """Runs in a worker: for each (prompt, response, kwargs), (value, None) or (None, error text); exceptions
-    never cross as objects. Calls come in chunks: one round trip (and one copy of `env`) per chunk, not per
-    sample. `env` is the caller's environment now (workers are forked from a server started earlier, e.g.
-    before an API key was set)."""
-    _use_env(env)
-    return [_one(name, prompt, response, kwargs) for prompt, response, kwargs in calls]
-
-
 def call_all(names: list[str], rows: list[tuple[str, str, list[dict]]], env: dict) -> list[list[tuple[float | None, str | None]]]:
-    """Runs in a worker: every function on each (prompt, response, kwargs per function), in one round trip for
-    all of them: [[(value, error) per function] per row]."""
-    _use_env(env)
-    return [[_one(name, prompt, response, kw) for name, kw in zip(names, kwargs)] for prompt, response, kwargs in rows]
-
-
-def _use_env(env: dict) -> None:
+    """Runs in a worker: every function in `names` on each (prompt, response, kwargs per function): per row, per
+    function, (value, None) or (None, error text); exceptions never cross as objects. Calls come in chunks: one
+    round trip (and one copy of `env`) per chunk for all the functions, not per sample or per function. `env` is
+    the caller's environment now (workers are forked from a server started earlier, e.g. before an API key was
+    set)."""
     if env != os.environ:
         os.environ.clear()
         os.environ.update(env)
+    return [[_one(name, prompt, response, kw) for name, kw in zip(names, kwargs)] for prompt, response, kwargs in rows]
 
 
 def _one(name: str, prompt: str, response: str, kwargs: dict) -> tuple[float | None, str | None]:

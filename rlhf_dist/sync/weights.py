@@ -44,8 +44,8 @@ class WeightSync:
     def sync(self, version: int, verify: bool) -> dict:
         """Policy -> every engine; with `verify`, each engine worker's checksums must equal the learner's."""
         t0 = time.perf_counter()
-        # The engines' calls go first: the broadcast starts when they join it, and the driver's submissions take
-        # about a millisecond each.
+        # The engines' calls go first: the broadcast starts when they join it, and the driver submits one call at
+        # a time.
         results = self.roles.wait(
             [self.rollout.submit("receive_weights", version, verify), self.policy.submit("broadcast_weights", verify)],
             f"weight sync v{version}",
