@@ -229,8 +229,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     from rlhf_dist.config import ConfigError
+    from rlhf_dist.console import forget_run_log, log_failure
     from rlhf_dist.errors import RLHFError
 
+    forget_run_log()
     try:
         with quiet(getattr(args, "job", False) and not args.verbose):
             return args.fn(args)
@@ -238,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlhf-dist: {e}", file=sys.stderr)
         return 2
     except RLHFError as e:
-        print(f"rlhf-dist: {type(e).__name__}: {e}", file=sys.stderr)
+        note = log_failure(e, getattr(args, "verbose", False))
+        print(f"rlhf-dist: {type(e).__name__}: {e}{note}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("rlhf-dist: interrupted", file=sys.stderr)

@@ -77,10 +77,42 @@ def quiet(enabled: bool = True):
         _active = None
 
 
+_run_log = None  # the train.log attached last, where a failed command writes its traceback
+
+
 def attach_run_log(log_path) -> None:
-    """Called once the run directory is known (no-op without a quiet console)."""
+    """Called once the run directory is known: a quiet console sends library output there from now on."""
+    global _run_log
+    _run_log = log_path
     if _active is not None:
         _active.attach(log_path)
+
+
+def forget_run_log() -> None:
+    global _run_log
+    _run_log = None
+
+
+def log_failure(e: BaseException, verbose: bool) -> str:
+    """Writes a failed command's tracebacks (the worker's, where the error came from one, then the driver's) to
+    the run's train.log; returns the note for the console line. With --verbose they go to stderr too; without a
+    run log the note says how to see them."""
+    import traceback
+
+    text = "".join(traceback.format_exception(e))
+    details = getattr(e, "details", None)
+    if details:
+        text = f"{details}\n\n{text}"
+    note = ""
+    if _run_log is not None:
+        with open(_run_log, "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} error: {type(e).__name__}: {e}\n{text}\n")
+        note = f" (traceback in {_run_log})"
+    elif not verbose and details:
+        note = " (--verbose shows the traceback)"
+    if verbose:
+        sys.stderr.write(text)
+    return note
 
 
 def echo(text: str) -> None:

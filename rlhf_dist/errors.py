@@ -1,6 +1,7 @@
 """Errors that name the role, rank and operation, so a failed or stuck job says what it was waiting for."""
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any, Sequence
 
@@ -10,7 +11,24 @@ class ConfigError(ValueError):
 
 
 class RLHFError(RuntimeError):
-    pass
+    # Where it came from (a worker's traceback): written to the run's train.log, not to the console line.
+    details: str | None = None
+
+
+@contextlib.contextmanager
+def phase(name: str):
+    """Marks an exception raised inside with the phase a worker was in ("engine warm-up generation"), so the
+    driver's error names what was running, not only the call it waited on. The innermost phase wins; the mark
+    travels with the exception through Ray (it is in the exception's __dict__, which pickling keeps)."""
+    try:
+        yield
+    except Exception as e:
+        if getattr(e, "rlhf_phase", None) is None:
+            try:
+                e.rlhf_phase = name
+            except AttributeError:  # an exception type without a __dict__
+                pass
+        raise
 
 
 class WaitTimeout(RLHFError):
@@ -68,9 +86,17 @@ def _get(ref, label: str, what: str):
         raise WorkerDied(f"{label} died during {what}: {_first_line(e)}") from None
     except RayTaskError as e:
         cause = e.cause if getattr(e, "cause", None) is not None else e
+        running = getattr(cause, "rlhf_phase", None)
+        where = what if running in (None, what) else f"{running} (in {what})"
         if isinstance(cause, RLHFError):
-            raise type(cause)(f"{label}: {cause}") from cause
-        raise WorkerFailed(f"{label} failed during {what}: {type(cause).__name__}: {cause}") from cause
+            err = type(cause)(f"{label}: {cause}")
+        else:
+            err = WorkerFailed(f"{label} failed during {where}: {type(cause).__name__}: {_first_line(cause)}")
+        # Ray's text of the remote traceback: file, line and call in the worker that raised.
+        remote = getattr(e, "traceback_str", None) or str(e)
+        inner = getattr(cause, "details", None)  # e.g. a reward function's own traceback, from its process
+        err.details = (f"{inner}\n\n" if inner else "") + f"{label}, {where}, raised in the worker:\n{remote.rstrip()}"
+        raise err from cause
 
 
 def _first_line(e: BaseException) -> str:

@@ -75,3 +75,12 @@ def exits_on_bad(prompt: str, response: str) -> float:
     if response == "quit":
         os._exit(3)
     return 1.0
+
+
+def raises(prompt: str, response: str) -> float:
+    """Always fails, two calls deep, so a test can look for this file's lines in the run's log."""
+    return _score_or_fail(response)
+
+
+def _score_or_fail(response: str) -> float:
+    raise ValueError("no score for this response\n(a second line that the console must not show)")

@@ -14,7 +14,7 @@ import torch
 from rlhf_dist import dist as D
 from rlhf_dist.algorithms import entropy_from_logits
 from rlhf_dist.data.batch import from_wire
-from rlhf_dist.errors import WaitTimeout
+from rlhf_dist.errors import WaitTimeout, phase
 from rlhf_dist.learner import models
 from rlhf_dist.learner.deepspeed_setup import ds_config, inference_ds_config, init_distributed, make_engine, skip_shm_comm
 from rlhf_dist.specs import LearnerSpec, ReferenceSpec, RewardSpec
@@ -90,7 +90,8 @@ class LearnerWorker(_Base):
     def setup(self, master_addr: str, port: int) -> dict:
         self.spec = self.settings.train
         t0 = time.perf_counter()
-        self._rendezvous(master_addr, port)
+        with phase("DeepSpeed rendezvous"):
+            self._rendezvous(master_addr, port)
         self._seed()
         self._hf_ds = None
         if self.spec.role.zero_stage == 3:
@@ -98,10 +99,12 @@ class LearnerWorker(_Base):
             from transformers.integrations import HfDeepSpeedConfig
 
             self._hf_ds = HfDeepSpeedConfig(ds_config(self.spec))
-        model = self.load_model()
+        with phase("model load"):
+            model = self.load_model()
         if self.settings.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()
-        self.engine = make_engine(model, self.spec)
+        with phase("DeepSpeed engine set-up"):
+            self.engine = make_engine(model, self.spec)
         self.zero3 = self.spec.role.zero_stage == 3
         return {"rank": self.rank, "seconds": time.perf_counter() - t0, "params": self.num_params()}
 

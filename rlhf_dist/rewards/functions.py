@@ -121,10 +121,14 @@ class RuleRewards:
             if not todo:
                 return out  # type: ignore[return-value]
         i = todo[0]
-        raise RewardError(
-            f"reward function {spec.name} failed on sample {i} after {spec.retries + 1} attempt(s): {errors[i]}"
+        message, _, trace = errors[i].partition("\n")
+        err = RewardError(
+            f"reward function {spec.name} failed on sample {i} after {spec.retries + 1} attempt(s): {message}"
             + (f" ({len(todo)} samples failed)" if len(todo) > 1 else "")
         )
+        if trace:
+            err.details = f"reward function {spec.name} on sample {i}, in its worker process:\n{trace.rstrip()}"
+        raise err
 
     def _pass(self, specs: list[RewardFunction], calls: list[list[tuple]], todo, size: int, outs: list[list]) -> list[tuple[dict, set]]:
         """One pass over `todo` in chunks of `size`, each chunk one round trip that runs every function in `specs`

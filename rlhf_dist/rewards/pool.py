@@ -50,11 +50,19 @@ def call_all(names: list[str], rows: list[tuple[str, str, list[dict]]], env: dic
     return [[_one(name, prompt, response, kw) for name, kw in zip(names, kwargs)] for prompt, response, kwargs in rows]
 
 
+TRACEBACK_CHARS = 8000  # of a failing reward call's traceback, kept for the run's log
+
+
 def _one(name: str, prompt: str, response: str, kwargs: dict) -> tuple[float | None, str | None]:
+    """(value, None) or (None, error): the error's first line is the message; the lines after it are the
+    traceback (text, bounded), which the run's log shows."""
     try:
         return checked_value(resolve(name)(prompt, response, **kwargs))
     except Exception as e:  # noqa: BLE001 - reported with the function and sample named by the caller
-        return None, f"{type(e).__name__}: {str(e)[:300]}"
+        import traceback
+
+        message = " ".join(f"{type(e).__name__}: {str(e)[:300]}".split())  # one line
+        return None, f"{message}\n{traceback.format_exc()[-TRACEBACK_CHARS:]}"
 
 
 class WorkerExited(Exception):

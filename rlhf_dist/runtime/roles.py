@@ -119,7 +119,7 @@ class Roles:
                 submitted.append(g.submit("setup", addr, port))
             else:
                 submitted.append(early[s.name])
-        done = self.wait(submitted, "model load and DeepSpeed rendezvous", t.actor_start_s)
+        done = self.wait(submitted, "start-up (model load, DeepSpeed rendezvous, engine warm-up)", t.actor_start_s)
         ranks = sum(len(g) for g in self.groups.values())
         procs = len({p for g in self.groups.values() for p in g.processes})
         self.log(f"actors up in {time.perf_counter() - t0:.1f} s ({ranks} actors" + (f" in {procs} processes)" if procs < ranks else ")"))
