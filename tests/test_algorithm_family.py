@@ -225,6 +225,24 @@ def test_adaptive_kl_controller_moves_toward_target():
     assert ctl.update(0.9, n_samples=10) == pytest.approx(0.1 * (1 - 0.1 * 10 / 100))
 
 
+@pytest.mark.parametrize("horizon,n_samples", [(1, 128), (64, 128), (100, 512), (10000, 10**9)])
+def test_adaptive_kl_coefficient_never_turns_negative(horizon, n_samples):
+    """Adversarial KL values with a horizon at or below the samples per step: before the cap, one step with KL
+    far under target and n/horizon > 5 made the factor 1 - 0.2 * n/horizon negative, the penalty a bonus."""
+    ctl = AdaptiveKLController(0.05, target=0.3, horizon=horizon)
+    seen = []
+    for kl in [0.0, -5.0, 1e-12, 1e9, float("nan"), float("inf"), float("-inf"), 0.0, -1e30] * 20:
+        before = ctl.value
+        v = ctl.update(kl, n_samples)
+        seen.append(v)
+        assert v >= 0 and v == v  # never below zero, never NaN
+        assert 0.8 * before - 1e-15 <= v <= 1.2 * before + 1e-15  # one step moves it by at most 20%
+    assert min(seen) > 0  # multiplied by factors in [0.8, 1.2] it stays positive (no underflow in 180 steps)
+    low = AdaptiveKLController(0.05, target=0.3, horizon=horizon)
+    assert low.update(0.0, n_samples) == pytest.approx(0.05 * 0.8)  # weight capped at 1: the full clipped error
+    assert low.update(float("nan"), n_samples) == pytest.approx(0.05 * 0.8)  # a non-finite KL changes nothing
+
+
 def test_overlong_penalty_and_informative_groups():
     lengths = torch.tensor([10, 12, 14, 16, 20])
     got = overlong_penalty(lengths, max_len=16, buffer=4, penalty=1.0)

@@ -1,6 +1,7 @@
 """Reward functions: per-call timeouts, bounded retries, clear errors (never a silent 0); the HTTP reward
 client against a server on loopback."""
 import json
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,7 +31,8 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/auth" and self.headers.get("Authorization") != "Bearer s3cret":
             self.send_error(401)
             return
-        out = json.dumps({"reward": float(len(body["response"])), "label": body["label"]}).encode()
+        reward = {"/bool": True, "/string": "0.75", "/null": None, "/list": [1.0]}.get(self.path, float(len(body["response"])))
+        out = json.dumps({"reward": reward, "label": body["label"]}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
@@ -130,3 +132,11 @@ def test_redirect_to_another_port_never_receives_the_key(monkeypatch):
     finally:
         first.shutdown()
         other.shutdown()
+
+
+@pytest.mark.parametrize("path,shown", [("/bool", "bool True"), ("/string", "str '0.75'"), ("/null", "NoneType None"),
+                                        ("/list", "list [1.0]")])
+def test_a_server_answering_anything_but_a_number_is_an_error(server, path, shown):
+    """The docs say the answer must be a number: true and "0.75" are refused, never coerced to 1.0 and 0.75."""
+    with pytest.raises(RewardError, match=rf"http_reward failed on sample 0 after 1 attempt\(s\): returned {re.escape(shown)}.*not a number"):
+        RuleRewards([remote(f"{server}{path}")])(["p"], ["abc"])

@@ -32,7 +32,7 @@ _OPENER = urllib.request.build_opener(_RefuseRedirects)
 
 
 def http_reward(prompt: str, response: str, url: str, label=None, api_key_env: str | None = None,
-                field: str = "reward", request_timeout_s: float = 30.0) -> float:
+                field: str = "reward", request_timeout_s: float = 30.0):
     headers = {"Content-Type": "application/json"}
     if api_key_env:
         key = os.environ.get(api_key_env)
@@ -45,4 +45,5 @@ def http_reward(prompt: str, response: str, url: str, label=None, api_key_env: s
         answer = json.loads(resp.read().decode("utf-8"))
     if not isinstance(answer, dict) or field not in answer:
         raise ValueError(f"reward server answered without a {field!r} field")
-    return float(answer[field])
+    # Unconverted: the pool refuses anything but a number (true or "0.75" is an error naming this function).
+    return answer[field]
