@@ -116,3 +116,27 @@ def test_a_worker_that_exits_is_an_error_at_once_not_a_timeout(response, how, to
     assert str(e.value).endswith(f"after 1 attempt(s): a reward worker process exited ({how}) while this call or one beside it ran")
     assert rules.per_function(["p"] * 2, ["ok"] * 2)[0][-1] == 1.0  # fresh workers afterwards
     rules.close()
+
+
+def test_a_worker_that_exits_before_the_wait_begins_is_still_seen():
+    """The race behind a 240 s wait in CI: the worker ended (and the pool joined it and started a replacement)
+    before the caller first looked at the pool's workers, so only the replacement was watched. Here the exit is
+    long over when the wait begins."""
+    import os
+
+    from rlhf_dist.rewards.pool import RewardPool, Watch, WorkerExited, call_all, result
+
+    pool = RewardPool(1, ["tests.helpers:exits_on_bad"])
+    procs = pool.get()
+    watch = Watch(procs)
+    res = procs.apply_async(call_all, (["tests.helpers:exits_on_bad"], [("p", "quit", [{}])], dict(os.environ)))
+    t0 = time.monotonic()
+    while any(w.exitcode is None for w in watch._seen.values()) or len(procs._pool) < 1:
+        assert time.monotonic() - t0 < 30, "the worker never exited"
+        time.sleep(0.05)
+    time.sleep(0.5)  # the pool's handler joins the exited worker and starts another
+    assert all(w.exitcode is None for w in procs._pool)  # only the replacement is in the pool now
+    with pytest.raises(WorkerExited, match=r"exit code 3"):
+        result(res, time.monotonic() + 60, watch)
+    assert time.monotonic() - t0 < 30
+    pool.close()

@@ -11,7 +11,7 @@ from typing import Callable
 
 from rlhf_dist.config import ConfigError, RewardFunction
 from rlhf_dist.errors import RewardError
-from rlhf_dist.rewards.pool import RewardPool, WorkerExited, call_all, result
+from rlhf_dist.rewards.pool import RewardPool, Watch, WorkerExited, call_all, result
 
 
 def load_function(spec: RewardFunction) -> Callable[..., float]:
@@ -142,6 +142,8 @@ class RuleRewards:
         budget = sum(s.timeout_s for s in specs) * size * math.ceil(len(chunks) / self.pool.processes)
         deadline = time.monotonic() + budget
         env, names = dict(os.environ), [s.name for s in specs]
+        # Watched from before the first call is sent: a worker that exits at once is seen, not waited on.
+        watch = Watch(pool)
         pending = []
         for chunk in chunks:
             rows = [(calls[0][i][0], calls[0][i][1], [{**c[i][2], **s.kwargs} for c, s in zip(calls, specs)]) for i in chunk]
@@ -149,11 +151,10 @@ class RuleRewards:
         shared = size > 1 or len(specs) > 1
         got = [({}, set()) for _ in specs]
         ended = False
-        workers = self.pool.workers(pool)
         for chunk, res in pending:
             lost = False  # overran, or lost with a worker that exited
             try:
-                results = result(res, deadline, workers)
+                results = result(res, deadline, watch)
             except multiprocessing.TimeoutError:
                 lost = True
                 texts = [f"timed out after {budget:g} s (reward.functions timeout_s={s.timeout_s:g} per call)" for s in specs]

@@ -79,15 +79,32 @@ class WorkerExited(Exception):
         super().__init__(f"a reward worker process exited ({how}) while this call or one beside it ran")
 
 
-def result(res, deadline: float, workers: list):
+class Watch:
+    """The pool's worker processes, watched for one that exits. Taken before calls are submitted: a worker that
+    ends at once (before a later look at the pool) is still seen, even after the pool has joined it, removed it
+    and started a replacement; replacements are added on each look, since they may take the calls too."""
+
+    def __init__(self, pool):
+        self._pool = pool
+        self._seen: dict[int, object] = {}
+        self.look()
+
+    def look(self) -> int | None:
+        """The exit code of a watched worker that has ended, or None."""
+        for w in list(self._pool._pool):  # the only place multiprocessing's pool exposes its workers
+            self._seen.setdefault(id(w), w)
+        return next((w.exitcode for w in self._seen.values() if w.exitcode is not None), None)
+
+
+def result(res, deadline: float, watch: Watch):
     """`res`'s value once ready, waiting until `deadline` (multiprocessing.TimeoutError then); WorkerExited as
-    soon as one of `workers` has ended, since the call it held will never complete."""
+    soon as a watched worker has ended, since the call it held will never complete."""
     while True:
         left = deadline - time.monotonic()
         res.wait(max(0.0, min(left, 0.05)))
         if res.ready():
             return res.get()
-        ended = next((w.exitcode for w in workers if w.exitcode is not None), None)
+        ended = watch.look()
         if ended is not None:
             raise WorkerExited(ended)
         if left <= 0:
@@ -140,13 +157,6 @@ class RewardPool:
                 with _main_hidden():
                     self._pool = ctx.Pool(self.processes, initializer=_warm, initargs=(self.names,))
             return self._pool
-
-    @staticmethod
-    def workers(pool) -> list:
-        """The pool's worker processes now. multiprocessing's pool replaces a worker that exits but never fails the
-        call it held: a caller watching these sees the exit instead of waiting for its deadline (the pool keeps
-        them in `_pool`, the only place it exposes them)."""
-        return [w for w in pool._pool if w.exitcode is None]
 
     def terminate(self, pool=None) -> None:
         """Ends the workers; with `pool`, only if that is still the current pool (a caller whose calls
