@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Submit a training job to a Ray cluster through Ray's job API, with this checkout as the working directory:
 #   RAY_ADDRESS=http://HEAD_IP:8265 launch/submit.sh CONFIG.yaml [dotted.key=value ...]
-# The job runs `python -m rlhf_dist.cli train CONFIG ... cluster.address=auto` on the cluster; RLHF_PYTHON
+# The job runs `python -m rlhf_dist train CONFIG ... cluster.address=auto` on the cluster; RLHF_PYTHON
 # names the Python that has rlhf_dist installed on the nodes (default: python). --no-wait returns at once.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
@@ -21,7 +21,7 @@ for attempt in 1 2 3 4 5 6; do
   ray job submit --address "$RAY_ADDRESS" --working-dir . \
     --runtime-env-json '{"excludes": [".venv", ".git", "runs", ".cache", "benchmarks/results"]}' \
     $([ "$WAIT" = 0 ] && echo --no-wait) \
-    -- "${RLHF_PYTHON:-python}" -m rlhf_dist.cli train "$CONFIG" cluster.address=auto "$@" 2> >(tee "$errors" >&2)
+    -- "${RLHF_PYTHON:-python}" -m rlhf_dist train "$CONFIG" cluster.address=auto "$@" 2> >(tee "$errors" >&2)
   rc=$?
   set -e
   wait

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rlhf_dist.cli import main
+from rlhf_dist.commands.cli import main
 
 from tests.conftest import demo_config_dict
 

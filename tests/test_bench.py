@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_dist.cli import main
+from rlhf_dist.commands.cli import main
 
 from tests.conftest import demo_config_dict
 
@@ -82,7 +82,7 @@ def test_bench_step_breaks_the_step_into_phases(ray_session, config, tmp_path):
 
 
 def test_overlap_efficiency_against_the_ideal():
-    from rlhf_dist.bench import overlap, overlap_summary
+    from rlhf_dist.commands.bench import overlap, overlap_summary
 
     # Generate 2 s and train 1 s one after the other: step 3 s, efficiency 1, ideal 3 / 2.
     assert overlap(2.0, 1.0, 3.0) == pytest.approx({"train": 1.0, "overlap_eff": 1.0, "ideal_eff": 1.5, "of_ideal": 2 / 3})

@@ -10,7 +10,7 @@ from rlhf_dist.config import ConfigError, DataConfig, load_config
 from rlhf_dist.data.chat import reward_batch
 from rlhf_dist.data.prompts import load_prompts
 from rlhf_dist.data.stage_data import load_examples, make_batch
-from rlhf_dist.stage_config import StageData
+from rlhf_dist.config.stages import StageData
 
 from tests.conftest import demo_config_dict
 
@@ -146,7 +146,7 @@ def test_reward_worker_scores_the_conversation(tmp_path, chat_model, tok):
 
 
 def test_llm_judge_reads_its_prompt_as_a_user_turn(chat_model, tok):
-    from rlhf_dist.stage_config import JudgeConfig
+    from rlhf_dist.config.stages import JudgeConfig
     from rlhf_dist.trainers.label import _round_robin
 
     class Recorder:  # stands in for the judge engines' group: records the prompts it is given

@@ -67,7 +67,7 @@ def test_missing_file_and_bad_yaml(tmp_path):
 def test_cli_reports_config_errors_without_traceback(tmp_path, capsys):
     import yaml
 
-    from rlhf_dist.cli import main
+    from rlhf_dist.commands.cli import main
 
     f = tmp_path / "c.yaml"
     f.write_text(yaml.safe_dump(base(tmp_path)))

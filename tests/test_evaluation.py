@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from rlhf_dist.config import ConfigError, load_config
-from rlhf_dist.evaluation import mean_pass_at_k, pass_at_k
+from rlhf_dist.rollout.evaluation import mean_pass_at_k, pass_at_k
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,7 +58,7 @@ def test_eval_section_errors(tiny_model, tmp_path):
         grpo_eval_config(tiny_model, str(tmp_path / "o"), "eval.k=[1, 9]")
     with pytest.raises(ConfigError, match="eval: set greedy: true and/or n_samples > 0"):
         grpo_eval_config(tiny_model, str(tmp_path / "o"), "eval.greedy=false", "eval.n_samples=0", "eval.k=[1]")
-    from rlhf_dist.evaluation import Evaluator
+    from rlhf_dist.rollout.evaluation import Evaluator
     from rlhf_dist.rewards.functions import RuleRewards
     from transformers import AutoTokenizer
 
@@ -75,7 +75,7 @@ def test_eval_section_errors(tiny_model, tmp_path):
 
 @pytest.mark.slow
 def test_eval_in_a_grpo_run_and_on_the_saved_policy(ray_session, tiny_model, tmp_path):
-    from rlhf_dist.evaluation import evaluate_saved_policy
+    from rlhf_dist.commands.evaluate import evaluate_saved_policy
     from rlhf_dist.metrics import read_metrics
     from rlhf_dist.trainers.ppo import train
 

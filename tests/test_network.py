@@ -74,7 +74,7 @@ def test_a_short_run_listens_on_loopback_only_and_ray_wants_the_token(tiny_model
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(d))
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # the CLI's own start-up, nothing inherited
     env["PYTHONPATH"] = str(ROOT)
-    proc = psutil.Popen([sys.executable, "-m", "rlhf_dist.cli", "train", str(tmp_path / "c.yaml")], env=env,
+    proc = psutil.Popen([sys.executable, "-m", "rlhf_dist", "train", str(tmp_path / "c.yaml")], env=env,
                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen, calls = set(), {}
     deadline = time.monotonic() + 600

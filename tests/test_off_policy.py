@@ -111,7 +111,7 @@ def test_pinned_cores_name_real_pools(tmp_path):
 
 
 def test_cli_refuses_async_on_a_colocated_layout_with_exit_2(capsys):
-    from rlhf_dist.cli import main
+    from rlhf_dist.commands.cli import main
 
     # The shipped synchronous example puts rollout on the policy's pool.
     assert main(["train", "configs/grpo_arith_cpu.yaml", "rollout.max_staleness=1"]) == 2

@@ -5,7 +5,7 @@ import torch
 
 from rlhf_dist.algorithms.losses import LOGPROB_PROBE, PolicyLoss
 from rlhf_dist.config import derive, load_config
-from rlhf_dist.passes import step_passes
+from rlhf_dist.config.passes import step_passes
 from rlhf_dist.trainers.passes_run import reduce_ranks
 from rlhf_dist.trainers.rl_roles import role_specs
 

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_dist.cli import main
+from rlhf_dist.commands.cli import main
 from rlhf_dist.config import load_config
-from rlhf_dist.plan import GiB, ModelShape, activation_bytes, plan, training_state_bytes
+from rlhf_dist.commands.plan import GiB, ModelShape, activation_bytes, plan, training_state_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 

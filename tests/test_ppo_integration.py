@@ -94,7 +94,7 @@ def test_zero3_checkpoint_exports_the_final_weights(ppo_run, tmp_path):
     """The ZeRO-3 checkpoint (partitions on 2 ranks) consolidates offline to exactly the saved final policy."""
     from safetensors.torch import load_file
 
-    from rlhf_dist.cli import main
+    from rlhf_dist.commands.cli import main
 
     _, run_dir = ppo_run
     assert main(["export", str(run_dir / "checkpoints" / "step_00000002"), str(tmp_path / "hf")]) == 0

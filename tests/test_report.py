@@ -3,8 +3,8 @@ import json
 import random
 
 
-from rlhf_dist.cli import main
-from rlhf_dist.report import figure, load_runs, summary
+from rlhf_dist.commands.cli import main
+from rlhf_dist.commands.report import figure, load_runs, summary
 
 
 def fake_run(path, seed: int, steps: int = 12):

@@ -88,7 +88,7 @@ def test_cli_ends_with_one_line_when_a_reward_never_returns(tiny_model, tmp_path
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(d))
     t0 = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "rlhf_dist.cli", "train", str(cfg)], capture_output=True, text=True, timeout=540)
+    out = subprocess.run([sys.executable, "-m", "rlhf_dist", "train", str(cfg)], capture_output=True, text=True, timeout=540)
     assert out.returncode == 1, out.stderr[-2000:]
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("rlhf-dist: RewardError: reward function tests.helpers:stuck failed on sample 0"), last

@@ -8,7 +8,7 @@ from rlhf_dist.algorithms.registry import ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL
 from rlhf_dist.config import PoolConfig, PPOConfig
 from rlhf_dist.data.batch import check_groups
 from rlhf_dist.errors import ConfigError
-from rlhf_dist.layout import pool_layout
+from rlhf_dist.config.layout import pool_layout
 from rlhf_dist.runtime.placement import plan_slots
 from rlhf_dist.runtime.roles import RoleSpec, role_gpus
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from rlhf_dist.cli import main
+from rlhf_dist.commands.cli import main
 
 from tests.conftest import demo_config_dict
 
@@ -54,7 +54,7 @@ def test_export_refuses_a_crafted_checkpoint(tiny_model, tmp_path, capsys, file)
 
 def test_deepspeeds_own_reader_is_weights_only_too(tiny_model, tmp_path):
     """Past the pre-check, DeepSpeed's zero_to_fp32 (which asks torch for weights_only=False) still refuses."""
-    from rlhf_dist.export import consolidated_state_dict
+    from rlhf_dist.commands.export import consolidated_state_dict
     from rlhf_dist.safe_load import UnsafeCheckpoint
 
     ckpt, marker = crafted_checkpoint(tmp_path, tiny_model, "zero_pp_rank_0_mp_rank_00_optim_states.pt")

@@ -9,7 +9,7 @@ import torch
 from rlhf_dist.config import ConfigError
 from rlhf_dist.data.records import DataError
 from rlhf_dist.data.stage_data import load_examples, make_batch, train_eval_split
-from rlhf_dist.stage_config import StageData, load_stage_config
+from rlhf_dist.config.stages import StageData, load_stage_config
 
 
 @pytest.fixture(scope="module")

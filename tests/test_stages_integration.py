@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rlhf_dist.metrics import read_metrics
-from rlhf_dist.stage_config import load_stage_config
+from rlhf_dist.config.stages import load_stage_config
 
 PIPELINE = "configs/pipeline_cpu"
 
@@ -140,7 +140,7 @@ def readable_by_rm(run, tiny_model):
     from transformers import AutoTokenizer
 
     from rlhf_dist.data.stage_data import load_examples
-    from rlhf_dist.stage_config import StageData
+    from rlhf_dist.config.stages import StageData
 
     path = str(run / "preferences.jsonl")
     return load_examples(path, "data.train", "rm", StageData(train=path), AutoTokenizer.from_pretrained(tiny_model))

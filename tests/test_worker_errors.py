@@ -48,7 +48,7 @@ def _failing_run(tiny_model, tmp_path, *extra):
     d["run"].update(steps=1, tensorboard=False)
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(d))
-    return subprocess.run([sys.executable, "-m", "rlhf_dist.cli", "train", str(cfg), *extra],
+    return subprocess.run([sys.executable, "-m", "rlhf_dist", "train", str(cfg), *extra],
                           capture_output=True, text=True, timeout=540)
 
 

@@ -99,7 +99,7 @@ def test_evaluation_scores_with_the_reward_model_as_training_does(tiny_model, re
     from transformers import AutoTokenizer
 
     from rlhf_dist.data.batch import split_list
-    from rlhf_dist.evaluation import Evaluator
+    from rlhf_dist.rollout.evaluation import Evaluator
     from rlhf_dist.learner.workers import RewardModelWorker
 
     prompts = tmp_path / "eval.jsonl"

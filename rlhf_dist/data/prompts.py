@@ -9,7 +9,7 @@ import torch
 from rlhf_dist.config import DataConfig
 from rlhf_dist.data.chat import prompt_ids, require_template
 from rlhf_dist.data.records import DataError, read_records, text_field  # noqa: F401 - DataError is re-exported
-from rlhf_dist.validation import surely_too_long
+from rlhf_dist.config.validation import surely_too_long
 
 
 @dataclasses.dataclass

@@ -14,8 +14,8 @@ import torch
 from rlhf_dist.data.batch import build_batch
 from rlhf_dist.data.chat import conversation_ids, prompt_ids, require_template, right_padded
 from rlhf_dist.data.records import DataError, read_records, text_field
-from rlhf_dist.stage_config import StageData
-from rlhf_dist.validation import surely_too_long
+from rlhf_dist.config.stages import StageData
+from rlhf_dist.config.validation import surely_too_long
 
 
 @dataclasses.dataclass

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from rlhf_dist.specs import TrainSpec
+from rlhf_dist.config.specs import TrainSpec
 
 
 def ds_config(spec: TrainSpec) -> dict:

@@ -17,7 +17,7 @@ from rlhf_dist.data.batch import from_wire
 from rlhf_dist.errors import WaitTimeout, phase
 from rlhf_dist.learner import models
 from rlhf_dist.learner.deepspeed_setup import ds_config, inference_ds_config, init_distributed, make_engine, skip_shm_comm
-from rlhf_dist.specs import LearnerSpec, ReferenceSpec, RewardSpec
+from rlhf_dist.config.specs import LearnerSpec, ReferenceSpec, RewardSpec
 from rlhf_dist.sync.buckets import Bucket, plan_buckets
 from rlhf_dist.sync.sender import WeightSender
 

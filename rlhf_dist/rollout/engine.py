@@ -6,7 +6,7 @@ import time
 
 from rlhf_dist.dist import cpu_workers, node_ip, pin_cores
 from rlhf_dist.errors import WeightSyncError, phase
-from rlhf_dist.specs import EngineSpec, SamplingSpec, process_spec
+from rlhf_dist.config.specs import EngineSpec, SamplingSpec, process_spec
 
 RECEIVER = "rlhf_dist.sync.receiver.WeightReceiver"
 

@@ -7,7 +7,7 @@ position. (A reward-model judge is the reward role's worker with the judge's set
 from __future__ import annotations
 
 from rlhf_dist.rollout.engine import RolloutEngine
-from rlhf_dist.specs import EngineSpec, process_spec
+from rlhf_dist.config.specs import EngineSpec, process_spec
 
 JUDGE_LABEL_ROOM = 16  # positions past judge.max_prompt_tokens for the label tokens
 

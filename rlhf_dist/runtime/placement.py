@@ -11,7 +11,7 @@ import dataclasses
 import uuid
 
 from rlhf_dist.errors import ConfigError, WaitTimeout
-from rlhf_dist.layout import PoolLayout
+from rlhf_dist.config.layout import PoolLayout
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 
 from rlhf_dist.dist import cpu_workers
 from rlhf_dist.errors import wait_all
-from rlhf_dist.layout import pool_layout
+from rlhf_dist.config.layout import pool_layout
 from rlhf_dist.runtime.groups import YIELD_NICE, ActorGroup, HostedGroup, cores_env, start_actor, stop_all, worker_env
 from rlhf_dist.runtime.hosts import RoleHost, plan_hosts
 from rlhf_dist.runtime.placement import check_cluster_fits, create_pools, plan_slots

@@ -11,7 +11,7 @@ from pathlib import Path
 from rlhf_dist.data.chat import prompt_ids, require_template
 from rlhf_dist.data.prompts import load_prompts
 from rlhf_dist.dist import cpu_workers
-from rlhf_dist.layout import pool_layout
+from rlhf_dist.config.layout import pool_layout
 from rlhf_dist.learner.workers import RewardModelWorker
 from rlhf_dist.model_shape import check_tp_heads
 from rlhf_dist.preflight import check_model_path, prepare_tokenizer
@@ -20,8 +20,8 @@ from rlhf_dist.rollout.engine import RolloutEngine, engine_env, engine_spec
 from rlhf_dist.rollout.judge import JUDGE_LABEL_ROOM, JudgeEngine, judge_engine_spec
 from rlhf_dist.runtime.roles import Roles, RoleSpec, role_gpus
 from rlhf_dist.runtime.scaffold import open_run, ray_session
-from rlhf_dist.specs import ModelSpec, RewardSpec, process_spec
-from rlhf_dist.stage_config import LabelConfig
+from rlhf_dist.config.specs import ModelSpec, RewardSpec, process_spec
+from rlhf_dist.config.stages import LabelConfig
 
 JUDGE_BATCH_SIZE = 16  # texts per forward pass of a reward-model judge
 

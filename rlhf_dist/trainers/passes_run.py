@@ -1,4 +1,4 @@
-"""The step's pre-update passes (reference, critic, policy), only those rlhf_dist.passes says it needs, run in
+"""The step's pre-update passes (reference, critic, policy), only those rlhf_dist.config.passes says it needs, run in
 parallel; and where the engine/learner log-prob probe comes from when the learner does not recompute."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from rlhf_dist.passes import StepPasses
+from rlhf_dist.config.passes import StepPasses
 
 
 @dataclasses.dataclass

@@ -22,7 +22,7 @@ def stage_overrides(overrides: list[str]) -> dict[str, list[str]]:
 
 def run_pipeline(config_dir: str, overrides: list[str], log=print) -> dict[str, Path]:
     from rlhf_dist.config import load_config
-    from rlhf_dist.stage_config import load_stage_config
+    from rlhf_dist.config.stages import load_stage_config
     from rlhf_dist.trainers.ppo import train
     from rlhf_dist.trainers.stages import run_stage
 
@@ -32,7 +32,7 @@ def run_pipeline(config_dir: str, overrides: list[str], log=print) -> dict[str, 
         raise ConfigError(f"pipeline: {config_dir} must hold {', '.join(f'{s}.yaml' for s in STAGES)}; missing {', '.join(missing)}")
     extra = stage_overrides(overrides)
     # Every config is validated before the first stage starts (the later ones with placeholder paths).
-    from rlhf_dist.validation import check_config
+    from rlhf_dist.config.validation import check_config
 
     check_config(load_stage_config("sft", files["sft"], extra["sft"]))
     check_config(load_stage_config("rm", files["rm"], extra["rm"]))

@@ -21,8 +21,8 @@ from rlhf_dist.console import StepProgress, step_line
 from rlhf_dist.data.batch import build_batch, reward_part_metrics, rollout_batch, throughput_metrics
 from rlhf_dist.data.prompts import PromptLoader, load_prompts
 from rlhf_dist.errors import WaitTimeout
-from rlhf_dist.evaluation import Evaluator
-from rlhf_dist.passes import step_passes
+from rlhf_dist.rollout.evaluation import Evaluator
+from rlhf_dist.config.passes import step_passes
 from rlhf_dist.metrics import MetricsWriter, set_aside_metrics_after
 from rlhf_dist.preflight import prepare_model
 from rlhf_dist.rewards.functions import RuleRewards
@@ -143,7 +143,7 @@ def rl_step(cfg: Config, roles: RLRoles, state: LoopState, step: int) -> dict:
     batch = build_batch(roll["prompt_ids"], roll["responses"], state.tokenizer.pad_token_id)
     mask = batch["mask"]
 
-    # 3b. Reference, critic and policy passes in parallel, only those this step needs (rlhf_dist.passes); scores
+    # 3b. Reference, critic and policy passes in parallel, only those this step needs (rlhf_dist.config.passes); scores
     # still being computed beside them are waited for after.
     engine_lp = roll["engine_logprobs"]
     out = run_passes(roles, state.passes, batch, engine_lp, timing)

@@ -3,7 +3,7 @@ and the verbs the loop uses on them. Start-up, placement and shutdown belong to 
 from __future__ import annotations
 
 from rlhf_dist.config import Config, Derived, derive, uses_critic
-from rlhf_dist.passes import uses_reference
+from rlhf_dist.config.passes import uses_reference
 from rlhf_dist.data.batch import concat, split, split_list
 from rlhf_dist.dist import cpu_workers
 from rlhf_dist.learner.workers import (
@@ -16,7 +16,7 @@ from rlhf_dist.rollout.engine import RolloutEngine, engine_env, engine_spec
 from rlhf_dist.runtime.placement import plan_slots
 from rlhf_dist.runtime.roles import Roles, RoleSpec
 from rlhf_dist.runtime.threads import PhaseThreads, engine_threads, phase_threads_on
-from rlhf_dist.specs import (
+from rlhf_dist.config.specs import (
     LearnerSpec,
     ModelSpec,
     ReferenceSpec,

@@ -19,14 +19,14 @@ from rlhf_dist.data.batch import concat, split
 from rlhf_dist.data.stage_data import Examples, make_batch, train_eval_split
 from rlhf_dist import checkpoint
 from rlhf_dist.checkpoint import load_tensors, load_trainer_state
-from rlhf_dist.layout import pool_layout
+from rlhf_dist.config.layout import pool_layout
 from rlhf_dist.learner.stage_workers import DPOWorker, RewardTrainWorker, SFTWorker
 from rlhf_dist.metrics import MetricsWriter, set_aside_metrics_after
 from rlhf_dist.preflight import prepare_stage_model
 from rlhf_dist.runtime.roles import Roles, RoleSpec, role_gpus
 from rlhf_dist.runtime.scaffold import log_skipped, open_run, ray_session
-from rlhf_dist.specs import LearnerSpec, ModelSpec, TrainSpec, process_spec
-from rlhf_dist.stage_config import ConfigError, StageConfig
+from rlhf_dist.config.specs import LearnerSpec, ModelSpec, TrainSpec, process_spec
+from rlhf_dist.config.stages import ConfigError, StageConfig
 from rlhf_dist.sync.buckets import GATHER_BUCKET_MB
 
 

@@ -8,8 +8,8 @@ from rlhf_dist.console import echo, quiet
 
 
 def checked(cfg):
-    """The validation layer every command's config passes (rlhf_dist.validation.check_config)."""
-    from rlhf_dist.validation import check_config
+    """The validation layer every command's config passes (rlhf_dist.config.validation.check_config)."""
+    from rlhf_dist.config.validation import check_config
 
     check_config(cfg)
     return cfg
@@ -21,7 +21,7 @@ def _train(args) -> int:
 
     cfg = checked(load_config(args.config, args.overrides))
     run_dir = train(cfg, log=echo)
-    from rlhf_dist.report import write_report
+    from rlhf_dist.commands.report import write_report
 
     png, _ = write_report([run_dir])
     echo(f"done: metrics in {run_dir / 'metrics.jsonl'}, report in {png}")
@@ -30,7 +30,7 @@ def _train(args) -> int:
 
 def _eval(args) -> int:
     from rlhf_dist.config import load_config
-    from rlhf_dist.evaluation import evaluate_saved_policy
+    from rlhf_dist.commands.evaluate import evaluate_saved_policy
 
     run_dir = evaluate_saved_policy(checked(load_config(args.config, args.overrides)), log=echo)
     echo(f"done: eval metrics in {run_dir / 'eval.json'}, responses in {run_dir / 'eval_samples.jsonl'}")
@@ -41,7 +41,7 @@ def _report(args) -> int:
     from pathlib import Path
 
     from rlhf_dist.config import ConfigError
-    from rlhf_dist.report import write_report
+    from rlhf_dist.commands.report import write_report
 
     if args.out is not None and Path(args.out).exists():
         raise ConfigError(f"report --out: {args.out!r} exists; choose a new path")
@@ -51,7 +51,7 @@ def _report(args) -> int:
 
 
 def _stage(args) -> int:
-    from rlhf_dist.stage_config import load_stage_config
+    from rlhf_dist.config.stages import load_stage_config
 
     cfg = checked(load_stage_config(args.command, args.config, args.overrides))
     if args.command == "label":
@@ -76,7 +76,7 @@ def _pipeline(args) -> int:
 
 def _plan(args) -> int:
     from rlhf_dist.config import load_config
-    from rlhf_dist.plan import format_plan, plan, plan_json
+    from rlhf_dist.commands.plan import format_plan, plan, plan_json
 
     result = plan(load_config(args.config, args.overrides))
     print(plan_json(result) if args.json else format_plan(result))
@@ -90,7 +90,7 @@ def _plan(args) -> int:
 
 
 def _bench(args) -> int:
-    from rlhf_dist import bench
+    from rlhf_dist.commands import bench
     from rlhf_dist.config import load_config
 
     overrides = list(args.overrides)
@@ -107,7 +107,7 @@ def _bench(args) -> int:
     else:
         result = bench.bench_step(cfg)
         if args.limit_repeats:  # the limits for the same batch, measured in the same command
-            from rlhf_dist.bench_limits import limit_summary, step_limits
+            from rlhf_dist.commands.bench_limits import limit_summary, step_limits
 
             result["limits"] = step_limits(cfg, args.limit_repeats)
             result["limit_summary"] = limit_summary(result["rows"], result["limits"])
@@ -135,7 +135,7 @@ def _bench(args) -> int:
 
 
 def _export(args) -> int:
-    from rlhf_dist.export import export
+    from rlhf_dist.commands.export import export
 
     out = export(args.checkpoint, args.out_dir, role=args.role, force=args.force)
     print(f"{args.role} from {args.checkpoint} written to {out} (HuggingFace format)")

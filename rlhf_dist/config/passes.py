@@ -1,6 +1,6 @@
 """Which passes a step needs. The reference runs only for a KL term (or the asked-for KL metric); the policy's
 old log-probs are recomputed only when the update can change the policy before a sample is seen again.
-Reads the config by field names only, so config.py can use it without an import cycle."""
+Reads the config by field names only, so the config models and derive can use it without an import cycle."""
 from __future__ import annotations
 
 import dataclasses

@@ -16,7 +16,7 @@ class Strict(BaseModel):
 
 @dataclasses.dataclass(frozen=True)
 class PathKind:
-    """Marks a str field as a path the validation layer (rlhf_dist.validation) checks before anything runs."""
+    """Marks a str field as a path the validation layer (rlhf_dist.config.validation) checks before anything runs."""
 
     kind: Literal["file", "output_dir"]
 

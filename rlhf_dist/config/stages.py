@@ -10,26 +10,11 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from rlhf_dist.config import (
-    ConfigError,
-    DataConfig,
-    LearnerRole,
-    LRSchedule,
-    PoolConfig,
-    RewardFunction,
-    RolloutConfig,
-    RolloutRole,
-    InferenceRole,
-    InputFile,
-    Job,
-    OutputDir,
-    ResumableJob,
-    RunOutput,
-    Strict,
-    read_config_data,
-    validate,
-)
-from rlhf_dist.layout import pool_layout
+from rlhf_dist.config.common import InputFile, Job, LRSchedule, OutputDir, ResumableJob, RunOutput, Strict
+from rlhf_dist.config.io import read_config_data, validate
+from rlhf_dist.config.rl import DataConfig, InferenceRole, LearnerRole, PoolConfig, RewardFunction, RolloutConfig, RolloutRole
+from rlhf_dist.errors import ConfigError
+from rlhf_dist.config.layout import pool_layout
 
 
 class StageRun(RunOutput):
@@ -169,7 +154,7 @@ class LabelConfig(Job):
 
 
 def stage_roles(cfg) -> dict[str, tuple[str, int]]:
-    """role -> (pool, GPUs) of a stage or labelling config, for the pool arithmetic (rlhf_dist.layout)."""
+    """role -> (pool, GPUs) of a stage or labelling config, for the pool arithmetic (rlhf_dist.config.layout)."""
     if isinstance(cfg, LabelConfig):
         p = cfg.placement
         roles = {"rollout": (p.rollout.pool, p.rollout.num_engines * p.rollout.tensor_parallel_size)}

@@ -239,7 +239,7 @@ def verification_cost(rows: list[dict]) -> dict:
 
 
 def bench_step(cfg: Config, log=print) -> dict:
-    """A few real steps; per-phase seconds from the run's metrics (the limits: rlhf_dist.bench_limits)."""
+    """A few real steps; per-phase seconds from the run's metrics (the limits: rlhf_dist.commands.bench_limits)."""
     from rlhf_dist.metrics import read_metrics
     from rlhf_dist.trainers.ppo import train
 

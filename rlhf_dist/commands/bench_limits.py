@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from rlhf_dist.bench import DirectVLLM, RawBroadcaster
+from rlhf_dist.commands.bench import DirectVLLM, RawBroadcaster
 from rlhf_dist.config import Config
 
 

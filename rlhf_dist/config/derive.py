@@ -1,0 +1,187 @@
+"""Derived values of an RL config (batch arithmetic, layout), computed in one place, and the checks between
+sections that only hold together; `load_config` reads, validates and derives once."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from rlhf_dist.algorithms.registry import ADVANTAGE_ESTIMATORS
+from rlhf_dist.config.io import read_config_data, validate
+from rlhf_dist.config.layout import PoolLayout, pool_layout
+from rlhf_dist.config.passes import uses_reference
+from rlhf_dist.config.rl import Config
+from rlhf_dist.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Derived:
+    """Every value computed from the config, in one place, printed at start."""
+
+    samples_per_step: int
+    policy_ranks: int
+    critic_ranks: int
+    samples_per_policy_rank: int
+    grad_accum_policy: int
+    grad_accum_critic: int
+    optimizer_steps_per_step: int
+    rollout_gpus: int
+    layout: PoolLayout  # pools -> roles and reserved GPUs (rlhf_dist.layout, shared with every command)
+
+    @property
+    def gpus_per_pool(self) -> dict[str, int]:
+        return self.layout.gpus_per_pool
+
+    @property
+    def roles_per_pool(self) -> dict[str, list[str]]:
+        return self.layout.roles_per_pool
+
+    @property
+    def total_gpus(self) -> int:
+        return self.layout.total_gpus
+
+    def table(self) -> str:
+        rows = [
+            ("samples per step (prompts x samples/prompt)", self.samples_per_step),
+            ("policy ranks / critic ranks", f"{self.policy_ranks} / {self.critic_ranks or 'none (critic-free)'}"),
+            ("samples per policy rank per step", self.samples_per_policy_rank),
+            ("grad accumulation (policy / critic)", f"{self.grad_accum_policy} / {self.grad_accum_critic}"),
+            ("optimizer steps per PPO step", self.optimizer_steps_per_step),
+            ("rollout GPUs (engines x TP)", self.rollout_gpus),
+        ]
+        rows += [
+            (f"pool {p}: GPUs reserved / roles", f"{self.gpus_per_pool[p]} / {', '.join(self.roles_per_pool[p])}")
+            for p in self.gpus_per_pool
+        ]
+        rows.append(("GPUs in all pools", self.total_gpus))
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+# The estimators' properties come from their registry entries (rlhf_dist.algorithms.registry).
+CRITIC_ESTIMATORS = {n for n, e in ADVANTAGE_ESTIMATORS.items() if e.needs_critic}
+GROUP_ESTIMATORS = {n for n, e in ADVANTAGE_ESTIMATORS.items() if e.needs_groups}
+# Estimators whose advantages come from sequence scores alone: a per-token KL reward would be ignored.
+SCORE_ONLY_ESTIMATORS = {n for n, e in ADVANTAGE_ESTIMATORS.items() if not e.uses_kl_reward}
+
+
+def uses_critic(cfg: Config) -> bool:
+    return cfg.ppo.advantage_estimator in CRITIC_ESTIMATORS
+
+
+def role_gpus(cfg: Config) -> dict[str, tuple[str, int]]:
+    """role -> (pool, GPUs it needs). The reward role counts only when a reward model is configured."""
+    p = cfg.placement
+    out = {"policy": (p.policy.pool, p.policy.num_gpus)}
+    if uses_critic(cfg):
+        if p.critic is None:
+            raise ConfigError(
+                f"placement.critic: advantage estimator {cfg.ppo.advantage_estimator!r} trains a critic, so the "
+                "critic role needs a pool"
+            )
+        out["critic"] = (p.critic.pool, p.critic.num_gpus)
+    if uses_reference(cfg):
+        out["reference"] = (p.reference.pool, p.reference.num_gpus)
+    out["rollout"] = (p.rollout.pool, p.rollout.num_engines * p.rollout.tensor_parallel_size)
+    if cfg.reward.model is not None:
+        if p.reward is None:
+            raise ConfigError("placement.reward: reward.model is set, so the reward role needs a pool")
+        out["reward"] = (p.reward.pool, p.reward.num_gpus)
+    return out
+
+
+def derive(cfg: Config) -> Derived:
+    """Check the arithmetic between fields and compute derived values; raises ConfigError naming the fields."""
+    ppo, p = cfg.ppo, cfg.placement
+    samples = ppo.rollout_batch_size * cfg.rollout.n_samples_per_prompt
+    roles = role_gpus(cfg)
+    layout = pool_layout(p.pools, roles)
+    tp = p.rollout.tensor_parallel_size
+    if tp > p.pools[p.rollout.pool].gpus_per_node:
+        raise ConfigError(
+            f"placement.rollout.tensor_parallel_size: {tp} exceeds the GPUs per node of pool {p.rollout.pool!r} "
+            f"({p.pools[p.rollout.pool].gpus_per_node}); a tensor-parallel engine must fit on one node"
+        )
+
+    def batch_check(role: str, ranks: int) -> int:
+        if samples % ppo.mini_batch_size:
+            raise ConfigError(
+                f"ppo.mini_batch_size: {ppo.mini_batch_size} does not divide the samples per step "
+                f"({ppo.rollout_batch_size} prompts x {cfg.rollout.n_samples_per_prompt} samples = {samples})"
+            )
+        per_update = ppo.micro_batch_size * ranks
+        if ppo.mini_batch_size % per_update:
+            raise ConfigError(
+                f"ppo.mini_batch_size: {ppo.mini_batch_size} is not a multiple of micro_batch_size x {role} ranks "
+                f"({ppo.micro_batch_size} x {ranks} = {per_update})"
+            )
+        return ppo.mini_batch_size // per_update
+
+    check_algorithm(cfg)
+    if p.reward is not None and p.reward.zero_stage != 0:
+        raise ConfigError("placement.reward.zero_stage: only 0 (a full replica per rank) is supported for the reward model")
+    ga_policy = batch_check("policy", p.policy.num_gpus)
+    critic_ranks = p.critic.num_gpus if "critic" in roles else 0
+    ga_critic = batch_check("critic", critic_ranks) if critic_ranks else 0
+    for role, ranks in (("reference", p.reference.num_gpus), ("rollout", p.rollout.num_engines)):
+        if role in roles and samples % ranks:
+            raise ConfigError(f"placement.{role}: {samples} samples per step do not split evenly over {ranks} ranks")
+    return Derived(
+        samples_per_step=samples,
+        policy_ranks=p.policy.num_gpus,
+        critic_ranks=critic_ranks,
+        samples_per_policy_rank=samples // p.policy.num_gpus,
+        grad_accum_policy=ga_policy,
+        grad_accum_critic=ga_critic,
+        optimizer_steps_per_step=ppo.epochs * samples // ppo.mini_batch_size,
+        rollout_gpus=p.rollout.num_engines * tp,
+        layout=layout,
+    )
+
+
+def check_algorithm(cfg: Config) -> None:
+    ppo, n = cfg.ppo, cfg.rollout.n_samples_per_prompt
+    est = ppo.advantage_estimator
+    if est in GROUP_ESTIMATORS and n < 2:
+        raise ConfigError(
+            f"rollout.n_samples_per_prompt: advantage estimator {est!r} compares samples of the same prompt, "
+            f"so it needs at least 2 (got {n})"
+        )
+    if ppo.dynamic_sampling and n < 2:
+        raise ConfigError("ppo.dynamic_sampling: drops prompts whose samples all score the same; needs rollout.n_samples_per_prompt >= 2")
+    if est in SCORE_ONLY_ESTIMATORS and ppo.kl_coef > 0:
+        raise ConfigError(
+            f"ppo.kl_coef: {est!r} computes advantages from sequence scores only, so a KL reward penalty would be "
+            "ignored; use ppo.kl_loss_coef for a KL term in the loss"
+        )
+    if ppo.kl_target is not None and ppo.kl_coef == 0:
+        raise ConfigError("ppo.kl_target: the adaptive controller scales ppo.kl_coef, which is 0; set an initial kl_coef")
+    if ppo.policy_loss == "clip_higher" and ppo.clip_eps_high is None:
+        raise ConfigError("ppo.clip_eps_high: policy_loss 'clip_higher' needs an upper clip (e.g. 0.28 with clip_eps 0.2)")
+    if ppo.overlong_buffer is not None and ppo.overlong_buffer >= cfg.rollout.max_new_tokens:
+        raise ConfigError(
+            f"ppo.overlong_buffer: {ppo.overlong_buffer} must be smaller than rollout.max_new_tokens ({cfg.rollout.max_new_tokens})"
+        )
+    if ppo.is_band[0] >= ppo.is_band[1] or ppo.is_band[0] < 0:
+        raise ConfigError(f"ppo.is_band: {list(ppo.is_band)} must be [low, high] with 0 <= low < high")
+    k, pl = cfg.rollout.max_staleness, cfg.placement
+    if k > 0 and pl.rollout.pool == pl.policy.pool:
+        raise ConfigError(
+            f"rollout.max_staleness: {k} needs the rollout engines on their own pool (they share {pl.policy.pool!r} "
+            "with the policy, so generation cannot overlap training); use 0 or move placement.rollout.pool"
+        )
+    if unknown := set(cfg.cluster.cpu_cores) - set(pl.pools):
+        raise ConfigError(f"cluster.cpu_cores: {sorted(unknown)} not in placement.pools ({', '.join(pl.pools)})")
+    if k > 0 and ppo.dynamic_sampling:
+        raise ConfigError("rollout.max_staleness: asynchronous mode does not support ppo.dynamic_sampling; use 0")
+    if ppo.old_logprobs == "engine" and (k > 0 or ppo.is_correction != "none"):
+        raise ConfigError(
+            "ppo.old_logprobs: 'engine' cannot be combined with rollout.max_staleness > 0 or ppo.is_correction: the "
+            "off-policy correction weighs the learner's log-probs against the engine's; use 'learner'"
+        )
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None) -> Config:
+    """Read YAML (or start from `base`), apply dotted overrides, validate. Raises ConfigError with field names."""
+    cfg = validate(Config, read_config_data(path, overrides, base))
+    derive(cfg)  # arithmetic errors surface here, before anything starts
+    return cfg
