@@ -98,3 +98,21 @@ def test_readme_module_map_matches_the_tree():
     for pkg, row in re.findall(r"^\| `rlhf_dist/(\w+)/` \| (.*)$", section, flags=re.M):
         for name in re.findall(r"`(\w+\.py)`", row):
             assert (ROOT / pkg / name).is_file(), f"README names rlhf_dist/{pkg}/{name}, which does not exist"
+
+
+def test_library_packages_do_not_import_commands():
+    """Commands sit on top: nothing below them (config, data, rollout, rewards, learner, sync, runtime,
+    trainers, algorithms) reaches up into rlhf_dist.commands; only the entry point does."""
+    bad = [
+        f"{m} imports {n}"
+        for m, deps in import_graph().items()
+        if not m.startswith("rlhf_dist.commands") and m != "rlhf_dist.__main__"
+        for n in deps
+        if n.startswith("rlhf_dist.commands")
+    ]
+    assert not bad, "; ".join(bad)
+
+
+def test_no_module_is_over_400_lines():
+    long = {str(p.relative_to(ROOT.parent)): n for p in ROOT.rglob("*.py") if (n := len(p.read_text().splitlines())) > 400}
+    assert not long, f"split these modules: {long}"

@@ -6,7 +6,7 @@ import pytest
 
 from rlhf_dist.algorithms.registry import ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
 from rlhf_dist.config import PoolConfig, PPOConfig
-from rlhf_dist.data.batch import check_groups
+from rlhf_dist.rollout.trajectory import check_groups
 from rlhf_dist.errors import ConfigError
 from rlhf_dist.config.layout import pool_layout
 from rlhf_dist.runtime.placement import plan_slots

@@ -116,7 +116,7 @@ def test_a_corrupted_tensor_in_the_engine_stops_the_run(faulty_roles):
     cfg, roles, _ = faulty_roles
     tokenizer = prepare_model(cfg, print)
     prompts = load_prompts(cfg.data, tokenizer)
-    state = LoopState(cfg, prompts.ids, prompts.texts, prompts.labels, tokenizer, RuleRewards(cfg.reward.functions))
+    state = LoopState(cfg, prompts.ids, prompts.texts, prompts.labels, tokenizer, RuleRewards(cfg.reward.functions), roles)
     roles.rollout.call("set_fault", "corrupt", "model.layers.1.mlp.down_proj.weight", timeout_s=60)
     # The wire is fine (checksums equal, every tensor loaded), but the engine holds other weights.
     sync = roles.sync_weights(2, verify=True)

@@ -40,7 +40,7 @@ def test_two_tp2_engines_own_four_bundles_and_match_the_learner(ray_session, tin
 
         tokenizer = prepare_model(cfg, print)
         prompts = load_prompts(cfg.data, tokenizer)
-        state = LoopState(cfg, prompts.ids, prompts.texts, prompts.labels, tokenizer, RuleRewards(cfg.reward.functions))
+        state = LoopState(cfg, prompts.ids, prompts.texts, prompts.labels, tokenizer, RuleRewards(cfg.reward.functions), roles)
         roles.sync_weights(0, verify=True)
         for step in (1, 2):
             # rl_step stops with a WeightSyncError if the engines' log-probs leave sync.max_logprob_diff.

@@ -98,7 +98,7 @@ def test_evaluation_scores_with_the_reward_model_as_training_does(tiny_model, re
     the job's roles are a stand-in of our own (rlhf_dist.trainers.rl_roles), generating fixed responses."""
     from transformers import AutoTokenizer
 
-    from rlhf_dist.data.batch import split_list
+    from rlhf_dist.data.batch import shards
     from rlhf_dist.rollout.evaluation import Evaluator
     from rlhf_dist.learner.workers import RewardModelWorker
 
@@ -111,13 +111,20 @@ def test_evaluation_scores_with_the_reward_model_as_training_does(tiny_model, re
     tok = AutoTokenizer.from_pretrained(tiny_model)
 
     class Roles:
-        rollout, reward = [0], [0, 1]  # one engine; two reward ranks, so requests are padded and split
+        rollout, reward = [0], [0, 1]  # one engine; two reward ranks, so requests are split unevenly
 
-        def generate(self, ids, seed, sampling=None):
-            return {"responses": [tok(" runs fast")["input_ids"]] * len(ids), "finish_reasons": ["stop"] * len(ids)}
+        version = 0
+
+        def submit_generate(self, ids, seed, sampling=None):
+            return ids
+
+        def gather_generate(self, ids):
+            r = tok(" runs fast")["input_ids"]
+            return {"responses": [r] * len(ids), "logprobs": [[0.0] * len(r)] * len(ids), "finish_reasons": ["stop"] * len(ids),
+                    "engine_seconds": [0.0]}
 
         def reward_scores(self, pairs):
-            return [s for part in split_list(pairs, len(self.reward)) for s in worker.score(part)]
+            return [s for part in shards(pairs, len(self.reward)) for s in worker.score(part)]
 
     ev = Evaluator(cfg, tok, RuleRewards(cfg.reward.functions), log=lambda _: None)
     out = ev._one(Roles(), "greedy", 1, None, rows := [])

@@ -66,9 +66,9 @@ def _prompts(cfg: Config, n: int, prompt_len: int) -> list[list[int]]:
 
 def bench_rollout(cfg: Config, prompts: int, prompt_len: int, repeats: int, log=print) -> dict:
     """The framework's engines (Ray actors, requests split across engines) vs vLLM called directly."""
-    from rlhf_dist.data.batch import split_list
     from rlhf_dist.dist import cpu_workers
     from rlhf_dist.rollout.engine import RolloutEngine, engine_env, engine_spec
+    from rlhf_dist.rollout.requests import submit_generate
     from rlhf_dist.runtime.roles import Roles, RoleSpec
     from rlhf_dist.runtime.scaffold import ray_session
 
@@ -84,13 +84,14 @@ def bench_rollout(cfg: Config, prompts: int, prompt_len: int, repeats: int, log=
         roles = Roles(specs, cfg.placement.pools, cfg.run.name, cfg.cluster, cfg.timeouts, log)
         group, direct = roles["rollout"], roles["vllm-direct"]
         n = len(group)
-        chunks = lambda seed: [(c, seed) for c in split_list(batch, n)]  # noqa: E731
-        group.call("generate", per_rank=chunks(0), timeout_s=cfg.timeouts.call_s)  # warm-up at full size
+        # As training sends them: shards over the engines, sample j seeded seed + j (direct vLLM seeds the same way).
+        generate = lambda seed: roles.wait([submit_generate(group, batch, seed, None)], "rollout.generate")  # noqa: E731
+        generate(0)  # warm-up at full size
         direct.call("run", batch, 0, timeout_s=cfg.timeouts.call_s)
         # Timings drift by 20% or more between runs on a shared machine: the two sides alternate.
         for rep in range(repeats):
             t0 = time.perf_counter()
-            outs = group.call("generate", per_rank=chunks(rep * 10_000), timeout_s=cfg.timeouts.call_s)
+            outs = generate(rep * 10_000)
             wall = time.perf_counter() - t0
             tokens = sum(len(r) for o in outs for r in o["responses"])
             rows.append(_rollout_row("rlhf_dist engines", n, rep, len(batch), tokens, wall))

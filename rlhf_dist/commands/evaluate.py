@@ -21,10 +21,10 @@ def evaluate_saved_policy(cfg: Config, log=print) -> Path:
     derived = derive(cfg)
     tokenizer = prepare_model(cfg, log)
     rules = RuleRewards(cfg.reward.functions, has_labels=cfg.eval.label_key is not None)
+    evaluator = Evaluator(cfg, tokenizer, rules, log)  # reads and checks the prompts before anything is written
     run_dir = fresh_run_dir(f"{cfg.run.output_dir}-eval")
     log = RunLog(run_dir, log)
     write_config(run_dir, cfg, None)
-    evaluator = Evaluator(cfg, tokenizer, rules, log)
     with ray_session(cfg, derived, log):
         roles = RLRoles(cfg, log)  # the engines load model.policy themselves: no sync needed
         try:

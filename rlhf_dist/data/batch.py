@@ -1,45 +1,16 @@
-"""Assembling [prompt | response] batches and splitting them across data-parallel ranks.
-
-The grouping contract, written once here: with G samples per prompt, the rows of one prompt are consecutive,
-so prompt group g is rows [g*G, (g+1)*G). The loop requests each prompt G times in a row, the engines answer
-in request order, and the group estimators, dynamic sampling and labelling read groups by this layout;
-`check_groups` verifies it where a batch is assembled.
-"""
+"""Assembling [prompt | response] batches and splitting them across data-parallel ranks. (A rollout batch's
+groups are checked where it is made: rlhf_dist.rollout.trajectory.)"""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from rlhf_dist.rollout.finish import truncated_flags
 
-
-def rollout_batch(prompt_ids, idx: list[int], responses, logprobs, finish_reasons, scores, group_size: int) -> tuple[dict, dict]:
-    """A step's rollouts from generated, scored samples (row r answers prompt idx[r]; the grouping contract is
-    checked here), and the truncation metric every step logs."""
-    check_groups(idx, group_size)
-    R = max(1, max(len(r) for r in responses))
-    roll = {
-        "prompt_ids": [prompt_ids[i] for i in idx],
-        "responses": responses,
-        "engine_logprobs": pad_rows(logprobs, R),
-        "scores": scores,
-        "truncated": truncated_flags(finish_reasons),
-    }
-    return roll, {"response/truncated_fraction": float(roll["truncated"].float().mean())}
-
-
-def throughput_metrics(tokens: int, seconds: float) -> dict:
-    """The tokens a step generated and their rate."""
-    return {"rollout/tokens": float(tokens), "rollout/tokens_per_s": tokens / max(seconds, 1e-9)}
-
-
-def reward_part_metrics(parts: dict) -> dict:
-    """Each reward component's unweighted mean over the trained samples (e.g. accuracy)."""
-    return {f"reward/{name}": float(v.mean()) for name, v in parts.items()}
-
-
-def build_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Prompts left-padded to the longest prompt, responses right-padded to the longest response."""
+def build_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: int,
+                loss_masks: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
+    """Prompts left-padded to the longest prompt, responses right-padded to the longest response. `mask` is 1
+    on the response tokens trained on: every response token, or where `loss_masks` (one entry per response
+    token) says so (a multi-turn response's inserted tokens are attended to but not trained on)."""
     P = max(len(p) for p in prompts)
     R = max(1, max(len(r) for r in responses))
     B = len(prompts)
@@ -54,6 +25,8 @@ def build_batch(prompts: list[list[int]], responses: list[list[int]], pad_id: in
     # Row-major order of the True cells is each row's prompt then its response: the tokens' order.
     input_ids[attention_mask.bool()] = torch.tensor([t for p, r in zip(prompts, responses) for t in (*p, *r)], dtype=torch.long)
     mask = in_response[:, P:].float()
+    if loss_masks is not None:
+        mask[mask.bool()] = torch.tensor([m for row in loss_masks for m in row], dtype=torch.float32)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "mask": mask}
 
 
@@ -65,13 +38,32 @@ def pad_rows(rows: list[list[float]], width: int) -> torch.Tensor:
 
 
 def split(batch: dict[str, torch.Tensor], n: int) -> list[dict]:
-    """n equal contiguous shards (the config check guarantees divisibility), as they are sent to the ranks:
-    tensors as numpy arrays where numpy has the dtype (the ranks take them back with `from_wire`). Ray sends an
-    array's own bytes as a raw buffer; a tensor is pickled through torch.save of its whole storage, so each
-    rank's shard of a sliced batch carried the full batch (measured on the GRPO demo, submitting a pass to two
-    ranks: 1.9 -> 1.0 ms; the update: 1.7 -> 0.9 ms)."""
-    size = batch["input_ids"].shape[0] // n
-    return [{k: to_wire(v[i * size : (i + 1) * size]) for k, v in batch.items()} for i in range(n)]
+    """n equal contiguous shards, as they are sent to the ranks (every rank must run the same number of micro
+    batches; the config check guarantees divisibility): tensors as numpy arrays where numpy has the dtype (the
+    ranks take them back with `from_wire`). Ray sends an array's own bytes as a raw buffer; a tensor is pickled
+    through torch.save of its whole storage, so each rank's shard of a sliced batch carried the full batch
+    (measured on the GRPO demo, submitting a pass to two ranks: 1.9 -> 1.0 ms; the update: 1.7 -> 0.9 ms)."""
+    bounds = shard_bounds(batch["input_ids"].shape[0], n)
+    if len({b - a for a, b in bounds}) != 1:
+        raise ValueError(f"a batch of {batch['input_ids'].shape[0]} rows does not split evenly over {n} ranks")
+    return [{k: to_wire(v[a:b]) for k, v in batch.items()} for a, b in bounds]
+
+
+def shard_bounds(total: int, n: int) -> list[tuple[int, int]]:
+    """[start, end) of n contiguous shards covering all `total` items, sizes differing by at most one (larger
+    first), so no item is ever dropped; shards are empty only when total < n."""
+    base, extra = divmod(total, n)
+    bounds, start = [], 0
+    for i in range(n):
+        end = start + base + (1 if i < extra else 0)
+        bounds.append((start, end))
+        start = end
+    return bounds
+
+
+def shards(items: list, n: int) -> list[list]:
+    """`items` in n contiguous shards (shard_bounds); callers skip empty ones."""
+    return [items[a:b] for a, b in shard_bounds(len(items), n)]
 
 
 # bfloat16 and the other dtypes numpy lacks stay tensors.
@@ -90,19 +82,5 @@ def from_wire(v):
     return torch.from_numpy(v.copy()) if isinstance(v, np.ndarray) else v
 
 
-def split_list(items: list, n: int) -> list[list]:
-    size = len(items) // n
-    return [items[i * size : (i + 1) * size] for i in range(n)]
-
-
 def concat(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-
-
-def check_groups(prompt_index: list[int], group_size: int) -> None:
-    """Raise unless `prompt_index` (the prompt of each row) holds whole groups of one prompt each."""
-    if len(prompt_index) % group_size:
-        raise ValueError(f"{len(prompt_index)} rows do not split into groups of {group_size} samples per prompt")
-    for start in range(0, len(prompt_index), group_size):
-        if len(set(prompt_index[start : start + group_size])) != 1:
-            raise ValueError(f"rows {start}..{start + group_size - 1} mix prompts: the samples of a prompt must be consecutive")

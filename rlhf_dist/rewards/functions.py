@@ -80,7 +80,12 @@ class RuleRewards:
         return [sum(row) for row in self.per_function(prompts, responses, labels)]
 
     def per_function(self, prompts: list[str], responses: list[str], labels: list | None = None) -> list[list[float]]:
-        """[sample][function] weighted values. `label` is passed only to functions that take it."""
+        """[sample][function] weighted values."""
+        return [[spec.weight * v for spec, v in zip(self.specs, row)] for row in self.values(prompts, responses, labels)]
+
+    def values(self, prompts: list[str], responses: list[str], labels: list | None = None) -> list[list[float]]:
+        """[sample][function] values as each function returned them (unweighted). `label` is passed only to
+        functions that take it."""
         calls = [
             [(p, r, {"label": labels[i]} if takes_label and labels is not None else {}) for i, (p, r) in enumerate(zip(prompts, responses))]
             for takes_label in self.takes_label
@@ -92,7 +97,7 @@ class RuleRewards:
             outs = [[None] * len(prompts) for _ in self.specs]
             size = chunk_size(len(prompts), self.pool.processes)
             firsts = [(out, *got) for out, got in zip(outs, self._pass(self.specs, calls, range(len(prompts)), size, outs))]
-        columns = [[spec.weight * v for v in self._run(spec, c, first)] for spec, c, first in zip(self.specs, calls, firsts)]
+        columns = [self._run(spec, c, first) for spec, c, first in zip(self.specs, calls, firsts)]
         return [list(row) for row in zip(*columns)]
 
     def _run(self, spec: RewardFunction, calls: list[tuple], first: tuple | None = None) -> list[float]:

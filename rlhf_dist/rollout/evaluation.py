@@ -6,8 +6,12 @@ import math
 import time
 from pathlib import Path
 
+import torch
 
 from rlhf_dist.config import Config, ConfigError, DataConfig
+from rlhf_dist.rewards.scorer import Scorer
+from rlhf_dist.rollout.requests import generation_seed
+from rlhf_dist.rollout.source import generate, score_samples
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -22,11 +26,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 def mean_pass_at_k(correct_per_prompt: list[int], n: int, k: int) -> float:
     return sum(pass_at_k(n, c, k) for c in correct_per_prompt) / len(correct_per_prompt)
-
-
-def _padded(items: list, multiple: int) -> list:
-    """The engines split requests evenly: pad with repeats of the first item (their results are dropped)."""
-    return items + [items[0]] * ((-len(items)) % multiple)
 
 
 class Evaluator:
@@ -83,26 +82,16 @@ class Evaluator:
 
     def _one(self, roles, mode: str, n: int, sampling: dict | None, rows: list) -> dict:
         p = self.prompts
-        idx = [i for i in range(len(p.ids)) for _ in range(n)]
-        engines = len(roles.rollout)
-        req = _padded(idx, engines)
-        gen = roles.generate([p.ids[i] for i in req], seed=self.cfg.run.seed * 7919, sampling=sampling)
-        responses = gen["responses"][: len(idx)]
-        texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
-        prompts = [p.texts[i] for i in idx]
-        labels = None if p.labels is None else [p.labels[i] for i in idx]
+        # The same seed at every evaluation (rlhf_dist.rollout.requests): the curve moves only with the weights.
+        samples, _ = generate(roles, p, list(range(len(p.ids))), n, generation_seed(self.cfg.run.seed, 0, 0), sampling)
+        # Metrics only, nothing trained on: the functions' values as they returned them (float64).
+        scorer = Scorer(self.rules, roles.reward_scores if roles.reward is not None else None, dtype=torch.float64)
+        texts = score_samples(scorer, samples, self.tokenizer, p)
         out = {
-            f"eval/{mode}/response_length": sum(map(len, responses)) / len(responses),
-            f"eval/{mode}/truncated_fraction": sum(r == "length" for r in gen["finish_reasons"][: len(idx)]) / len(idx),
+            f"eval/{mode}/response_length": sum(len(s.response_ids) for s in samples) / len(samples),
+            f"eval/{mode}/truncated_fraction": sum(s.truncated for s in samples) / len(samples),
         }
-        columns: dict[str, list[float]] = {}
-        if self.rules:
-            table = self.rules.per_function(prompts, texts, labels)
-            for j, (name, spec) in enumerate(zip(self.rules.names, self.rules.specs)):
-                columns[name] = [row[j] / spec.weight if spec.weight else row[j] for row in table]
-        if roles.reward is not None:
-            padded = _padded(list(zip(prompts, texts)), len(roles.reward))
-            columns["reward_model"] = roles.reward_scores(padded)[: len(idx)]
+        columns = {name: [s.reward_parts[name] for s in samples] for name in samples[0].reward_parts}
         for name, values in columns.items():
             out[f"eval/{mode}/{name}"] = sum(values) / len(values)
         if self.pass_index is not None:
@@ -110,9 +99,9 @@ class Evaluator:
             per_prompt = [sum(correct[i * n : (i + 1) * n]) for i in range(len(p.ids))]
             for k in ([1] if mode == "greedy" else self.e.k):
                 out[f"eval/{mode}/pass@{k}"] = mean_pass_at_k(per_prompt, n, k)
-        for j, i in enumerate(idx):
-            row = {"mode": mode, "prompt": p.texts[i], "response": texts[j], **{k: v[j] for k, v in columns.items()}}
-            if labels is not None:
-                row["label"] = labels[j]
+        for s, text in zip(samples, texts):
+            row = {"mode": mode, "prompt": p.texts[s.prompt_index], "response": text, **s.reward_parts}
+            if p.labels is not None:
+                row["label"] = p.labels[s.prompt_index]
             rows.append(row)
         return out

@@ -8,6 +8,8 @@ import math
 import time
 from pathlib import Path
 
+import torch
+
 from rlhf_dist.data.chat import prompt_ids, require_template
 from rlhf_dist.data.prompts import load_prompts
 from rlhf_dist.dist import cpu_workers
@@ -15,8 +17,12 @@ from rlhf_dist.config.layout import pool_layout
 from rlhf_dist.learner.workers import RewardModelWorker
 from rlhf_dist.model_shape import check_tp_heads
 from rlhf_dist.preflight import check_model_path, prepare_tokenizer
+from rlhf_dist.data.batch import shards
 from rlhf_dist.rewards.functions import RuleRewards
+from rlhf_dist.rewards.scorer import Scorer
 from rlhf_dist.rollout.engine import RolloutEngine, engine_env, engine_spec
+from rlhf_dist.rollout.requests import generation_seed, merged, submit_generate
+from rlhf_dist.rollout.source import generate
 from rlhf_dist.rollout.judge import JUDGE_LABEL_ROOM, JudgeEngine, judge_engine_spec
 from rlhf_dist.runtime.roles import Roles, RoleSpec, role_gpus
 from rlhf_dist.runtime.scaffold import open_run, ray_session
@@ -80,12 +86,12 @@ def _label(cfg: LabelConfig, specs, prompts, tokenizer, rules, judge_tok, run_di
         counts = {"written": 0, "ties": 0, "empty": 0, "too_long": 0}
         t0 = time.perf_counter()
         with (run_dir / "preferences.jsonl").open("w") as out:
-            for start in range(0, len(prompts.texts), cfg.batch_size):
+            for b, start in enumerate(range(0, len(prompts.texts), cfg.batch_size)):
                 idx = list(range(start, min(start + cfg.batch_size, len(prompts.texts))))
                 texts = [prompts.texts[i] for i in idx]
-                # Each prompt n times in a row: its samples come back as one group (see rlhf_dist.data.batch).
-                samples = roles.generate([prompts.ids[i] for i in idx for _ in range(n)], seed=cfg.run.seed * 1_000_003 + start)
-                responses = [tokenizer.batch_decode(samples[k * n : (k + 1) * n], skip_special_tokens=True) for k in range(len(idx))]
+                samples, _ = generate(roles, prompts, idx, n, generation_seed(cfg.run.seed, b + 1, 1))
+                decoded = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
+                responses = [decoded[k * n : (k + 1) * n] for k in range(len(idx))]
                 for prompt, resp, scores in zip(texts, responses, judge(texts, responses)):
                     row = "too_long" if scores is None else preference_row(prompt, resp, scores, j.kind)
                     if isinstance(row, str):
@@ -120,15 +126,17 @@ def _judge(cfg: LabelConfig, roles: "LabelRoles", rules, judge_tok):
     """A function (prompts, [responses per prompt]) -> [scores per prompt]. `judge_tok`: an LLM judge's
     tokenizer (checked in run_label)."""
     j = cfg.judge
-    if j.kind == "function":
-        return lambda prompts, responses: [rules([p] * len(r), r) for p, r in zip(prompts, responses)]
-    if j.kind == "reward_model":
-        def by_model(prompts, responses):
-            flat = roles.call_judge("score", [(p, r) for p, rs in zip(prompts, responses) for r in rs])
-            k = len(responses[0])
-            return [flat[i * k : (i + 1) * k] for i in range(len(prompts))]
+    if j.kind in ("function", "reward_model"):
+        scorer = Scorer(rules, (lambda pairs: roles.call_judge("score", pairs)) if j.kind == "reward_model" else None,
+                        dtype=torch.float64)
 
-        return by_model
+        def by_score(prompts, responses):
+            k = len(responses[0])
+            flat = [r for rs in responses for r in rs]
+            totals, _ = scorer([p for p in prompts for _ in range(k)], flat, None, [0] * len(flat))
+            return [totals[i * k : (i + 1) * k].tolist() for i in range(len(prompts))]
+
+        return by_score
     labels = [list(judge_tok(lab, add_special_tokens=False)["input_ids"]) for lab in j.labels]
 
     chat = cfg.data.apply_chat_template
@@ -163,24 +171,18 @@ class LabelRoles:
         self.roles = Roles(specs, cfg.placement.pools, cfg.run.name, cfg.cluster, cfg.timeouts, log)
         self.groups = self.roles.groups
 
-    def generate(self, prompts: list[list[int]], seed: int) -> list[list[int]]:
-        g = self.groups["rollout"]
-        parts = _chunks(prompts, len(g))
-        offsets = [sum(len(c) for c in parts[:i]) for i in range(len(parts))]
-        outs = self.roles.call("rollout", "generate", per_rank=[(c, seed + o) for c, o in zip(parts, offsets)], ranks=range(len(parts)))
-        return [r for o in outs for r in o["responses"]]
+    def submit_generate(self, prompts: list[list[int]], seed: int, sampling: dict | None = None):
+        return submit_generate(self.groups["rollout"], prompts, seed, None, sampling)  # no syncs: nothing to check
+
+    def gather_generate(self, submitted) -> dict:
+        return merged(self.roles.wait([submitted], "rollout.generate"))
+
+    version = 0  # the engines keep the weights they loaded
 
     def call_judge(self, method: str, items: list, *extra) -> list:
-        g = self.groups["judge"]
-        parts = _chunks(items, len(g))
+        parts = [c for c in shards(items, len(self.groups["judge"])) if c]
         outs = self.roles.call("judge", method, per_rank=[(c, *extra) for c in parts], ranks=range(len(parts)))
         return [x for o in outs for x in o]
 
     def shutdown(self) -> None:
         self.roles.shutdown()
-
-
-def _chunks(items: list, n: int) -> list[list]:
-    """At most n nearly equal, non-empty, contiguous chunks covering every item."""
-    size = math.ceil(len(items) / n)
-    return [items[i : i + size] for i in range(0, len(items), size)]

@@ -1,16 +1,13 @@
 """The RL loop (PPO and the critic-free family). Reads top to bottom; the math lives in rlhf_dist.algorithms."""
 from __future__ import annotations
 
-import threading
 import time
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 import torch
 
 from rlhf_dist.algorithms import kl_estimate, masked_mean
-from rlhf_dist.algorithms.advantages import AdvantageInputs, estimate_advantages, informative_groups, overlong_penalty
+from rlhf_dist.algorithms.advantages import AdvantageInputs, estimate_advantages
 from rlhf_dist.algorithms.correction import off_policy_terms
 from rlhf_dist.algorithms.kl import kl_controller
 from rlhf_dist.algorithms.losses import LOGPROB_PROBE, ClippedValueLoss, PolicyLoss
@@ -18,18 +15,17 @@ from rlhf_dist import checkpoint
 from rlhf_dist.checkpoint import Checkpoint, load_trainer_state
 from rlhf_dist.config import Config, derive
 from rlhf_dist.console import StepProgress, step_line
-from rlhf_dist.data.batch import build_batch, reward_part_metrics, rollout_batch, throughput_metrics
-from rlhf_dist.data.prompts import PromptLoader, load_prompts
-from rlhf_dist.errors import WaitTimeout
+from rlhf_dist.data.prompts import PromptLoader, PromptSet, load_prompts
 from rlhf_dist.rollout.evaluation import Evaluator
 from rlhf_dist.config.passes import step_passes
 from rlhf_dist.metrics import MetricsWriter, set_aside_metrics_after
 from rlhf_dist.preflight import prepare_model
 from rlhf_dist.rewards.functions import RuleRewards
+from rlhf_dist.rewards.scorer import Overlong, Scorer
 from rlhf_dist.rollout.finish import drop_truncated
+from rlhf_dist.rollout.source import RolloutSource, SourceSpec
 from rlhf_dist.runtime.scaffold import log_skipped, open_run, ray_session, with_restarts
 from rlhf_dist.sync.weights import check_logprob_match
-from rlhf_dist.trainers.async_rollout import RolloutProducer, generation_seed
 from rlhf_dist.trainers.passes_run import reduce_ranks, run_passes, update_batch
 from rlhf_dist.trainers.rl_roles import RLRoles
 
@@ -59,9 +55,7 @@ def run_session(cfg: Config, derived, run_dir: Path, resume: Checkpoint | None, 
     roles = writer = state = None
     try:
         roles = RLRoles(cfg, log)
-        state = LoopState(cfg, *data)
-        if cfg.rollout.max_staleness > 0:  # asynchronous mode: engines run ahead (rlhf_dist.trainers.async_rollout)
-            state.producer = RolloutProducer(cfg, roles, state, score)
+        state = LoopState(cfg, *data, roles)
         start = 0
         if resume is not None:
             roles.load_checkpoint(str(resume.path))
@@ -96,34 +90,39 @@ def run_session(cfg: Config, derived, run_dir: Path, resume: Checkpoint | None, 
     finally:
         if writer is not None:
             writer.close()
-        if state is not None and state.producer is not None:
-            state.producer.close()
+        if state is not None:
+            state.source.close()
         if roles is not None:
             roles.shutdown()
 
 
 class LoopState:
-    """What the loop carries from step to step: data position, reward functions, the KL coefficient."""
+    """What the loop carries from step to step: the rollout source and its data position, the KL coefficient."""
 
-    def __init__(self, cfg: Config, prompt_ids, prompt_texts, labels, tokenizer, rules):
-        self.prompt_ids, self.prompt_texts, self.labels = prompt_ids, prompt_texts, labels
-        self.tokenizer, self.rules = tokenizer, rules
-        self.producer: RolloutProducer | None = None
-        self.loader = PromptLoader(len(prompt_ids), cfg.ppo.rollout_batch_size, cfg.run.seed)
-        p = cfg.ppo
+    def __init__(self, cfg: Config, prompt_ids, prompt_texts, labels, tokenizer, rules, roles: RLRoles):
+        self.tokenizer = tokenizer
+        p, r = cfg.ppo, cfg.rollout
+        self.loader = PromptLoader(len(prompt_ids), p.rollout_batch_size, cfg.run.seed)
+        overlong = None if p.overlong_buffer is None else Overlong(r.max_new_tokens, p.overlong_buffer, p.overlong_penalty)
+        scorer = Scorer(rules, roles.reward_scores if roles.reward is not None else None, cfg.reward.model_weight, overlong)
+        spec = SourceSpec(
+            seed=cfg.run.seed, steps=cfg.run.steps, group_size=r.n_samples_per_prompt, prompts_per_step=p.rollout_batch_size,
+            max_staleness=r.max_staleness, dynamic_sampling=p.dynamic_sampling, max_rounds=p.max_sampling_rounds,
+            score_before_passes=roles.reward is not None and r.max_staleness == 0, call_s=cfg.timeouts.call_s,
+        )
+        self.source = RolloutSource(spec, roles, self.loader, PromptSet(prompt_texts, prompt_ids, labels, []), tokenizer, scorer)
         self.kl_ctl = kl_controller(p.kl_coef, p.kl_target, p.kl_horizon)
         self.passes = step_passes(cfg)
         self.policy_loss = PolicyLoss(
             name=p.policy_loss, clip_eps=p.clip_eps, clip_eps_high=p.clip_eps_high, dual_clip_c=p.dual_clip_c,
-            aggregation=p.loss_aggregation, norm_constant=float(cfg.rollout.max_new_tokens),
+            aggregation=p.loss_aggregation, norm_constant=float(r.max_new_tokens),
             entropy_coef=p.entropy_coef, kl_loss_coef=p.kl_loss_coef, kl_loss_estimator=p.kl_loss_estimator,
             old_from_forward=self.passes.old_from == "first_forward",
         )
 
     def state_dict(self, step: int) -> dict:
         # Asynchronous mode: the position before the batches still in flight, whose prompts resume draws again.
-        loader = self.producer.loader_state() if self.producer else self.loader.state_dict()
-        return {"step": step, "sync_version": step, "loader": loader, "kl_ctl": self.kl_ctl.state_dict()}
+        return {"step": step, "sync_version": step, "loader": self.source.loader_state(), "kl_ctl": self.kl_ctl.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.loader.load_state_dict(state["loader"])
@@ -135,22 +134,24 @@ def rl_step(cfg: Config, roles: RLRoles, state: LoopState, step: int) -> dict:
     t_step = time.perf_counter()
     timing = {}
 
-    # 2-3a. Rollouts and their scores (with DAPO dynamic sampling, more rounds until enough groups differ).
-    if state.producer is not None:
-        roll, roll_metrics = state.producer.take(step, timing)
-    else:
-        roll, roll_metrics = collect_rollouts(cfg, roles, state, step, timing)
-    batch = build_batch(roll["prompt_ids"], roll["responses"], state.tokenizer.pad_token_id)
+    # 2-3a. The step's rollouts (rlhf_dist.rollout.source: engines ahead by up to max_staleness versions; with
+    # dynamic sampling, more rounds until enough groups differ).
+    rollouts = state.source.take(step, timing)
+    roll_metrics = rollouts.metrics
+    batch, engine_lp = rollouts.batch(state.tokenizer.pad_token_id)
     mask = batch["mask"]
 
-    # 3b. Reference, critic and policy passes in parallel, only those this step needs (rlhf_dist.config.passes); scores
-    # still being computed beside them are waited for after.
-    engine_lp = roll["engine_logprobs"]
+    # 3b. Reference, critic and policy passes in parallel, only those this step needs (rlhf_dist.config.passes);
+    # scores still being computed beside them are waited for after.
     out = run_passes(roles, state.passes, batch, engine_lp, timing)
-    # Bounded by the reward functions' own deadlines (rlhf_dist.rewards.functions), with call_s to spare.
-    scores = await_scores(roll, roll_metrics, timing, cfg.timeouts.call_s + state.rules.deadline_s(len(mask)))
+    t0 = time.perf_counter()
+    beside = rollouts.wait_scored(state.source.score_limit(), f"scoring the samples of step {step}")
+    if beside is not None:  # timing/score: the wait the step saw; timing/score_beside: the scoring's own time
+        timing["score"], timing["score_beside"] = time.perf_counter() - t0, beside
+    scores = rollouts.rewards()
+    roll_metrics.update({f"reward/{name}": float(v.mean()) for name, v in rollouts.reward_parts().items()})
     values = out.values
-    staleness = roll_metrics.get("rollout/staleness", 0.0)
+    staleness = roll_metrics["rollout/staleness"]
     if out.probe is not None and staleness == 0:
         # The engines sampled with the weights the policy just scored: their log-probs must agree.
         check_logprob_match(out.probe, cfg.sync.max_logprob_diff, step)
@@ -175,7 +176,7 @@ def rl_step(cfg: Config, roles: RLRoles, state: LoopState, step: int) -> dict:
     # 5. Policy (and critic) updates, concurrently on their own ranks.
     t0 = time.perf_counter()
     if ppo.mask_truncated:
-        batch["mask"] = drop_truncated(mask, roll["truncated"])
+        batch["mask"] = drop_truncated(mask, rollouts.truncated())
     update_batch(batch, out, engine_lp, advantages, state.policy_loss.needs_reference)
     if is_weights is not None:
         batch["is_weights"] = is_weights
@@ -223,130 +224,3 @@ def rl_step(cfg: Config, roles: RLRoles, state: LoopState, step: int) -> dict:
     metrics.update(sync)
     metrics.update({f"timing/{k}": v for k, v in timing.items()})
     return metrics
-
-
-def collect_rollouts(cfg: Config, roles: RLRoles, state: LoopState, step: int, timing: dict) -> tuple[dict, dict]:
-    """Generate and score `rollout_batch_size` prompt groups. With dynamic sampling, groups whose samples all
-    score the same are dropped and more prompts are drawn, up to `max_sampling_rounds` rounds; if still short,
-    the batch is filled with dropped groups and the shortfall is reported in the metrics."""
-    ppo, n = cfg.ppo, cfg.rollout.n_samples_per_prompt
-    want = ppo.rollout_batch_size
-    if not ppo.dynamic_sampling and roles.reward is None:
-        return rollouts_scored_beside(cfg, roles, state, step, timing)
-    kept, spare = [], []
-    gen_s = score_s = 0.0
-    tokens = 0
-    rounds = 0
-    while len(kept) < want and rounds < (ppo.max_sampling_rounds if ppo.dynamic_sampling else 1):
-        rounds += 1
-        idx, gen, seconds = generate_round(cfg, roles, state, step, rounds)
-        gen_s += seconds
-        tokens += sum(len(r) for r in gen["responses"])
-        t0 = time.perf_counter()
-        scores, parts = score(cfg, roles, state, idx, gen["responses"])
-        score_s += time.perf_counter() - t0
-        groups = [
-            {"idx": idx[g * n : (g + 1) * n], "responses": gen["responses"][g * n : (g + 1) * n],
-             "logprobs": gen["logprobs"][g * n : (g + 1) * n], "scores": scores[g * n : (g + 1) * n],
-             "finish": gen["finish_reasons"][g * n : (g + 1) * n],
-             "parts": {k: v[g * n : (g + 1) * n] for k, v in parts.items()}}
-            for g in range(len(idx) // n)
-        ]
-        if ppo.dynamic_sampling:
-            useful = informative_groups(scores, n).tolist()
-            kept += [g for g, u in zip(groups, useful) if u]
-            spare += [g for g, u in zip(groups, useful) if not u]
-        else:
-            kept += groups
-    filled = max(0, want - len(kept))
-    chosen = (kept + spare)[:want]
-    timing["generate"], timing["score"] = gen_s, score_s
-    roll, metrics = rollout_batch(
-        state.prompt_ids, [i for g in chosen for i in g["idx"]], [r for g in chosen for r in g["responses"]],
-        [lp for g in chosen for lp in g["logprobs"]], [f for g in chosen for f in g["finish"]],
-        torch.cat([g["scores"] for g in chosen]), n,
-    )
-    metrics.update(throughput_metrics(tokens, gen_s))
-    metrics.update(reward_part_metrics({name: torch.cat([g["parts"][name] for g in chosen]) for name in chosen[0]["parts"]}))
-    if ppo.dynamic_sampling:
-        metrics.update({"dynamic_sampling/rounds": rounds, "dynamic_sampling/filled_with_uninformative": filled})
-    return roll, metrics
-
-
-def rollouts_scored_beside(cfg: Config, roles: RLRoles, state: LoopState, step: int, timing: dict) -> tuple[dict, dict]:
-    """One round whose every group is trained: the scores are not needed before the update, so rule rewards
-    (worker processes, rlhf_dist.rewards.pool) run on a helper thread while the step's passes run; a reward
-    model is left out (its actors would share the passes' cores and threads)."""
-    idx, gen, timing["generate"] = generate_round(cfg, roles, state, step, 1)
-    roll, metrics = rollout_batch(state.prompt_ids, idx, gen["responses"], gen["logprobs"], gen["finish_reasons"], None,
-                                  cfg.rollout.n_samples_per_prompt)
-    roll["scores"] = in_background(score, cfg, roles, state, idx, gen["responses"])
-    metrics.update(throughput_metrics(sum(len(r) for r in gen["responses"]), timing["generate"]))
-    return roll, metrics
-
-
-def generate_round(cfg: Config, roles: RLRoles, state: LoopState, step: int, round_: int) -> tuple[list[int], dict, float]:
-    """The next prompts, each n_samples_per_prompt times in a row (the grouping contract), generated: (the
-    prompt of each sample, the engines' answers, seconds)."""
-    idx = [i for i in state.loader.next_batch() for _ in range(cfg.rollout.n_samples_per_prompt)]
-    t0 = time.perf_counter()
-    gen = roles.generate([state.prompt_ids[i] for i in idx], seed=generation_seed(cfg.run.seed, step, round_))
-    return idx, gen, time.perf_counter() - t0
-
-
-def await_scores(roll: dict, metrics: dict, timing: dict, limit_s: float) -> torch.Tensor:
-    """The step's scores. Those computed beside the passes are waited for here: timing/score is the wait the
-    step saw, timing/score_beside the scoring's own seconds."""
-    pending = roll["scores"]
-    if not isinstance(pending, Future):
-        return pending
-    t0 = time.perf_counter()
-    try:
-        (scores, parts), busy = pending.result(timeout=limit_s)
-    except FutureTimeout:
-        raise WaitTimeout(f"scoring the step's samples: not done in {limit_s:g} s (the reward functions' deadlines plus timeouts.call_s)") from None
-    timing["score"], timing["score_beside"] = time.perf_counter() - t0, busy
-    metrics.update(reward_part_metrics(parts))
-    roll["scores"] = scores
-    return scores
-
-
-def in_background(fn, *args) -> Future:
-    """fn(*args) on a daemon thread (a reward call stuck until its deadline never holds the process at exit)."""
-    fut: Future = Future()
-
-    def run():
-        t0 = time.perf_counter()
-        try:
-            fut.set_result((fn(*args), time.perf_counter() - t0))
-        except BaseException as e:  # noqa: BLE001 - raised again by the waiter
-            fut.set_exception(e)
-
-    threading.Thread(target=run, name="scoring", daemon=True).start()
-    return fut
-
-
-def score(cfg: Config, roles: RLRoles, state: LoopState, idx: list[int], responses: list[list[int]]):
-    """Rule functions + weighted reward model + optional overlong penalty: (scores [N], unweighted parts)."""
-    texts = state.tokenizer.batch_decode(responses, skip_special_tokens=True)
-    prompts = [state.prompt_texts[i] for i in idx]
-    labels = None if state.labels is None else [state.labels[i] for i in idx]
-    scores = torch.zeros(len(idx), dtype=torch.float32)
-    parts: dict[str, torch.Tensor] = {}
-    if state.rules:
-        table = torch.tensor(state.rules.per_function(prompts, texts, labels), dtype=torch.float32)
-        scores += table.sum(1)
-        for j, (name, spec) in enumerate(zip(state.rules.names, state.rules.specs)):
-            parts[name] = table[:, j] / spec.weight if spec.weight else table[:, j]
-    if roles.reward is not None:
-        rm = torch.tensor(roles.reward_scores(list(zip(prompts, texts))), dtype=torch.float32)
-        scores += cfg.reward.model_weight * rm
-        parts["reward_model"] = rm
-    if cfg.ppo.overlong_buffer is not None:
-        lengths = torch.tensor([len(r) for r in responses])
-        penalty = overlong_penalty(lengths, cfg.rollout.max_new_tokens, cfg.ppo.overlong_buffer, cfg.ppo.overlong_penalty).float()
-        scores += penalty
-        parts["overlong_penalty"] = penalty
-    return scores, parts
-
-

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rlhf_dist.config import Config, Derived, derive, uses_critic
 from rlhf_dist.config.passes import uses_reference
-from rlhf_dist.data.batch import concat, split, split_list
+from rlhf_dist.data.batch import concat, split
 from rlhf_dist.dist import cpu_workers
 from rlhf_dist.learner.workers import (
     CriticWorker,
@@ -13,6 +13,8 @@ from rlhf_dist.learner.workers import (
     RewardModelWorker,
 )
 from rlhf_dist.rollout.engine import RolloutEngine, engine_env, engine_spec
+from rlhf_dist.rollout.requests import merged, submit_generate
+from rlhf_dist.data.batch import shards
 from rlhf_dist.runtime.placement import plan_slots
 from rlhf_dist.runtime.roles import Roles, RoleSpec
 from rlhf_dist.runtime.threads import PhaseThreads, engine_threads, phase_threads_on
@@ -109,27 +111,19 @@ class RLRoles:
     def wait(self, submitted: list, what: str) -> list:
         return self.roles.wait(submitted, what)
 
-    def generate(self, prompts: list[list[int]], seed: int, sampling: dict | None = None) -> dict:
-        """`sampling`: settings that replace the rollout's for this call (evaluation's greedy decoding)."""
-        return self.gather_generate(self.submit_generate(prompts, seed, sampling))
-
     def submit_generate(self, prompts: list[list[int]], seed: int, sampling: dict | None = None):
-        """Start generation with the weights version last synced (each engine checks it holds that version)."""
+        """Start generation with the weights version last synced (each engine checks it holds that version).
+        `sampling`: settings that replace the rollout's for this call (evaluation's greedy decoding)."""
         self.threads.phase(self.rollout)
-        n = len(self.rollout)
-        chunks = split_list(prompts, n)
-        offsets = [i * len(chunks[0]) for i in range(n)]
-        per_rank = [(c, seed + o, self.sync.version, sampling) for c, o in zip(chunks, offsets)]
-        return self.rollout.submit("generate", per_rank=per_rank)
+        return submit_generate(self.rollout, prompts, seed, self.sync.version, sampling)
 
     def gather_generate(self, submitted) -> dict:
-        outs = self.roles.wait([submitted], "rollout.generate")
-        return {
-            "responses": [r for o in outs for r in o["responses"]],
-            "logprobs": [r for o in outs for r in o["logprobs"]],
-            "finish_reasons": [r for o in outs for r in o["finish_reasons"]],
-            "engine_seconds": [o["seconds"] for o in outs],
-        }
+        return merged(self.roles.wait([submitted], "rollout.generate"))
+
+    @property
+    def version(self) -> int:
+        """The weights version the engines were last synced to."""
+        return self.sync.version
 
     def submit_infer(self, group, batch: dict):
         return group.submit("infer", per_rank=[(s,) for s in split(batch, len(group))])
@@ -142,7 +136,8 @@ class RLRoles:
 
     def reward_scores(self, pairs: list[tuple[str, str]]) -> list[float]:
         self.threads.phase(self.reward)
-        parts = self.roles.call("reward", "score", per_rank=[(c,) for c in split_list(pairs, len(self.reward))])
+        chunks = [c for c in shards(pairs, len(self.reward)) if c]
+        parts = self.roles.call("reward", "score", per_rank=[(c,) for c in chunks], ranks=range(len(chunks)))
         return [s for p in parts for s in p]
 
     def sync_weights(self, version: int, verify: bool) -> dict:
