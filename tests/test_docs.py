@@ -1,9 +1,12 @@
 """The documentation holds together: README.md stays a short front page, every relative link in it, docs/ and
-benchmarks/README.md reaches a file (and a heading, for a #anchor)."""
+benchmarks/README.md reaches a file (and a heading, for a #anchor), and docs/config.md is what the generator
+makes from the config models, every field described."""
 import re
 from pathlib import Path
 
 import pytest
+
+from rlhf_dist.config import reference
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", ROOT / "benchmarks" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -57,6 +60,12 @@ def test_slug_follows_github():
     assert slug("`ppo.max_staleness`") == "ppomax_staleness"
 
 
+def test_generator_slug_agrees():
+    # config.md's own links are made by the generator's slug; it must be the rule checked here.
+    for heading in ("RunConfig", "`rlhf-dist sft`, `rlhf-dist rm`", "Loggers, console and reports"):
+        assert reference.slug(heading) == slug(heading)
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_relative_links_resolve(page):
     assert page.is_file()
@@ -76,3 +85,15 @@ def test_a_broken_link_is_found(tmp_path):
 def test_readme_is_a_front_page():
     size = (ROOT / "README.md").stat().st_size
     assert size < 15_000, f"README.md is {size} bytes; move detail into docs/ (limit 15,000)"
+
+
+def test_every_config_field_is_described():
+    missing = [f"{m.__name__}.{name}" for m in reference.models()
+               for name, f in m.model_fields.items() if not (f.description or "").strip()]
+    assert not missing, "fields without description= (they have no line in docs/config.md): " + ", ".join(missing)
+
+
+def test_config_reference_is_current():
+    current = (ROOT / "docs" / "config.md").read_text()
+    stale = current != reference.reference()
+    assert not stale, f"docs/config.md is out of date with the config models: run {reference.REGENERATE}"
