@@ -2,7 +2,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo pipeline test test-fast clean
+.PHONY: setup demo pipeline test test-fast docs clean
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -18,6 +18,10 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -ra -m "not slow"
+
+# docs/config.md is generated from the config models; tests/test_docs.py fails when it is stale.
+docs: setup
+	$(BIN)/python -m rlhf_dist.config.reference docs/config.md
 
 clean:
 	rm -rf $(VENV) .cache runs .pytest_cache

@@ -1,5 +1,5 @@
 """The package's import structure: no cycles between its modules (imports inside functions included), and the
-layering the README's module map promises (rollout never reaches into the learner or the trainers)."""
+layering the module map in docs/layout.md promises (rollout never reaches into the learner or the trainers)."""
 import ast
 from pathlib import Path
 
@@ -86,18 +86,17 @@ def test_rollout_does_not_import_learner_or_trainers():
     assert not bad, "; ".join(bad)
 
 
-def test_readme_module_map_matches_the_tree():
+def test_module_map_matches_the_tree():
     import re
 
-    readme = (ROOT.parent / "README.md").read_text()
-    section = readme[readme.index("## Layout") :]
+    section = (ROOT.parent / "docs" / "layout.md").read_text()
     mapped = set(re.findall(r"^\| `rlhf_dist/([^`]+?)/?` \|", section, flags=re.M))
     tree = {p.name for p in ROOT.iterdir() if (p.suffix == ".py" and p.name != "__init__.py") or (p / "__init__.py").is_file()}
     assert mapped == tree, f"in the tree, not the map: {sorted(tree - mapped)}; in the map, not the tree: {sorted(mapped - tree)}"
     # Files a package's row names must exist.
     for pkg, row in re.findall(r"^\| `rlhf_dist/(\w+)/` \| (.*)$", section, flags=re.M):
         for name in re.findall(r"`(\w+\.py)`", row):
-            assert (ROOT / pkg / name).is_file(), f"README names rlhf_dist/{pkg}/{name}, which does not exist"
+            assert (ROOT / pkg / name).is_file(), f"docs/layout.md names rlhf_dist/{pkg}/{name}, which does not exist"
 
 
 def test_library_packages_do_not_import_commands():

@@ -28,39 +28,69 @@ OutputDir = Annotated[str, PathKind("output_dir")]  # a directory this process c
 class RunOutput(Strict):
     """What every command's `run` section shares: where and how a run records itself."""
 
-    name: str = "run"
-    output_dir: OutputDir = "runs/run"
-    seed: int = 1
-    tensorboard: bool = True
-    progress_bar: bool = True
-    # jsonl (always), tensorboard, wandb; when set, replaces `tensorboard`
-    loggers: list[Literal["jsonl", "tensorboard", "wandb"]] | None = None
-    wandb_project: str = "rlhf-dist"
+    name: str = Field(
+        "run", description="the run's name: the W&B run's name and the prefix of its Ray placement groups"
+    )
+    output_dir: OutputDir = Field(
+        "runs/run",
+        description="the run directory; one that already holds something is left alone and the run goes to "
+        "OUTPUT_DIR-2, -3, ...",
+    )
+    seed: int = Field(
+        1, description="seeds the prompt order, every request's sampling and the workers' torch generators"
+    )
+    tensorboard: bool = Field(
+        True, description="TensorBoard events in RUN_DIR/tensorboard/ (used when `loggers` is not set)"
+    )
+    progress_bar: bool = Field(
+        True, description="a bar with ETA on a terminal; false, or no terminal: a progress line every minute"
+    )
+    loggers: list[Literal["jsonl", "tensorboard", "wandb"]] | None = Field(
+        None, description="jsonl (always written), tensorboard, wandb; when set, replaces `tensorboard`"
+    )
+    wandb_project: str = Field("rlhf-dist", description="the W&B project (wandb is an optional extra)")
 
 
 class LRSchedule(Strict):
     """Learning-rate schedule: warmup (in the stage's steps), then constant or a decay to min_ratio x lr."""
 
-    kind: Literal["constant", "linear", "cosine"] = "constant"
-    warmup_steps: int = Field(0, ge=0)
-    min_ratio: float = Field(0.0, ge=0, le=1)
-    total_steps: int | None = Field(None, ge=1)  # the decay's length; default: the run's steps
+    kind: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="constant, or a linear or cosine decay after the warmup"
+    )
+    warmup_steps: int = Field(
+        0, ge=0,
+        description="the rate rises linearly over these steps (PPO steps in PPO, optimizer steps in the stages)",
+    )
+    min_ratio: float = Field(
+        0.0, ge=0, le=1, description="linear and cosine decay to min_ratio x the rate at the last step"
+    )
+    total_steps: int | None = Field(
+        None, ge=1,
+        description="the schedule's length; default: the run's steps (`run.steps` in PPO, from the data size in the "
+        "stages)",
+    )
 
 
 class EvalConfig(Strict):
     """Held-out evaluation through the rollout engines: every N steps, at the start and at the end."""
 
-    prompts: InputFile  # JSONL or parquet, read as data.prompts is (chat template and length limit included)
-    prompt_key: str = "prompt"
-    label_key: str | None = None  # passed to reward functions as `label`
-    every_n_steps: int = Field(0, ge=0)  # 0: at the start and the end only
-    greedy: bool = True  # one greedy (temperature 0) response per prompt
-    n_samples: int = Field(0, ge=0)  # sampled responses per prompt (rollout settings) for pass@k; 0: none
-    k: list[int] = Field(default_factory=lambda: [1])  # pass@k reported for each k <= n_samples
-    # A verifiable reward: a response is correct when this reward function (its name after the colon) gives at
-    # least pass_threshold. Without it there is no pass@k, only mean rewards.
-    pass_function: str | None = None
-    pass_threshold: float = 1.0
+    prompts: InputFile = Field(
+        description="JSONL or parquet, read as data.prompts is (chat template and length limit included)"
+    )
+    prompt_key: str = Field("prompt", description="the field holding the prompt")
+    label_key: str | None = Field(None, description="a field passed to reward functions as `label`")
+    every_n_steps: int = Field(0, ge=0, description="evaluate every N steps; 0: at the start and the end only")
+    greedy: bool = Field(True, description="one greedy (temperature 0) response per prompt")
+    n_samples: int = Field(
+        0, ge=0, description="sampled responses per prompt (with the rollout's settings) for pass@k; 0: none"
+    )
+    k: list[int] = Field(default_factory=lambda: [1], description="pass@k reported for each k <= n_samples")
+    pass_function: str | None = Field(
+        None,
+        description="a verifiable reward: a response is correct when this reward function (its name after the colon) "
+        "gives at least pass_threshold; without it there is no pass@k, only mean rewards",
+    )
+    pass_threshold: float = Field(1.0, description="the pass_function value that counts as correct")
 
     @model_validator(mode="after")
     def _k_fits(self):
@@ -73,42 +103,71 @@ class EvalConfig(Strict):
 
 
 class ClusterConfig(Strict):
-    address: str | None = None  # Ray address of an existing cluster; None starts a local one
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads_per_actor: int = Field(1, ge=1)  # CPU only: torch threads in each worker process at start
-    phase_threads: bool = True  # CPU only: the actors of each phase split `phase_cores` (a phase alone uses them all)
-    phase_cores: int | None = Field(None, ge=1)  # CPU only: cores to split per phase; None: the driver's affinity
-    gpu_memory_gb: float = Field(80, gt=0)  # per GPU, for `rlhf-dist plan`
-    host_memory_gb: float | None = Field(None, gt=0)  # per node, for `rlhf-dist plan` (None: reported, not judged)
-    # CPU only: DeepSpeed's shared-memory all-reduce kernel is JIT-compiled with g++ (30-50 s); gloo is enough.
-    deepspeed_shm_comm: bool = False
-    # CPU only: pool -> the cores its processes may run on ("0", "2-3,6"), so pools do not share cores.
-    cpu_cores: dict[str, str] = Field(default_factory=dict)
+    address: str | None = Field(
+        None,
+        description="Ray address of an existing cluster, joined as given; none: start a local cluster on loopback",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="auto is CUDA where the driver sees CUDA, so a driver without GPUs steering a GPU cluster says "
+        "cuda",
+    )
+    threads_per_actor: int = Field(1, ge=1, description="CPU only: torch threads in each worker process at start")
+    phase_threads: bool = Field(
+        True,
+        description="CPU only: the actors of each phase split `phase_cores`, so a phase running alone uses them all; "
+        "false: `threads_per_actor` throughout",
+    )
+    phase_cores: int | None = Field(
+        None, ge=1, description="CPU only: cores to split per phase; none: the driver's cores"
+    )
+    gpu_memory_gb: float = Field(80, gt=0, description="memory per GPU, for `rlhf-dist plan`")
+    host_memory_gb: float | None = Field(
+        None, gt=0, description="host memory per node, for `rlhf-dist plan`; none: reported, not judged"
+    )
+    # DeepSpeed's shared-memory all-reduce kernel is JIT-compiled with g++ (30-50 s); gloo is enough.
+    deepspeed_shm_comm: bool = Field(
+        False, description="CPU only: DeepSpeed's shared-memory all-reduce instead of gloo's"
+    )
+    cpu_cores: dict[str, str] = Field(
+        default_factory=dict,
+        description='CPU only: pool -> the cores its processes may run on ("0", "2-3,6"), so pools do not share cores, '
+        'e.g. {learn: "0", gen: "1"}',
+    )
 
 
 class TimeoutConfig(Strict):
-    actor_start_s: float = Field(300, gt=0)  # placement groups ready, actors constructed, models loaded
-    rendezvous_s: float = Field(120, gt=0)  # process-group rendezvous
-    collective_s: float = Field(600, gt=0)  # one collective (all-reduce, broadcast) inside a group
-    call_s: float = Field(1800, gt=0)  # one remote call (generate, update, sync, ...)
+    actor_start_s: float = Field(
+        300, gt=0, description="placement groups ready, actors constructed, models loaded; joining a remote cluster"
+    )
+    rendezvous_s: float = Field(
+        120, gt=0, description="joining a process group (DeepSpeed's, the weight sync's): every rank reaches the store"
+    )
+    collective_s: float = Field(
+        600, gt=0, description="one collective (all-reduce, gather, broadcast) inside DeepSpeed's or the weight-sync "
+        "group",
+    )
+    call_s: float = Field(1800, gt=0, description="one remote call (generate, update, sync, ...)")
 
 
 class CheckpointConfig(Strict):
-    every_n_steps: int = Field(0, ge=0)  # 0 = no checkpoints
-    keep_last: int = Field(2, ge=1)
+    every_n_steps: int = Field(0, ge=0, description="a checkpoint every N steps; 0: none")
+    keep_last: int = Field(2, ge=1, description="complete checkpoints kept; older ones are removed")
 
 
 class Job(Strict):
     """Sections every command that starts actors shares."""
 
-    cluster: ClusterConfig = ClusterConfig()
-    timeouts: TimeoutConfig = TimeoutConfig()
+    cluster: ClusterConfig = Field(ClusterConfig(), description="where the job's Ray actors run, and CPU threads")
+    timeouts: TimeoutConfig = Field(TimeoutConfig(), description="deadlines of every wait, in seconds")
 
 
 class ResumableJob(Job):
     """Sections of the commands that train and checkpoint (PPO and the SFT/RM/DPO stages)."""
 
-    checkpoint: CheckpointConfig = CheckpointConfig()
-    # "auto": continue from the newest complete checkpoint of this run.output_dir (or its -2, -3, ... siblings);
-    # or the path of one checkpoint directory.
-    resume: str | None = None
+    checkpoint: CheckpointConfig = Field(CheckpointConfig(), description="how often to checkpoint, how many to keep")
+    resume: str | None = Field(
+        None,
+        description="auto: continue from the newest complete checkpoint of this run.output_dir (or its -2, -3, ... "
+        "siblings); or the path of one checkpoint directory",
+    )

@@ -50,7 +50,7 @@ def format_validation_error(err: ValidationError) -> str:
         loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling against the README's config reference)"
+            msg = "unknown key (check the spelling against docs/config.md)"
         lines.append(f"{loc}: {msg}")
     return "invalid config: " + "; ".join(lines)  # one line, however many fields are wrong
 

@@ -12,64 +12,91 @@ from rlhf_dist.config.common import EvalConfig, InputFile, LRSchedule, Resumable
 
 
 class RunConfig(RunOutput):
-    steps: int = Field(10, ge=1)
-    save_final: bool = True
+    steps: int = Field(10, ge=1, description="PPO steps to run")
+    save_final: bool = Field(True, description="write the trained policy to RUN_DIR/final/ in HuggingFace format")
 
 
 class ModelConfig(Strict):
-    policy: str  # local directory (or hub id) of the SFT/initial policy, HF format
-    make_tiny: bool = False  # create a tiny random model + tokenizer at `policy` if the directory is missing
-    critic: str | None = None  # defaults to the policy weights (value head freshly initialised)
-    reference: str | None = None  # defaults to the policy weights
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
-    gradient_checkpointing: bool = False
+    policy: str = Field(description="local directory (or hub id) of the SFT/initial policy, HF format")
+    make_tiny: bool = Field(
+        False, description="create a tiny random model + tokenizer at `policy` if the directory is missing"
+    )
+    critic: str | None = Field(None, description="default: the policy weights (value head freshly initialised)")
+    reference: str | None = Field(None, description="default: the policy weights")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="the models' weights dtype")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa", description="the attention kernel transformers uses"
+    )
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass to save memory")
 
 
 class DataConfig(Strict):
-    prompts: InputFile  # JSONL file, one object per line
-    prompt_key: str = "prompt"
-    label_key: str | None = None  # a field passed to reward functions as `label` (e.g. the reference answer)
-    apply_chat_template: bool = False
-    max_prompt_tokens: int = Field(64, ge=1)
-    # Bad lines (malformed JSON, missing fields, non-UTF-8, too long) stop the run with file:line, or, when
-    # true, are skipped and counted in the log (never silently).
-    skip_bad_lines: bool = False
+    prompts: InputFile = Field(description="JSONL (one object per line), or parquet through `datasets`")
+    prompt_key: str = Field("prompt", description="the field holding the prompt")
+    label_key: str | None = Field(
+        None, description="a field passed to reward functions as `label` (e.g. the reference answer)"
+    )
+    apply_chat_template: bool = Field(
+        False, description="render each prompt as a user turn with the tokenizer's chat template"
+    )
+    max_prompt_tokens: int = Field(64, ge=1, description="a longer prompt is a bad line")
+    skip_bad_lines: bool = Field(
+        False,
+        description="bad lines (malformed JSON, missing fields, non-UTF-8, too long) stop the run with file:line, or, "
+        "when true, are skipped and counted in the log (never silently)",
+    )
 
 
 class RolloutConfig(Strict):
-    max_new_tokens: int = Field(32, ge=1)
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0)  # 0: off
-    min_p: float = Field(0.0, ge=0, le=1)  # 0: off
-    stop: list[str] = Field(default_factory=list)  # strings that end a response (kept in its tokens)
-    stop_token_ids: list[int] = Field(default_factory=list)  # token ids that end a response, besides EOS
-    n_samples_per_prompt: int = Field(1, ge=1)
-    kv_cache_gb: int = Field(1, ge=1)  # CPU only: KV cache size per engine
-    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)  # GPU only
-    enforce_eager: bool = True
-    # Asynchronous mode: engines generate up to k weight versions ahead of the learners (0: on-policy, in step).
-    max_staleness: int = Field(0, ge=0)
-    warmup: bool = True  # engines generate one step's share of random prompts at set-up, beside the learners' start
+    max_new_tokens: int = Field(32, ge=1, description="a response is cut here (finish reason `length`)")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
+    top_k: int = Field(0, ge=0, description="0: off")
+    min_p: float = Field(0.0, ge=0, le=1, description="0: off")
+    stop: list[str] = Field(default_factory=list, description="strings that end a response (kept in its tokens)")
+    stop_token_ids: list[int] = Field(default_factory=list, description="token ids that end a response, besides EOS")
+    n_samples_per_prompt: int = Field(1, ge=1, description="responses sampled per prompt")
+    kv_cache_gb: int = Field(1, ge=1, description="CPU only: KV cache size per engine")
+    gpu_memory_utilization: float = Field(
+        0.5, gt=0, le=1, description="GPU only: the share of each GPU's memory vLLM reserves at start-up"
+    )
+    enforce_eager: bool = Field(True, description="no compiled graphs in the engines")
+    max_staleness: int = Field(
+        0, ge=0,
+        description="asynchronous mode: engines generate up to k weight versions ahead of the learners (0: on-policy, "
+        "in step)",
+    )
+    warmup: bool = Field(
+        True,
+        description="each engine generates one step's share of random prompts at set-up, beside the learners' start, "
+        "so step 1 does not pay vLLM's first-call cost",
+    )
 
 
 class RewardFunction(Strict):
-    name: str  # "package.module:function", called as fn(prompt: str, response: str, **kwargs) -> float
-    weight: float = 1.0
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-    timeout_s: float = Field(60, gt=0)  # per call; a batch waits timeout_s x the calls its busiest process runs, never 0
-    retries: int = Field(0, ge=0)
-    concurrency: int = Field(8, ge=1)  # calls in flight at once: worker processes (rewards/pool.py)
+    name: str = Field(
+        description="`package.module:function`, called as `fn(prompt: str, response: str, **kwargs) -> float`, plus "
+        "`label=` if the function takes it"
+    )
+    weight: float = Field(1.0, description="the function's weight in the score")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments passed on every call")
+    timeout_s: float = Field(
+        60, gt=0, description="per call; a batch waits timeout_s x the calls its busiest process runs, never 0"
+    )
+    retries: int = Field(0, ge=0, description="attempts after a failed call")
+    concurrency: int = Field(8, ge=1, description="calls in flight at once: worker processes (rewards/pool.py)")
 
 
 class RewardConfig(Strict):
-    model: str | None = None  # HF sequence-classification model (score at the last token)
-    model_weight: float = 1.0
-    # Standardise the reward model's scores with the mean and std `rlhf-dist rm` measured on held-out pairs
-    # (reward_stats.json beside the model), so model_weight and KL coefficients mean the same for any RM.
-    model_normalize: bool = False
-    functions: list[RewardFunction] = Field(default_factory=list)
+    model: str | None = Field(None, description="HF sequence-classification model directory, scored at the last token")
+    model_weight: float = Field(1.0, description="the reward model's weight in the score")
+    # So model_weight and KL coefficients mean the same for any reward model.
+    model_normalize: bool = Field(
+        False,
+        description="standardise the reward model's scores with the mean and std `rlhf-dist rm` measured on held-out "
+        "pairs (reward_stats.json beside the model)",
+    )
+    functions: list[RewardFunction] = Field(default_factory=list, description="Python reward functions")
 
     @model_validator(mode="after")
     def _some_reward(self):
@@ -85,49 +112,70 @@ class RewardConfig(Strict):
 class PPOConfig(Strict):
     """The RL algorithm: batch sizes, advantage estimator, policy loss, KL handling, optimiser."""
 
-    rollout_batch_size: int = Field(8, ge=1)  # prompts per step
-    mini_batch_size: int = Field(8, ge=1)  # samples per optimizer step, across all data-parallel ranks
-    micro_batch_size: int = Field(4, ge=1)  # samples per forward/backward on one rank
-    epochs: int = Field(1, ge=1)  # passes over each step's samples
-    advantage_estimator: names(ADVANTAGE_ESTIMATORS) = "gae"
-    policy_loss: names(POLICY_LOSSES) = "ppo"
-    loss_aggregation: names(AGGREGATIONS) = "token_mean"
-    clip_eps: float = Field(0.2, gt=0)  # lower clip (and upper, unless clip_eps_high is set)
-    clip_eps_high: float | None = Field(None, gt=0)  # DAPO clip-higher
-    dual_clip_c: float = Field(3.0, gt=1)
-    value_clip_eps: float = Field(0.2, gt=0)
-    gamma: float = Field(1.0, ge=0, le=1)
-    lam: float = Field(0.95, ge=0, le=1)
-    kl_coef: float = Field(0.0, ge=0)  # KL penalty put in the per-token rewards (gae, reinforce_pp*)
-    kl_estimator: names(KL_ESTIMATORS) = "k1"
-    kl_target: float | None = Field(None, gt=0)  # adaptive kl_coef toward this per-token KL; None: fixed
-    kl_horizon: int = Field(10000, ge=1)
-    kl_loss_coef: float = Field(0.0, ge=0)  # KL to the reference as a loss term (GRPO style)
-    kl_loss_estimator: names(KL_ESTIMATORS) = "k3"
-    log_kl: bool = False  # run the reference for the KL metric even when no KL term uses it
-    # Old log-probs: the learner's (recomputed, or its first forward's in a single on-policy update) or the engine's
-    old_logprobs: Literal["learner", "engine"] = "learner"
-    whiten_advantages: bool = True  # gae only; the others normalise as their definition says
-    entropy_coef: float = 0.0
-    dynamic_sampling: bool = False  # DAPO: drop prompt groups whose scores are all equal, refill
-    max_sampling_rounds: int = Field(4, ge=1)
-    overlong_buffer: int | None = Field(None, ge=1)  # DAPO soft overlong penalty over the last N tokens
-    overlong_penalty: float = Field(1.0, ge=0)
-    mask_truncated: bool = False  # DAPO overlong filtering: responses cut at max_new_tokens get no loss
-    # Engine-vs-learner importance-sampling correction (rlhf_dist.algorithms.correction): cap for *_tis, band for *_mask.
-    is_correction: names(CORRECTIONS) = "none"
-    is_cap: float = Field(2.0, gt=1)
-    is_band: tuple[float, float] = (0.5, 2.0)
-    policy_lr: float = Field(1e-5, gt=0)
-    critic_lr: float = Field(1e-5, gt=0)
-    lr_schedule: LRSchedule = LRSchedule()  # policy and critic; warmup counted in PPO steps
-    weight_decay: float = Field(0.0, ge=0)
-    grad_clip: float = Field(1.0, gt=0)
+    rollout_batch_size: int = Field(8, ge=1, description="prompts per step")
+    mini_batch_size: int = Field(
+        8, ge=1,
+        description="samples per optimizer step, across all data-parallel ranks; must divide the samples per step",
+    )
+    micro_batch_size: int = Field(4, ge=1, description="samples per forward/backward on one rank")
+    epochs: int = Field(1, ge=1, description="passes over each step's samples")
+    advantage_estimator: names(ADVANTAGE_ESTIMATORS) = Field("gae", description="how advantages are computed")
+    policy_loss: names(POLICY_LOSSES) = Field("ppo", description="the policy's surrogate loss")
+    loss_aggregation: names(AGGREGATIONS) = Field(
+        "token_mean", description="how token losses are averaged: per token, per sequence, or Dr. GRPO's token sums"
+    )
+    clip_eps: float = Field(0.2, gt=0, description="lower clip (and upper, unless clip_eps_high is set)")
+    clip_eps_high: float | None = Field(None, gt=0, description="DAPO clip-higher: the upper clip of `clip_higher`")
+    dual_clip_c: float = Field(3.0, gt=1, description="`dual_clip`: bound of c x |A| on negative-advantage tokens")
+    value_clip_eps: float = Field(0.2, gt=0, description="the critic's value clip")
+    gamma: float = Field(1.0, ge=0, le=1, description="discount")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda")
+    kl_coef: float = Field(0.0, ge=0, description="KL penalty put in the per-token rewards (`gae`, `reinforce_pp*`)")
+    kl_estimator: names(KL_ESTIMATORS) = Field("k1", description="the estimator of the KL in the rewards")
+    kl_target: float | None = Field(
+        None, gt=0, description="adaptive kl_coef toward this per-token KL; none: kl_coef is fixed"
+    )
+    kl_horizon: int = Field(
+        10000, ge=1, description="the adaptive coefficient moves by at most 20% x samples/kl_horizon per step"
+    )
+    kl_loss_coef: float = Field(0.0, ge=0, description="KL to the reference as a loss term (GRPO style)")
+    kl_loss_estimator: names(KL_ESTIMATORS) = Field("k3", description="the estimator of the KL loss term")
+    log_kl: bool = Field(False, description="run the reference for the KL metric even when no KL term uses it")
+    old_logprobs: Literal["learner", "engine"] = Field(
+        "learner",
+        description="old log-probs: the learner's (recomputed, or its first forward's in a single on-policy update) "
+        "or the engines'",
+    )
+    whiten_advantages: bool = Field(True, description="gae only; the others normalise as their definition says")
+    entropy_coef: float = Field(0.0, description="weight of an entropy bonus in the policy loss")
+    dynamic_sampling: bool = Field(
+        False, description="DAPO: drop prompt groups whose scores are all equal and sample more prompts"
+    )
+    max_sampling_rounds: int = Field(4, ge=1, description="dynamic sampling: generations per step at most")
+    overlong_buffer: int | None = Field(
+        None, ge=1, description="DAPO soft overlong penalty over the last N tokens before max_new_tokens"
+    )
+    overlong_penalty: float = Field(1.0, ge=0, description="the overlong penalty at max_new_tokens, rising linearly")
+    mask_truncated: bool = Field(
+        False, description="DAPO overlong filtering: responses cut at max_new_tokens get no loss"
+    )
+    is_correction: names(CORRECTIONS) = Field(
+        "none",
+        description="engine-vs-learner importance-sampling correction (rlhf_dist.algorithms.correction), token or "
+        "sequence level",
+    )
+    is_cap: float = Field(2.0, gt=1, description="the cap of the `*_tis` corrections")
+    is_band: tuple[float, float] = Field((0.5, 2.0), description="the band [low, high] of the `*_mask` corrections")
+    policy_lr: float = Field(1e-5, gt=0, description="the policy's learning rate")
+    critic_lr: float = Field(1e-5, gt=0, description="the critic's learning rate")
+    lr_schedule: LRSchedule = Field(LRSchedule(), description="policy and critic; warmup counted in PPO steps")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    grad_clip: float = Field(1.0, gt=0, description="gradient norm clip")
 
 
 class PoolConfig(Strict):
-    nodes: int = Field(1, ge=1)
-    gpus_per_node: int = Field(1, ge=1)
+    nodes: int = Field(1, ge=1, description="nodes in the pool")
+    gpus_per_node: int = Field(1, ge=1, description="GPUs the pool takes on each node")
 
     @property
     def gpus(self) -> int:
@@ -135,66 +183,80 @@ class PoolConfig(Strict):
 
 
 class LearnerRole(Strict):
-    pool: str
-    num_gpus: int = Field(1, ge=1)  # one data-parallel rank per GPU
-    zero_stage: Literal[0, 1, 2, 3] = 2
-    offload: bool = False  # ZeRO optimizer (and, at stage 3, parameter) offload to CPU
+    pool: str = Field(description="the pool (in `placement.pools`) the role runs on")
+    num_gpus: int = Field(1, ge=1, description="one data-parallel rank per GPU")
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage")
+    offload: bool = Field(False, description="ZeRO optimizer (and, at stage 3, parameter) offload to CPU")
 
 
 class InferenceRole(Strict):
-    pool: str
-    num_gpus: int = Field(1, ge=1)  # one data-parallel rank per GPU
-    # 0: a full replica per rank; 3 (reference only): weights partitioned over the ranks with DeepSpeed ZeRO-3,
-    # gathered layer by layer in the forward pass, for models too large for one GPU.
-    zero_stage: Literal[0, 3] = 0
+    pool: str = Field(description="the pool (in `placement.pools`) the role runs on")
+    num_gpus: int = Field(1, ge=1, description="one data-parallel rank per GPU")
+    zero_stage: Literal[0, 3] = Field(
+        0,
+        description="0: a full replica per rank; 3 (reference only): weights partitioned over the ranks with DeepSpeed "
+        "ZeRO-3, gathered layer by layer in the forward pass, for models too large for one GPU",
+    )
 
 
 class RolloutRole(Strict):
-    pool: str
-    num_engines: int = Field(1, ge=1)
-    tensor_parallel_size: int = Field(1, ge=1)
+    pool: str = Field(description="the pool (in `placement.pools`) the engines run on")
+    num_engines: int = Field(1, ge=1, description="vLLM engines; requests are split evenly between them")
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="GPUs per engine, on one node; must split the model's attention and key/value heads"
+    )
 
 
 class PlacementConfig(Strict):
-    pools: dict[str, PoolConfig]
-    policy: LearnerRole
-    critic: LearnerRole | None = None  # needed only by estimators with a critic (gae)
-    reference: InferenceRole
-    reward: InferenceRole | None = None  # needed only when reward.model is set
-    rollout: RolloutRole
-    # Learner-side ranks on one bundle (policy, critic, a replicated reference and reward model; never ZeRO-3,
-    # never the engines) share one process, whose calls then run one after another (rlhf_dist/runtime/hosts.py).
-    share_processes: bool = False
+    pools: dict[str, PoolConfig] = Field(description="name -> pool; each pool is one Ray placement group")
+    policy: LearnerRole = Field(description="the policy's learner ranks")
+    critic: LearnerRole | None = Field(None, description="needed only by estimators with a critic (gae)")
+    reference: InferenceRole = Field(description="the reference model's ranks (started only when a KL needs it)")
+    reward: InferenceRole | None = Field(None, description="needed only when reward.model is set")
+    rollout: RolloutRole = Field(description="the vLLM engines")
+    share_processes: bool = Field(
+        False,
+        description="learner-side ranks on one bundle (policy, critic, a replicated reference and reward model; never "
+        "ZeRO-3, never the engines) share one process, whose calls then run one after another "
+        "(rlhf_dist/runtime/hosts.py)",
+    )
 
 
 class SyncConfig(Strict):
-    bucket_mb: float = Field(64, gt=0)
-    verify_every: int = Field(1, ge=0)  # hash-check engines against the learner every N syncs; 0 = off
-    # Stop the run when the engines' log-probs of their sampled tokens differ from the learner's by more than this
-    # (the probe `rollout/engine_learner_logprob_diff_max`, every step); None: reported only.
-    max_logprob_diff: float | None = Field(None, gt=0)
-    # How engines load synced weights. auto: unquantized eager Llama/Qwen2 CPU models through
-    # rlhf_dist.sync.cpu_reload (vLLM's general reload bookkeeping skipped, same engine outputs), everything else
-    # through vLLM's reload_weights; vllm_reload: always vLLM's (what GPU engines run; CPU tests run it too).
-    engine_load: Literal["auto", "vllm_reload"] = "auto"
+    bucket_mb: float = Field(64, gt=0, description="parameters travel in buckets of this size")
+    verify_every: int = Field(1, ge=0, description="hash-check engines against the learner every N syncs; 0: off")
+    max_logprob_diff: float | None = Field(
+        None, gt=0,
+        description="stop the run when the engines' log-probs of their sampled tokens differ from the learner's by "
+        "more than this (the probe `rollout/engine_learner_logprob_diff_max`, every step); none: reported only",
+    )
+    engine_load: Literal["auto", "vllm_reload"] = Field(
+        "auto",
+        description="how engines load synced weights. auto: unquantized eager Llama/Qwen2 CPU models through "
+        "rlhf_dist/sync/cpu_reload.py (vLLM's general reload bookkeeping skipped, same engine outputs), everything "
+        "else through vLLM's reload_weights; vllm_reload: always vLLM's (what GPU engines run; CPU tests run it too)",
+    )
 
 
 class FaultToleranceConfig(Strict):
-    # After a worker dies: restart all actor groups and resume from the last checkpoint, at most this often.
-    max_restarts: int = Field(0, ge=0)
+    max_restarts: int = Field(
+        0, ge=0,
+        description="after a worker dies: restart all actor groups and resume from the last checkpoint, at most this "
+        "often (needs checkpoints)",
+    )
 
 
 class Config(ResumableJob):
-    run: RunConfig = RunConfig()
-    model: ModelConfig
-    data: DataConfig
-    rollout: RolloutConfig = RolloutConfig()
-    reward: RewardConfig
-    ppo: PPOConfig = PPOConfig()
-    placement: PlacementConfig
-    sync: SyncConfig = SyncConfig()
-    fault_tolerance: FaultToleranceConfig = FaultToleranceConfig()
-    eval: EvalConfig | None = None
+    run: RunConfig = Field(RunConfig(), description="name, output directory, seed, steps, loggers")
+    model: ModelConfig = Field(description="the policy, critic and reference models")
+    data: DataConfig = Field(description="the training prompts")
+    rollout: RolloutConfig = Field(RolloutConfig(), description="generation by the vLLM engines")
+    reward: RewardConfig = Field(description="a reward model and/or Python reward functions")
+    ppo: PPOConfig = Field(PPOConfig(), description="the RL algorithm: batch sizes, estimator, loss, KL, optimiser")
+    placement: PlacementConfig = Field(description="pools of GPUs and the role on each")
+    sync: SyncConfig = Field(SyncConfig(), description="the weight sync from the policy to the engines")
+    fault_tolerance: FaultToleranceConfig = Field(FaultToleranceConfig(), description="restarts after a dead worker")
+    eval: EvalConfig | None = Field(None, description="held-out evaluation; none: no evaluation")
 
     @model_validator(mode="after")
     def _restarts_need_checkpoints(self):

@@ -18,66 +18,97 @@ from rlhf_dist.config.layout import pool_layout
 
 
 class StageRun(RunOutput):
-    name: str = "stage"
-    output_dir: OutputDir = "runs/stage"
+    name: str = Field(
+        "stage", description="the run's name: the W&B run's name and the prefix of its Ray placement groups"
+    )
+    output_dir: OutputDir = Field(
+        "runs/stage",
+        description="the run directory; one that already holds something is left alone and the run goes to "
+        "OUTPUT_DIR-2, -3, ...",
+    )
 
 
 class StageModel(Strict):
-    path: str  # HF directory (or hub id) of the model to train; SFT: the base, RM and DPO: usually the SFT model
-    make_tiny: bool = False  # create a tiny random model + tokenizer at `path` if the directory is missing
-    reference: str | None = None  # DPO: the frozen reference (default: `path`, i.e. the model before training)
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
-    gradient_checkpointing: bool = False
+    path: str = Field(
+        description="HF directory (or hub id) of the model to train; SFT: the base, RM and DPO: usually the SFT model"
+    )
+    make_tiny: bool = Field(
+        False, description="create a tiny random model + tokenizer at `path` if the directory is missing"
+    )
+    reference: str | None = Field(
+        None, description="DPO: the frozen reference (default: `path`, i.e. the model before training)"
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="the models' weights dtype")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa", description="the attention kernel transformers uses"
+    )
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass to save memory")
 
 
 class StageData(Strict):
-    # JSONL (read line by line: errors name the line) or parquet (read with `datasets`: errors name the row).
-    train: InputFile
-    eval: InputFile | None = None  # held-out file; without one, `eval_fraction` of `train` is held out
-    eval_fraction: float = Field(0.1, ge=0, lt=1)
-    prompt_key: str = "prompt"
-    response_key: str = "response"  # SFT
-    chosen_key: str = "chosen"  # RM, DPO
-    rejected_key: str = "rejected"
-    messages_key: str | None = None  # SFT: a chat (list of {role, content}); the last message is the response
-    margin_key: str | None = None  # RM: optional per-pair margin in the Bradley-Terry loss
-    apply_chat_template: bool = False  # wrap the prompt as a user turn with the tokenizer's chat template
-    max_length: int = Field(256, ge=2)  # prompt + response tokens
-    # SFT: pack each micro-batch's samples end to end into rows of up to max_length tokens (a block-diagonal
-    # mask keeps them apart), so short samples do not pay for padding. Needs attn_implementation 'sdpa'.
-    packing: bool = False
-    skip_bad_lines: bool = False  # bad lines stop the run with file:line, or, when true, are skipped and counted
+    train: InputFile = Field(
+        description="JSONL (read line by line: errors name the line) or parquet (read with `datasets`: errors name "
+        "the row)"
+    )
+    eval: InputFile | None = Field(
+        None, description="held-out file, read as `train` is; without one, `eval_fraction` of `train` is held out"
+    )
+    eval_fraction: float = Field(0.1, ge=0, lt=1, description="the seeded share of `train` held out without `eval`")
+    prompt_key: str = Field("prompt", description="the field holding the prompt")
+    response_key: str = Field("response", description="SFT: the field holding the response")
+    chosen_key: str = Field("chosen", description="RM, DPO: the field holding the preferred response")
+    rejected_key: str = Field("rejected", description="RM, DPO: the field holding the other response")
+    messages_key: str | None = Field(
+        None, description="SFT: a chat (list of {role, content}); the last message is the response"
+    )
+    margin_key: str | None = Field(None, description="RM: optional per-pair margin in the Bradley-Terry loss")
+    apply_chat_template: bool = Field(
+        False, description="wrap the prompt as a user turn with the tokenizer's chat template"
+    )
+    max_length: int = Field(256, ge=2, description="prompt + response tokens; a longer sample is a bad line")
+    packing: bool = Field(
+        False,
+        description="SFT: pack each micro-batch's samples end to end into rows of up to max_length tokens (a "
+        "block-diagonal mask keeps them apart), so short samples do not pay for padding; needs attn_implementation "
+        "sdpa",
+    )
+    skip_bad_lines: bool = Field(
+        False, description="bad lines stop the run with file:line, or, when true, are skipped and counted"
+    )
 
 
 class TrainConfig(Strict):
-    epochs: int = Field(1, ge=1)
-    batch_size: int = Field(16, ge=1)  # samples (pairs for rm/dpo) per optimizer step, across all ranks
-    micro_batch_size: int = Field(8, ge=1)  # samples per forward/backward on one rank
-    lr: float = Field(1e-5, gt=0)
-    lr_schedule: LRSchedule = LRSchedule()  # warmup counted in optimizer steps
-    weight_decay: float = Field(0.0, ge=0)
-    grad_clip: float = Field(1.0, gt=0)
-    max_steps: int | None = Field(None, ge=1)  # stop early after this many optimizer steps
-    eval_every: int = Field(0, ge=0)  # held-out evaluation every N steps (0: at the end of each epoch only)
+    epochs: int = Field(1, ge=1, description="passes over the training data, each a seeded shuffle")
+    batch_size: int = Field(
+        16, ge=1, description="samples (pairs for rm/dpo) per optimizer step, across all ranks"
+    )
+    micro_batch_size: int = Field(8, ge=1, description="samples per forward/backward on one rank")
+    lr: float = Field(1e-5, gt=0, description="learning rate")
+    lr_schedule: LRSchedule = Field(LRSchedule(), description="warmup counted in optimizer steps")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    grad_clip: float = Field(1.0, gt=0, description="gradient norm clip")
+    max_steps: int | None = Field(None, ge=1, description="stop early after this many optimizer steps")
+    eval_every: int = Field(
+        0, ge=0, description="held-out evaluation every N steps (0: at the end of each epoch only)"
+    )
 
 
 class DPOSettings(Strict):
-    beta: float = Field(0.1, gt=0)
-    loss: Literal["sigmoid", "ipo"] = "sigmoid"
+    beta: float = Field(0.1, gt=0, description="scale of the implicit reward, beta x log-ratio to the reference")
+    loss: Literal["sigmoid", "ipo"] = Field("sigmoid", description="DPO's sigmoid loss or IPO's")
 
 
 class StagePlacement(Strict):
-    pools: dict[str, PoolConfig]
-    learner: LearnerRole
+    pools: dict[str, PoolConfig] = Field(description="name -> pool; each pool is one Ray placement group")
+    learner: LearnerRole = Field(description="the trained model's learner ranks")
 
 
 class StageConfig(ResumableJob):
-    model: StageModel
-    data: StageData
-    placement: StagePlacement
-    run: StageRun = StageRun()
-    train: TrainConfig = TrainConfig()
+    model: StageModel = Field(description="the model to train (and DPO's reference)")
+    data: StageData = Field(description="demonstrations (sft) or preference pairs (rm, dpo)")
+    placement: StagePlacement = Field(description="pools of GPUs and the learner's place on them")
+    run: StageRun = Field(StageRun(), description="name, output directory, seed, loggers")
+    train: TrainConfig = Field(TrainConfig(), description="epochs, batch sizes, optimiser")
 
 
 class SFTConfig(StageConfig):
@@ -89,30 +120,39 @@ class RMConfig(StageConfig):
 
 
 class DPOConfig(StageConfig):
-    dpo: DPOSettings = DPOSettings()
+    dpo: DPOSettings = Field(DPOSettings(), description="the DPO or IPO loss")
 
 
 # --- AI feedback (RLAIF) labelling ---
 
 
 class LabelModel(Strict):
-    policy: str  # the model whose samples are ranked (HF directory)
-    make_tiny: bool = False
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
-    gradient_checkpointing: bool = False
+    policy: str = Field(description="the model whose samples are ranked (HF directory)")
+    make_tiny: bool = Field(
+        False, description="create a tiny random model + tokenizer at `policy` if the directory is missing"
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="the models' weights dtype")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa", description="the attention kernel transformers uses"
+    )
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass to save memory")
 
 
 class JudgeConfig(Strict):
-    kind: Literal["reward_model", "function", "llm"]
-    model: str | None = None  # reward_model: a sequence-classification model; llm: a causal LM (default: the policy)
-    function: RewardFunction | None = None  # function: scores (prompt, response) -> float
-    # llm: the judge sees both answers and is asked which is better; its log-probs of the two labels decide.
-    template: str = (
-        "Question: {prompt}\nAnswer A: {a}\nAnswer B: {b}\nWhich answer is better, A or B? The better answer is"
+    kind: Literal["reward_model", "function", "llm"] = Field(description="what scores a response")
+    model: str | None = Field(
+        None, description="reward_model: a sequence-classification model; llm: a causal LM (default: the policy)"
     )
-    labels: tuple[str, str] = (" A", " B")
-    max_prompt_tokens: int = Field(512, ge=8)  # llm: the judge prompt's length limit
+    function: RewardFunction | None = Field(None, description="function: scores (prompt, response) -> float")
+    template: str = Field(
+        "Question: {prompt}\nAnswer A: {a}\nAnswer B: {b}\nWhich answer is better, A or B? The better answer is",
+        description="llm: the judge prompt, shown both answers and asked which is better; holds {prompt}, {a}, {b}",
+    )
+    labels: tuple[str, str] = Field(
+        (" A", " B"), description="llm: the two labels whose log-probabilities decide; each pair is asked in both "
+        "orders",
+    )
+    max_prompt_tokens: int = Field(512, ge=8, description="llm: the judge prompt's length limit")
 
     @model_validator(mode="after")
     def _complete(self):
@@ -128,21 +168,23 @@ class JudgeConfig(Strict):
 
 
 class LabelPlacement(Strict):
-    pools: dict[str, PoolConfig]
-    rollout: RolloutRole
-    judge: InferenceRole | None = None  # reward_model and llm judges
+    pools: dict[str, PoolConfig] = Field(description="name -> pool; each pool is one Ray placement group")
+    rollout: RolloutRole = Field(description="the vLLM engines that sample the responses")
+    judge: InferenceRole | None = Field(None, description="reward_model and llm judges: the judge's ranks")
 
 
 class LabelConfig(Job):
     """Writes RUN_DIR/preferences.jsonl: prompt, chosen, rejected (the best and worst sample), their scores."""
 
-    run: StageRun = StageRun(name="label", output_dir="runs/label")
-    model: LabelModel
-    data: DataConfig  # the prompts, read as PPO reads them
-    rollout: RolloutConfig = RolloutConfig(n_samples_per_prompt=2)
-    judge: JudgeConfig
-    batch_size: int = Field(64, ge=1)  # prompts per generate call
-    placement: LabelPlacement
+    run: StageRun = Field(StageRun(name="label", output_dir="runs/label"), description="name, output directory, seed")
+    model: LabelModel = Field(description="the policy whose samples are judged")
+    data: DataConfig = Field(description="the prompts, read as PPO reads them")
+    rollout: RolloutConfig = Field(
+        RolloutConfig(n_samples_per_prompt=2), description="sampling, as in PPO; at least 2 samples per prompt"
+    )
+    judge: JudgeConfig = Field(description="what ranks the samples")
+    batch_size: int = Field(64, ge=1, description="prompts per generate call")
+    placement: LabelPlacement = Field(description="pools of GPUs, the engines and the judge")
 
     @model_validator(mode="after")
     def _checks(self):
