@@ -25,17 +25,21 @@ InputFile = Annotated[str, PathKind("file")]  # must be a readable file
 OutputDir = Annotated[str, PathKind("output_dir")]  # a directory this process can create or write in
 
 
+# Fields several sections share, each documented once (defaults stay with each section).
+RunName = Annotated[str, Field(description="the run's name: the W&B run's name and the prefix of its Ray placement groups")]
+RunDir = Annotated[OutputDir, Field(description="the run directory; one that already holds something is left alone and the "
+                                                "run goes to OUTPUT_DIR-2, -3, ...")]
+DType = Annotated[Literal["float32", "bfloat16", "float16"], Field(description="the models' weights dtype")]
+AttnImplementation = Annotated[Literal["sdpa", "eager", "flash_attention_2"], Field(description="the attention kernel transformers uses")]
+GradientCheckpointing = Annotated[bool, Field(description="recompute activations in the backward pass to save memory")]
+ChatTemplate = Annotated[bool, Field(description="render each prompt as a user turn with the tokenizer's chat template")]
+
+
 class RunOutput(Strict):
     """What every command's `run` section shares: where and how a run records itself."""
 
-    name: str = Field(
-        "run", description="the run's name: the W&B run's name and the prefix of its Ray placement groups"
-    )
-    output_dir: OutputDir = Field(
-        "runs/run",
-        description="the run directory; one that already holds something is left alone and the run goes to "
-        "OUTPUT_DIR-2, -3, ...",
-    )
+    name: RunName = "run"
+    output_dir: RunDir = "runs/run"
     seed: int = Field(
         1, description="seeds the prompt order, every request's sampling and the workers' torch generators"
     )

@@ -8,7 +8,8 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from rlhf_dist.algorithms.registry import ADVANTAGE_ESTIMATORS, AGGREGATIONS, CORRECTIONS, KL_ESTIMATORS, POLICY_LOSSES, names
-from rlhf_dist.config.common import EvalConfig, InputFile, LRSchedule, ResumableJob, RunOutput, Strict
+from rlhf_dist.config.common import (AttnImplementation, ChatTemplate, DType, EvalConfig, GradientCheckpointing, InputFile, LRSchedule,
+                                     ResumableJob, RunOutput, Strict)
 
 
 class RunConfig(RunOutput):
@@ -23,11 +24,9 @@ class ModelConfig(Strict):
     )
     critic: str | None = Field(None, description="default: the policy weights (value head freshly initialised)")
     reference: str | None = Field(None, description="default: the policy weights")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="the models' weights dtype")
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
-        "sdpa", description="the attention kernel transformers uses"
-    )
-    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass to save memory")
+    dtype: DType = "float32"
+    attn_implementation: AttnImplementation = "sdpa"
+    gradient_checkpointing: GradientCheckpointing = False
 
 
 class DataConfig(Strict):
@@ -36,9 +35,7 @@ class DataConfig(Strict):
     label_key: str | None = Field(
         None, description="a field passed to reward functions as `label` (e.g. the reference answer)"
     )
-    apply_chat_template: bool = Field(
-        False, description="render each prompt as a user turn with the tokenizer's chat template"
-    )
+    apply_chat_template: ChatTemplate = False
     max_prompt_tokens: int = Field(64, ge=1, description="a longer prompt is a bad line")
     skip_bad_lines: bool = Field(
         False,

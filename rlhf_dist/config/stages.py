@@ -10,7 +10,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from rlhf_dist.config.common import InputFile, Job, LRSchedule, OutputDir, ResumableJob, RunOutput, Strict
+from rlhf_dist.config.common import (AttnImplementation, ChatTemplate, DType, GradientCheckpointing, InputFile, Job, LRSchedule,
+                                     ResumableJob, RunDir, RunName, RunOutput, Strict)
 from rlhf_dist.config.io import read_config_data, validate
 from rlhf_dist.config.rl import DataConfig, InferenceRole, LearnerRole, PoolConfig, RewardFunction, RolloutConfig, RolloutRole
 from rlhf_dist.errors import ConfigError
@@ -18,14 +19,8 @@ from rlhf_dist.config.layout import pool_layout
 
 
 class StageRun(RunOutput):
-    name: str = Field(
-        "stage", description="the run's name: the W&B run's name and the prefix of its Ray placement groups"
-    )
-    output_dir: OutputDir = Field(
-        "runs/stage",
-        description="the run directory; one that already holds something is left alone and the run goes to "
-        "OUTPUT_DIR-2, -3, ...",
-    )
+    name: RunName = "stage"
+    output_dir: RunDir = "runs/stage"
 
 
 class StageModel(Strict):
@@ -38,11 +33,9 @@ class StageModel(Strict):
     reference: str | None = Field(
         None, description="DPO: the frozen reference (default: `path`, i.e. the model before training)"
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="the models' weights dtype")
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
-        "sdpa", description="the attention kernel transformers uses"
-    )
-    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass to save memory")
+    dtype: DType = "float32"
+    attn_implementation: AttnImplementation = "sdpa"
+    gradient_checkpointing: GradientCheckpointing = False
 
 
 class StageData(Strict):
@@ -62,9 +55,7 @@ class StageData(Strict):
         None, description="SFT: a chat (list of {role, content}); the last message is the response"
     )
     margin_key: str | None = Field(None, description="RM: optional per-pair margin in the Bradley-Terry loss")
-    apply_chat_template: bool = Field(
-        False, description="wrap the prompt as a user turn with the tokenizer's chat template"
-    )
+    apply_chat_template: ChatTemplate = False
     max_length: int = Field(256, ge=2, description="prompt + response tokens; a longer sample is a bad line")
     packing: bool = Field(
         False,
@@ -131,11 +122,9 @@ class LabelModel(Strict):
     make_tiny: bool = Field(
         False, description="create a tiny random model + tokenizer at `policy` if the directory is missing"
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="the models' weights dtype")
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
-        "sdpa", description="the attention kernel transformers uses"
-    )
-    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass to save memory")
+    dtype: DType = "float32"
+    attn_implementation: AttnImplementation = "sdpa"
+    gradient_checkpointing: GradientCheckpointing = False
 
 
 class JudgeConfig(Strict):
