@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from rlhf_dist.config import Config, ConfigError
+from rlhf_dist.outputs import owned_dir
 
 MARKER = "COMPLETE"
 STEP_NAME = re.compile(r"step_\d+")
@@ -83,6 +84,7 @@ def save(cluster, trainer_state: dict, run_dir: Path, step: int, keep_last: int,
     """`cluster` saves every learner rank's state into the directory; `tensors` (name -> tensor) are written
     beside trainer.json. The directory counts only once its COMPLETE marker is written, last."""
     final = checkpoint_dir(run_dir, step)
+    owned_dir(final.parent, run_dir)  # RUN_DIR/checkpoints may not lead elsewhere through a link
     tmp = final.with_name(final.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)

@@ -105,7 +105,9 @@ def log_failure(e: BaseException, verbose: bool) -> str:
         text = f"{details}\n\n{text}"
     note = ""
     if _run_log is not None:
-        with open(_run_log, "a") as f:
+        from rlhf_dist.outputs import open_append
+
+        with open_append(_run_log) as f:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} error: {type(e).__name__}: {e}\n{text}\n")
         note = f" (traceback in {_run_log})"
     elif not verbose and details:

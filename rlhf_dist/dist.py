@@ -100,7 +100,10 @@ def parse_cores(text: str) -> set[int]:
     out: set[int] = set()
     for part in text.split(","):
         lo, _, hi = part.strip().partition("-")
-        out.update(range(int(lo), int(hi or lo) + 1))
+        first, last = int(lo), int(hi or lo)  # ValueError for anything but numbers
+        if first < 0 or last < first or last > 65535:
+            raise ValueError(f"bad core range {part!r}")
+        out.update(range(first, last + 1))
     return out
 
 

@@ -7,7 +7,7 @@ import math
 import uuid
 from pathlib import Path
 
-from rlhf_dist.config import ConfigError
+from rlhf_dist.outputs import owned_dir, write_file
 
 NAMES = ("jsonl", "tensorboard", "wandb")
 
@@ -18,11 +18,6 @@ def active_loggers(run) -> list[str]:
         names = list(dict.fromkeys(["jsonl", *run.loggers]))
     else:
         names = ["jsonl"] + (["tensorboard"] if run.tensorboard else [])
-    if "wandb" in names:
-        try:
-            import wandb  # noqa: F401
-        except ImportError:
-            raise ConfigError("run.loggers: 'wandb' needs the wandb package: pip install 'rlhf-dist[wandb]'") from None
     return names
 
 
@@ -34,7 +29,7 @@ class TensorBoardLogger:
     def __init__(self, run_dir: Path, record: dict):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        self.tb = SummaryWriter(str(owned_dir(run_dir / "tensorboard", run_dir)))
         if "derived_table" in record:
             self.tb.add_text("derived", "```\n" + record["derived_table"] + "\n```", 0)
 
@@ -54,7 +49,7 @@ class WandbLogger:
 
         id_file = run_dir / "wandb_id"
         run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
-        id_file.write_text(run_id)
+        write_file(id_file, run_id, owner=run_dir)
         self.run = wandb.init(
             project=project, name=name, id=run_id, resume="allow", dir=str(run_dir), config=record,
             settings=wandb.Settings(console="off", silent=True),

@@ -5,6 +5,8 @@ import json
 import time
 from pathlib import Path
 
+from rlhf_dist.outputs import open_append, write_file
+
 
 def fresh_run_dir(path: str) -> Path:
     """`path`, or `path-2`, `path-3`, ... if it already holds something: an earlier run is never overwritten."""
@@ -23,7 +25,7 @@ class MetricsWriter:
     def __init__(self, run_dir: Path, run, record: dict | None = None):
         from rlhf_dist.loggers import open_loggers
 
-        self.file = (run_dir / "metrics.jsonl").open("a", buffering=1)
+        self.file = open_append(run_dir / "metrics.jsonl")
         self.loggers = open_loggers(run_dir, run, record or {})
 
     def write(self, step: int, metrics: dict) -> None:
@@ -39,7 +41,37 @@ class MetricsWriter:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return metric_rows(Path(run_dir) / "metrics.jsonl")[0]
+
+
+def metric_rows(path: Path) -> tuple[list[dict], str | None]:
+    """The rows of a metrics.jsonl, and the partial last line a killed run can leave (not a row: the write was
+    cut off), if any. Any other line that is not a JSON object with an integer step is an error naming it."""
+    from rlhf_dist.config import ConfigError
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 (byte {e.start})") from None
+    lines = text.split("\n")
+    partial = None
+    if lines and lines[-1].strip():  # no newline after the last line: the writer was stopped mid-row
+        try:
+            json.loads(lines[-1])
+        except ValueError:
+            partial = lines.pop()
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError):
+            raise ConfigError(f"{path}:{i}: not valid JSON") from None
+        if not isinstance(row, dict) or type(row.get("step")) is not int:
+            raise ConfigError(f"{path}:{i}: a row must be a JSON object with an integer 'step'")
+        rows.append(row)
+    return rows, partial
 
 
 class RunLog:
@@ -53,7 +85,7 @@ class RunLog:
 
     def __call__(self, text: str) -> None:
         self.echo(text)
-        with self.path.open("a") as f:
+        with open_append(self.path) as f:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
 
 
@@ -63,9 +95,9 @@ def write_config(run_dir: Path, cfg, resume, table: str | None = None) -> None:
     from rlhf_dist.config import to_yaml
 
     name = "config.yaml" if resume is None else f"config.resume-step{resume.step}.yaml"
-    (run_dir / name).write_text(to_yaml(cfg))
+    write_file(run_dir / name, to_yaml(cfg), owner=run_dir)
     if table is not None:
-        (run_dir / name.replace("config", "derived").replace(".yaml", ".txt")).write_text(table + "\n")
+        write_file(run_dir / name.replace("config", "derived").replace(".yaml", ".txt"), table + "\n", owner=run_dir)
 
 
 def set_aside_metrics_after(run_dir: Path, step: int) -> None:
@@ -73,11 +105,10 @@ def set_aside_metrics_after(run_dir: Path, step: int) -> None:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return
-    keep, drop = [], []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            (keep if json.loads(line)["step"] <= step else drop).append(line)
+    rows, partial = metric_rows(path)
+    keep = [json.dumps(r) for r in rows if r["step"] <= step]
+    drop = [json.dumps(r) for r in rows if r["step"] > step] + ([partial] if partial is not None else [])
     if drop:
-        with (run_dir / "metrics.discarded.jsonl").open("a") as f:
+        with open_append(run_dir / "metrics.discarded.jsonl") as f:
             f.write("\n".join(drop) + "\n")
-    path.write_text("".join(line + "\n" for line in keep))
+    write_file(path, "".join(line + "\n" for line in keep), owner=run_dir)

@@ -27,8 +27,21 @@ def _hf_config(path: str, field: str):
         raise ConfigError(f"{field}: {path!r} has no config.json; model sizes are read from a local HF directory")
     from transformers import AutoConfig
 
-    hf = AutoConfig.from_pretrained(path)
-    return getattr(hf, "text_config", None) or hf  # multimodal configs keep the language model's sizes apart
+    try:
+        hf = AutoConfig.from_pretrained(path)
+    except Exception as e:  # noqa: BLE001 - malformed JSON, an unknown model_type: one line naming the file
+        raise ConfigError(f"{field}: {path}/config.json cannot be read as a model config: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    hf = getattr(hf, "text_config", None) or hf  # multimodal configs keep the language model's sizes apart
+    # The plan and the TP check divide by these: a zero, negative or missing size is a bad file, not a crash.
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
+        value = getattr(hf, key, None)
+        if type(value) is not int or value < 1:
+            raise ConfigError(f"{field}: {path}/config.json: {key} must be a positive integer (got {value!r})")
+    kv = getattr(hf, "num_key_value_heads", None)
+    if kv is not None and (type(kv) is not int or kv < 1 or hf.num_attention_heads % kv):
+        raise ConfigError(f"{field}: {path}/config.json: num_key_value_heads={kv!r} must be a positive divisor of "
+                          f"num_attention_heads={hf.num_attention_heads}")
+    return hf
 
 
 def heads_of(path: str, field: str = "model.policy") -> tuple[int, int]:
@@ -44,8 +57,11 @@ def model_shape(path: str, field: str = "model.policy") -> ModelShape:
     from transformers import AutoModelForCausalLM
 
     hf = _hf_config(path, field)
-    with torch.device("meta"):
-        params = sum(p.numel() for p in AutoModelForCausalLM.from_config(hf).parameters())
+    try:
+        with torch.device("meta"):
+            params = sum(p.numel() for p in AutoModelForCausalLM.from_config(hf).parameters())
+    except Exception as e:  # noqa: BLE001 - sizes transformers cannot build a model from
+        raise ConfigError(f"{field}: {path}/config.json: no causal LM can be built from it: {type(e).__name__}: {str(e).splitlines()[0]}") from None
     heads, kv_heads = heads_of(path, field)
     return ModelShape(
         params=params, hidden=hf.hidden_size, layers=hf.num_hidden_layers, heads=heads, kv_heads=kv_heads,

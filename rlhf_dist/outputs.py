@@ -6,6 +6,7 @@ leaves nothing at the requested path (and the temporary directory is removed).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -62,3 +63,70 @@ def atomic_dir(path: str | Path, field: str, force: bool = False):
     tmp.rename(out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+# --- files: the one rule for every file the project writes ---
+# A file is written whole or not at all (a temporary file beside it, renamed over it), so a symbolic link at its
+# path is replaced, never followed: whatever the link pointed at is left as it was. Appends (logs, metrics)
+# refuse a link. A file at a path the user named is never replaced unless forced (`check_new_file`).
+
+
+def check_new_file(path: str | Path, field: str, force: bool = False, flag: str = "--force") -> Path:
+    """`path` may be written: nothing is there (not even a dangling link) unless forced, it is not a directory,
+    and its parent is writable."""
+    if str(path).strip() == "":
+        raise ConfigError(f"{field}: empty path")
+    out = Path(path).expanduser()
+    if out.is_dir() and not out.is_symlink():
+        raise ConfigError(f"{field}: {str(out)!r} is a directory, not a file")
+    if os.path.lexists(out) and not force:
+        kind = "a symbolic link" if out.is_symlink() else "a file"
+        raise ConfigError(f"{field}: {str(out)!r} already exists ({kind}); pass {flag} to replace it, or choose a new path")
+    writable_parent(out, field)
+    return out
+
+
+def inside(path: Path, owner: Path, what: str) -> None:
+    """`path` must not lead out of `owner` through a symbolic link."""
+    real, root = Path(os.path.realpath(path)), Path(os.path.realpath(owner))
+    if real != root and root not in real.parents:
+        raise ConfigError(f"{what}: {str(path)!r} leads outside {str(owner)!r} through a symbolic link; refusing to write there")
+
+
+def write_file(path: str | Path, data: str | bytes, owner: Path | None = None) -> Path:
+    """Write `data` to `path` atomically, replacing (never following) a link there. `owner`: the directory the
+    file belongs to, which its parent must not lead out of."""
+    path = Path(path)
+    if owner is not None:
+        inside(path.parent, owner, str(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def open_append(path: str | Path):
+    """A text file opened for appending, line-buffered, never through a symbolic link."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ConfigError(f"{path}: is a symbolic link; refusing to append through it (remove the link)") from None
+        raise
+    return os.fdopen(fd, "a", buffering=1)
+
+
+def owned_dir(path: str | Path, owner: Path) -> Path:
+    """A directory the run creates or reuses under `owner` (final/, tensorboard/, checkpoints/): not a link out."""
+    path = Path(path)
+    if path.is_symlink():
+        raise ConfigError(f"{path}: is a symbolic link; refusing to write into it (remove the link)")
+    inside(path, owner, str(path))
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -21,6 +21,15 @@ def check_model_path(field: str, path: str, needs_tokenizer: bool = False) -> No
             check_model_dir(field, Path(path).expanduser(), needs_tokenizer)
         except ConfigError as e:
             raise ConfigError(str(e).replace(f"{str(Path(path).expanduser())!r}", repr(path), 1)) from None
+        return
+    # A hub id: resolved now (the local cache, or the hub when online), not in a worker after the actors start.
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(path)
+    except Exception as e:  # noqa: BLE001 - offline without a cached copy, a wrong id, no access
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{field}: {path!r} is not a local directory and cannot be loaded as a hub model id ({first})") from None
 
 
 def prepare_model(cfg: Config, log=print):
@@ -38,8 +47,18 @@ def prepare_model(cfg: Config, log=print):
         "data.max_prompt_tokens + rollout.max_new_tokens", log, who="policy",
     )
     check_tp_heads(cfg.placement.rollout.tensor_parallel_size, m.policy)
+    check_stop_tokens(cfg.rollout.stop_token_ids, tokenizer, m.policy)
     check_reward_format(cfg.reward.model, cfg.data.apply_chat_template)
     return tokenizer
+
+
+def check_stop_tokens(ids, tokenizer, path: str) -> None:
+    """rollout.stop_token_ids must be tokens the policy can sample (the engines refused others only at start)."""
+    from transformers import AutoConfig
+
+    vocab = min(len(tokenizer), AutoConfig.from_pretrained(path).vocab_size)
+    if bad := [i for i in ids if i >= vocab]:
+        raise ConfigError(f"rollout.stop_token_ids: {bad} are outside the policy's vocabulary (ids 0..{vocab - 1})")
 
 
 def prepare_tokenizer(field: str, path: str, make_tiny: bool, need_positions: int, need_what: str, log=print, who="model"):

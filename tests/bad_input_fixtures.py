@@ -70,7 +70,7 @@ def make_checkpoints(root: Path, model: str) -> Path:
     good_state = {"module": {"w": torch.zeros(1)}}
     for run, kw in (("bad-name", {"name": "latest"}), ("no-config", {"config": False}),
                     ("not-in-checkpoints", {"parent": "saves"}), ("crafted", {}), ("corrupt", {}),
-                    ("no-critic", {}), ("stage-run", {})):
+                    ("no-critic", {}), ("stage-run", {}), ("hub-id", {})):
         ckpt = _checkpoint(root / run, **kw)
         if kw.get("config", True):
             fix_model(root / run)
@@ -79,5 +79,7 @@ def make_checkpoints(root: Path, model: str) -> Path:
     torch.save({"module": {}, "x": Payload(root / "PAYLOAD_RAN")}, crafted)
     (root / "corrupt" / "checkpoints" / "step_00000001" / "tensors.pt").write_bytes(b"PK\x03\x04 definitely not a zip")
     (root / "stage-run" / "config.yaml").write_text(yaml.safe_dump({"model": {"path": model}}))
+    # A run that trained a hub model: export must resolve it before reading any weights (offline: one line).
+    (root / "hub-id" / "config.yaml").write_text(yaml.safe_dump({"model": {"policy": "rlhf-dist-tests/no-such-model"}}))
     (root / "incomplete" / "checkpoints" / "step_00000002").mkdir(parents=True)
     return root

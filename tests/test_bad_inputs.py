@@ -1,6 +1,7 @@
 """Bad configs and data: each gets one clear message naming the field or file:line, exit code 2, and no
 traceback, before any actor starts (the CLI is run in-process; no Ray session is used)."""
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -160,7 +161,9 @@ def broken(tiny_model, tmp_path_factory) -> dict[str, str]:
 
 def tree(*roots) -> set:
     """Every path under the roots with its size and modification time: what "nothing was written" compares."""
-    return {(str(p), p.stat().st_size, p.stat().st_mtime_ns) for r in roots for p in Path(r).rglob("*")}
+    # A link is recorded as a link (its target named), so replacing it, or writing through it, both show.
+    return {(str(p), os.readlink(p) if p.is_symlink() else None, p.lstat().st_size, p.lstat().st_mtime_ns)
+            for r in roots for p in Path(r).rglob("*")}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])

@@ -25,6 +25,13 @@ def label(*extra: str) -> list[str]:
     return ["label", f"{P}/label.yaml", "model.policy={model}", "model.make_tiny=false", "run.output_dir={tmp}/run", *extra]
 
 
+class LINK(str):
+    """A file entry that is a symbolic link to another path under {tmp}."""
+
+
+RUN = {"r/metrics.jsonl": '{"step": 1, "reward/mean": 0.5}\n{"step": 2, "reward/mean": 0.7}\n'}
+LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "num_key_value_heads": 2, "vocab_size": 128, "max_position_embeddings": 128}
 HUGE = json.dumps({"prompt": "the sun " * 100000, "response": " is hot"})
 RM = stage("rm", "data.train={tmp}/d.jsonl", "data.margin_key=m")
 CKPT = "{ckpts}/%s/checkpoints/step_00000001"
@@ -107,11 +114,77 @@ CASES = [
     ("plan-nan", ["plan", "{tmp}/ppo.yaml", "ppo.policy_lr=.nan"], {}, "ppo.policy_lr: Input should be a finite number"),
     ("plan-bad-override", ["plan", "{tmp}/ppo.yaml", "ppo.policy_lr=[1"], {}, "the value is not valid YAML"),
     ("bench-run-dir-is-file", ["bench", "step", "{tmp}/ppo.yaml", "--run-dir", "{tmp}/x.txt"], {"x.txt": "x"}, "run.output_dir: '{tmp}/x.txt' is a file"),
+    # --- round three: writes that would replace a user's file or follow a link ---
+    ("bench-out-exists", ["bench", "rollout", "{tmp}/ppo.yaml", "--out", "{tmp}/b.json"], {"b.json": "mine"},
+     "bench --out: '{tmp}/b.json' already exists (a file); pass --force"),
+    ("bench-out-is-link", ["bench", "sync", "{tmp}/ppo.yaml", "--out", "{tmp}/b.json"], {"mine.json": "mine", "b.json": LINK("mine.json")},
+     "bench --out: '{tmp}/b.json' already exists (a symbolic link)"),
+    ("bench-out-dangling-link", ["bench", "step", "{tmp}/ppo.yaml", "--out", "{tmp}/b.json"], {"b.json": LINK("gone.json")},
+     "already exists (a symbolic link)"),
+    ("report-out-exists", ["report", "{tmp}/r", "--out", "{tmp}/mine.png"], {**RUN, "mine.png": "mine"},
+     "report --out: '{tmp}/mine.png' already exists (a file); pass --force"),
+    ("report-out-is-link", ["report", "{tmp}/r", "--out", "{tmp}/r.png"], {**RUN, "mine.png": "mine", "r.png": LINK("mine.png")},
+     "report --out: '{tmp}/r.png' already exists (a symbolic link)"),
+    ("report-md-beside-exists", ["report", "{tmp}/r", "--out", "{tmp}/new.png"], {**RUN, "new.md": "my notes"},
+     "report --out (the summary beside it): '{tmp}/new.md' already exists"),
+    # --- round three: commands besides train check what they read ---
+    ("report-not-a-directory", ["report", "{tmp}/x.txt"], {"x.txt": "x"}, "report: '{tmp}/x.txt' is not a directory"),
+    ("report-missing-run", ["report", "{tmp}/nope"], {}, "report: '{tmp}/nope/metrics.jsonl' does not exist"),
+    ("report-row-without-step", ["report", "{tmp}/r"], {"r/metrics.jsonl": '{"step": 1}\n{"reward/mean": 0.5}\n'},
+     "r/metrics.jsonl:2: a row must be a JSON object with an integer 'step'"),
+    ("report-bad-line-mid-file", ["report", "{tmp}/r"], {"r/metrics.jsonl": '{"step": 1}\n{"step": 2, "re\n{"step": 3}\n'},
+     "r/metrics.jsonl:2: not valid JSON"),
+    ("report-metrics-not-utf8", ["report", "{tmp}/r"], {"r/metrics.jsonl": b'{"step": 1, "x": "\xff"}\n'}, "r/metrics.jsonl: not UTF-8"),
+    ("report-unknown-format", ["report", "{tmp}/r", "--out", "{tmp}/r.gif"], RUN, "the figure is written as .png, .svg, .pdf"),
+    ("bench-zero-prompts", ["bench", "rollout", "{tmp}/ppo.yaml", "--prompts", "0"], {}, "argument --prompts: 0 must be at least 1"),
+    ("bench-negative-prompt-len", ["bench", "rollout", "{tmp}/ppo.yaml", "--prompt-len", "-3"], {}, "argument --prompt-len: -3 must be at least 1"),
+    ("bench-zero-steps", ["bench", "step", "{tmp}/ppo.yaml", "--steps", "0"], {}, "argument --steps: 0 must be at least 1"),
+    ("bench-nan-bucket", ["bench", "sync", "{tmp}/ppo.yaml", "--bucket-mb", "1,nan"], {}, "bench --bucket-mb: '1,nan': every size must be"),
+    ("bench-bucket-words", ["bench", "sync", "{tmp}/ppo.yaml", "--bucket-mb", "big"], {}, "bench --bucket-mb: 'big' is not a comma-separated"),
+    ("plan-zero-heads", ["plan", "{tmp}/ppo.yaml", "model.policy={tmp}/m"], {"m/config.json": json.dumps({**LLAMA, "num_attention_heads": 0})},
+     "{tmp}/m/config.json"),
+    ("plan-negative-layers", ["plan", "{tmp}/ppo.yaml", "model.policy={tmp}/m"], {"m/config.json": json.dumps({**LLAMA, "num_hidden_layers": -2})},
+     "{tmp}/m/config.json: num_hidden_layers must be a positive integer (got -2)"),
+    ("plan-kv-heads-not-divisor", ["plan", "{tmp}/ppo.yaml", "model.policy={tmp}/m"], {"m/config.json": json.dumps({**LLAMA, "num_key_value_heads": 3})},
+     "num_key_value_heads=3 must be a positive divisor of num_attention_heads=4"),
+    ("plan-config-not-json", ["plan", "{tmp}/ppo.yaml", "model.policy={tmp}/m"], {"m/config.json": "{"}, "cannot be read as a model config"),
+    ("export-hub-id-offline", ["export", CKPT % "hub-id", "{tmp}/out"], {}, "is not a local directory and cannot be loaded as a hub model id"),
+    # --- round three: values valid alone, wrong together, or refused only late ---
+    ("warmup-longer-than-run", ["plan", "{tmp}/ppo.yaml", "ppo.lr_schedule.warmup_steps=50", "run.steps=10"], {},
+     "ppo.lr_schedule.warmup_steps: 50 is longer than the schedule (run.steps=10)"),
+    ("warmup-longer-than-schedule", ["plan", "{tmp}/ppo.yaml", "ppo.lr_schedule={warmup_steps: 8, total_steps: 4}"], {},
+     "(ppo.lr_schedule.total_steps=4)"),
+    ("staleness-beyond-run", ["plan", "{tmp}/ppo.yaml", "rollout.max_staleness=5", "run.steps=5"], {},
+     "rollout.max_staleness: 5 is not less than run.steps (5)"),
+    ("stop-empty-string", ["plan", "{tmp}/ppo.yaml", "rollout.stop=['']"], {}, "rollout.stop.0: String should have at least 1 character"),
+    ("stop-token-negative", ["plan", "{tmp}/ppo.yaml", "rollout.stop_token_ids=[-1]"], {}, "rollout.stop_token_ids.0: Input should be greater than or equal to 0"),
+    ("stop-token-outside-vocab", ["train", "{tmp}/ppo.yaml", "rollout.stop_token_ids=[2, 99999]"], {},
+     "rollout.stop_token_ids: [99999] are outside the policy's vocabulary"),
+    ("timeout-overflows", ["plan", "{tmp}/ppo.yaml", "timeouts.call_s=1e300"], {}, "timeouts.call_s: Input should be less than or equal to 10000000"),
+    ("reward-timeout-overflows", ["plan", "{tmp}/ppo.yaml", "reward.functions=[{name: 'rlhf_dist.rewards.rules:char_fraction', timeout_s: 1e12}]"], {},
+     "reward.functions.0.timeout_s: Input should be less than or equal to 10000000"),
+    ("cores-that-do-not-exist", ["plan", "{tmp}/ppo.yaml", "cluster.cpu_cores={main: '0,4096'}"], {},
+     "cluster.cpu_cores.main: core(s) [4096] do not exist here"),
+    ("cores-not-a-list", ["plan", "{tmp}/ppo.yaml", "cluster.cpu_cores={main: 'first'}"], {}, "cluster.cpu_cores.main: 'first' is not a list of cores"),
+    ("cores-huge-range", ["plan", "{tmp}/ppo.yaml", "cluster.cpu_cores={main: '0-999999999999'}"], {}, "is not a list of cores"),
+    ("wandb-without-login", ["train", "{tmp}/ppo.yaml", "run.loggers=[wandb]"], {}, "run.loggers: 'wandb' has no login here"),
+    ("train-bad-eval-prompts", ["train", "{tmp}/ppo.yaml", "eval.prompts={tmp}/e.jsonl", "run.output_dir={tmp}/run"], {"e.jsonl": "{nope\n"},
+     "e.jsonl:1: malformed JSON"),
+    # --- round three: malformed text in data files ---
+    ("sft-nested-too-deep", stage("sft", "data.train={tmp}/d.jsonl"), {"d.jsonl": '{"prompt": ' + "[" * 100000 + "]" * 100000 + "}\n"},
+     "d.jsonl:1: malformed JSON: nested too deeply"),
+    ("sft-lone-surrogate", stage("sft", "data.train={tmp}/d.jsonl"), {"d.jsonl": '{"prompt": "a\\ud800b", "response": "c"}\n'},
+     "d.jsonl:1: holds text that is not valid Unicode"),
+    ("sft-unknown-role", stage("sft", "data.train={tmp}/d.jsonl", "data.messages_key=messages"),
+     {"d.jsonl": json.dumps({"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "yo"}]}) + "\n"},
+     "message 0 of 'messages' has role 'robot'; roles are system, user, assistant, tool"),
+    ("prompts-lone-surrogate", ["train", "{tmp}/ppo.yaml", "data.prompts={tmp}/p.jsonl"], {"p.jsonl": '{"prompt": "\\udfff"}\n'},
+     "p.jsonl:1: holds text that is not valid Unicode"),
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_gets_one_clear_message(case, tiny_model, broken, tmp_path, capsys):  # noqa: F811
+def test_bad_input_gets_one_clear_message(case, tiny_model, broken, tmp_path, capsys, monkeypatch):  # noqa: F811
     _, argv, files, expected = case
     fill = lambda text: (text.replace("{tmp}", str(tmp_path)).replace("{models}", broken["models"])  # noqa: E731
                          .replace("{ckpts}", broken["ckpts"]).replace("{model}", tiny_model))
@@ -119,7 +192,14 @@ def test_bad_input_gets_one_clear_message(case, tiny_model, broken, tmp_path, ca
     (tmp_path / "ppo.yaml").write_text(yaml.safe_dump(demo_config_dict(tiny_model, str(tmp_path / "prompts.jsonl"), str(tmp_path / "run"))))
     for name, content in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+        if isinstance(content, LINK):
+            (tmp_path / name).symlink_to(tmp_path / content)
+        else:
+            (tmp_path / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    if "wandb" in case[0]:
+        for key in ("WANDB_API_KEY", "WANDB_MODE"):
+            monkeypatch.delenv(key, raising=False)
+        monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc holding a W&B key
     before = tree(tmp_path, *broken.values(), tiny_model, P)
     try:
         code = main([fill(a) for a in argv])
@@ -136,4 +216,4 @@ def test_bad_input_gets_one_clear_message(case, tiny_model, broken, tmp_path, ca
 
 
 def test_command_table_is_large_enough():
-    assert len({c[0] for c in CASES}) >= 60
+    assert len({c[0] for c in CASES}) >= 100

@@ -125,3 +125,111 @@ def test_export_of_a_clean_stage0_checkpoint_round_trips(tiny_model, tmp_path):
     assert main(["export", str(ckpt), str(tmp_path / "hf")]) == 0
     got = load_file(tmp_path / "hf" / "model.safetensors")
     assert torch.equal(got["model.embed_tokens.weight"], state["model.embed_tokens.weight"])
+
+
+# --- the one rule for files: never through a link, never over a user's file unless forced, whole or not at all ---
+
+def planted(tmp_path: Path, name: str) -> tuple[Path, Path, bytes]:
+    """A run directory whose `name` is a link to a user's file elsewhere: (run dir, the user's file, its bytes)."""
+    run, mine = tmp_path / "run", tmp_path / "elsewhere" / "precious.txt"
+    run.mkdir(exist_ok=True)
+    mine.parent.mkdir(exist_ok=True)
+    mine.write_bytes(b"the user's own file\n")
+    (run / name).symlink_to(mine)
+    return run, mine, mine.read_bytes()
+
+
+def test_a_run_file_written_whole_replaces_a_planted_link_and_leaves_its_target(tiny_model, tmp_path):
+    from rlhf_dist.config import load_config
+    from rlhf_dist.metrics import set_aside_metrics_after, write_config
+
+    run, mine, before = planted(tmp_path, "config.yaml")
+    cfg = load_config(None, base=demo_config_dict(tiny_model, str(tmp_path / "p.jsonl"), str(run)))
+    write_config(run, cfg, None, table="t")
+    assert mine.read_bytes() == before and not (run / "config.yaml").is_symlink()
+    assert tiny_model in (run / "config.yaml").read_text()
+    # Resume rewrites metrics.jsonl without the steps that run again: the link is replaced, its target kept.
+    run, mine, before = planted(tmp_path, "metrics.jsonl")
+    mine.write_text('{"step": 1}\n{"step": 2}\n')
+    before = mine.read_bytes()
+    set_aside_metrics_after(run, 1)
+    assert mine.read_bytes() == before and (run / "metrics.jsonl").read_text() == '{"step": 1}\n'
+
+
+@pytest.mark.parametrize("name", ["metrics.jsonl", "train.log"])
+def test_appends_refuse_a_planted_link(tmp_path, name):
+    from rlhf_dist.config import ConfigError, RunConfig
+    from rlhf_dist.metrics import MetricsWriter, RunLog
+
+    run, mine, before = planted(tmp_path, name)
+    with pytest.raises(ConfigError, match="is a symbolic link; refusing to append through it"):
+        if name == "metrics.jsonl":
+            MetricsWriter(run, RunConfig(tensorboard=False))
+        else:
+            RunLog(run, echo=lambda _: None)("a line")
+    assert mine.read_bytes() == before
+
+
+@pytest.mark.parametrize("name", ["checkpoints", "final", "tensorboard"])
+def test_run_directories_that_lead_elsewhere_are_refused(tmp_path, name):
+    from rlhf_dist import checkpoint
+    from rlhf_dist.config import ConfigError, RunConfig
+    from rlhf_dist.metrics import MetricsWriter
+    from rlhf_dist.outputs import owned_dir
+
+    run, elsewhere = tmp_path / "run", tmp_path / "users-dir"
+    run.mkdir()
+    elsewhere.mkdir()
+    (run / name).symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(ConfigError, match="is a symbolic link; refusing to write into it"):
+        if name == "checkpoints":
+            checkpoint.save(None, {"step": 1}, run, 1, keep_last=1)
+        elif name == "tensorboard":
+            MetricsWriter(run, RunConfig(loggers=["tensorboard"]))
+        else:
+            owned_dir(run / name, run)
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_report_replaces_its_own_default_output_but_never_a_user_file(tmp_path, capsys):
+    run, mine, before = planted(tmp_path, "report.png")
+    (run / "metrics.jsonl").write_text('{"step": 1, "reward/mean": 0.1}\n{"step": 2, "reward/mean": 0.4}\n{"step": 3, "rew')
+    assert main(["report", str(run)]) == 0
+    assert mine.read_bytes() == before and (run / "report.png").read_bytes()[:4] == b"\x89PNG"
+    # A killed run's cut-off last line is left out, and said so; the rows before it are drawn.
+    assert "left out its last line, cut off mid-row" in capsys.readouterr().err
+    assert "steps logged: 0" in (run / "report.md").read_text()  # no timing/step rows in this file
+    # A named --out that exists is replaced only with --force, and then whole (a link there is replaced, not followed).
+    out = tmp_path / "mine.png"
+    out.symlink_to(mine)
+    assert main(["report", str(run), "--out", str(out)]) == 2
+    assert main(["report", str(run), "--out", str(out), "--force"]) == 0
+    assert mine.read_bytes() == before and not out.is_symlink() and out.read_bytes()[:4] == b"\x89PNG"
+    assert main(["report", str(run), "--out", str(tmp_path / "fig.svg")]) == 0
+    assert b"<svg" in (tmp_path / "fig.svg").read_bytes()[:400]
+
+
+def test_resume_sets_a_cut_off_last_line_aside_with_the_steps_that_run_again(tmp_path):
+    from rlhf_dist.metrics import set_aside_metrics_after
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "rew')
+    set_aside_metrics_after(tmp_path, 1)
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1}\n'
+    assert (tmp_path / "metrics.discarded.jsonl").read_text() == '{"step": 2}\n{"step": 3, "rew\n'
+
+
+def test_a_large_field_the_stage_never_reads_is_not_refused(tiny_model, tmp_path):
+    from transformers import AutoTokenizer
+
+    from rlhf_dist.config.stages import StageData
+    from rlhf_dist.data.stage_data import load_examples
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"prompt": "the red cat", "response": " runs", "notes": "x" * 1_000_000}) + "\n")
+    cfg = StageData(train=str(data), max_length=32)
+    ex = load_examples(str(data), "data.train", "sft", cfg, AutoTokenizer.from_pretrained(tiny_model))
+    assert len(ex) == 1
+    # The same megabyte in the prompt, which the stage reads, is refused before it is tokenized.
+    data.write_text(json.dumps({"prompt": "x" * 1_000_000, "response": " runs"}) + "\n")
+    with pytest.raises(Exception, match="more than data.max_length=32 tokens can hold"):
+        load_examples(str(data), "data.train", "sft", cfg, AutoTokenizer.from_pretrained(tiny_model))

@@ -46,10 +46,12 @@ def medians(rows: list[dict], key: str, by: tuple[str, ...]) -> list[dict]:
 
 
 def write(out: str | None, kind: str, payload: dict) -> Path:
+    """The results as JSON: --out (checked before the benchmark ran) or the project's benchmarks/results/."""
+    from rlhf_dist.outputs import write_file
+
     path = Path(out or f"benchmarks/results/{kind}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"benchmark": kind, "machine": machine(), **payload}, indent=2))
-    return path
+    return write_file(path, json.dumps({"benchmark": kind, "machine": machine(), **payload}, indent=2))
 
 
 def _prompts(cfg: Config, n: int, prompt_len: int) -> list[list[int]]:

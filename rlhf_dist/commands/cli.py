@@ -38,14 +38,9 @@ def _eval(args) -> int:
 
 
 def _report(args) -> int:
-    from pathlib import Path
-
-    from rlhf_dist.config import ConfigError
     from rlhf_dist.commands.report import write_report
 
-    if args.out is not None and Path(args.out).exists():
-        raise ConfigError(f"report --out: {args.out!r} exists; choose a new path")
-    png, md = write_report(args.run_dirs, args.out)
+    png, md = write_report(args.run_dirs, args.out, args.force, log=lambda m: print(m, file=sys.stderr))
     print(f"report written to {png} and {md}")
     return 0
 
@@ -93,6 +88,11 @@ def _bench(args) -> int:
     from rlhf_dist.commands import bench
     from rlhf_dist.config import load_config
 
+    from rlhf_dist.outputs import check_new_file
+
+    if args.out is not None:  # before anything runs: a user's file is never replaced unless forced
+        check_new_file(args.out, "bench --out", args.force)
+    buckets = bucket_sizes(args.bucket_mb)
     overrides = list(args.overrides)
     if args.what == "step":
         overrides += [f"run.steps={args.steps}", "run.save_final=false", "run.progress_bar=false",
@@ -102,7 +102,7 @@ def _bench(args) -> int:
         result = bench.bench_rollout(cfg, args.prompts, args.prompt_len, args.repeats)
         columns = ["path", "engines", "repeat", "prompts", "tokens", "seconds", "tokens_per_s", "requests_per_s", "tokens_per_s_per_engine"]
     elif args.what == "sync":
-        result = bench.bench_sync(cfg, [float(x) for x in args.bucket_mb.split(",")], args.repeats)
+        result = bench.bench_sync(cfg, buckets, args.repeats)
         columns = ["path", "bucket_mb", "buckets", "repeat", "MB", "seconds", "GB_per_s", "gather_pack_s", "broadcast_s", "engine_load_s"]
     else:
         result = bench.bench_step(cfg)
@@ -151,6 +151,35 @@ def _make_tiny(args) -> int:
     return 0
 
 
+def at_least(low: int):
+    """An argparse type: an integer >= low (the config's own bounds for what the flag feeds)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} must be at least {low}")
+        return value
+
+    return parse
+
+
+def bucket_sizes(text: str) -> list[float]:
+    """--bucket-mb: comma-separated sizes in MiB, each finite and above 0."""
+    import math
+
+    from rlhf_dist.config import ConfigError
+
+    try:
+        sizes = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"bench --bucket-mb: {text!r} is not a comma-separated list of numbers") from None
+    if not sizes or any(not math.isfinite(x) or x <= 0 for x in sizes):
+        raise ConfigError(f"bench --bucket-mb: {text!r}: every size must be a finite number above 0")
+    return sizes
+
+
 class Parser(argparse.ArgumentParser):
     """Argument errors in one line (no usage dump), exit code 2 like every other bad input."""
 
@@ -197,13 +226,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
     p.add_argument("--out", help="JSON output path (default benchmarks/results/WHAT.json)")
-    p.add_argument("--prompts", type=int, default=64, help="rollout: number of prompts")
-    p.add_argument("--prompt-len", type=int, default=16, help="rollout: prompt tokens")
-    p.add_argument("--repeats", type=int, default=3, help="rollout, sync: timed repeats")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--prompts", type=at_least(1), default=64, help="rollout: number of prompts")
+    p.add_argument("--prompt-len", type=at_least(1), default=16, help="rollout: prompt tokens")
+    p.add_argument("--repeats", type=at_least(1), default=3, help="rollout, sync: timed repeats")
     p.add_argument("--bucket-mb", default="0.25,1,16", help="sync: comma-separated bucket sizes in MiB")
-    p.add_argument("--steps", type=int, default=5, help="step: steps to run")
+    p.add_argument("--steps", type=at_least(1), default=5, help="step: steps to run")
     p.add_argument("--run-dir", default="runs/bench-step", help="step: where the run writes")
-    p.add_argument("--limit-repeats", type=int, default=3, help="step: timed repeats of each limit (0: none)")
+    p.add_argument("--limit-repeats", type=at_least(0), default=3, help="step: timed repeats of each limit (0: none)")
     p.set_defaults(fn=_bench)
 
     p = sub.add_parser("export", help="write a checkpoint's policy (or critic) as a HuggingFace model directory")
@@ -215,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("report", help="a PNG of runs' curves (overlaid) and a markdown summary, from metrics.jsonl")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--out", help="PNG path (default RUN_DIR/report.png of the first run; the .md goes beside it)")
+    p.add_argument("--out", help="figure path, .png, .svg or .pdf (default RUN_DIR/report.png of the first run; the .md goes beside it)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out and the .md beside it")
     p.set_defaults(fn=_report)
 
     p = sub.add_parser("make-tiny-model", help="write a tiny random Llama- or Qwen2-style model and tokenizer (no downloads)")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from rlhf_dist.config import Config, ConfigError, derive
 from rlhf_dist.metrics import RunLog, fresh_run_dir, write_config
+from rlhf_dist.outputs import write_file
 from rlhf_dist.preflight import prepare_model
 from rlhf_dist.rewards.functions import RuleRewards
 from rlhf_dist.rollout.evaluation import Evaluator
@@ -31,8 +32,8 @@ def evaluate_saved_policy(cfg: Config, log=print) -> Path:
             metrics = evaluator.run(roles, run_dir / "eval_samples.jsonl")
         finally:
             roles.shutdown()
-    (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 0, **metrics}) + "\n")
-    (run_dir / "eval.json").write_text(json.dumps({"policy": cfg.model.policy, **metrics}, indent=1))
+    write_file(run_dir / "metrics.jsonl", json.dumps({"step": 0, **metrics}) + "\n", owner=run_dir)
+    write_file(run_dir / "eval.json", json.dumps({"policy": cfg.model.policy, **metrics}, indent=1), owner=run_dir)
     width = max(map(len, metrics))
     log("\n".join(f"  {k:<{width}}  {v:.4f}" for k, v in metrics.items()))
     return run_dir

@@ -5,7 +5,11 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from rlhf_dist.metrics import read_metrics
+from rlhf_dist.config import ConfigError
+from rlhf_dist.metrics import metric_rows
+from rlhf_dist.outputs import check_new_file, write_file
+
+FORMATS = (".png", ".svg", ".pdf")  # what the figure is saved as, by --out's suffix
 
 # (panel title, metric keys); a panel shows whichever of its keys the runs logged.
 PANELS = [
@@ -31,16 +35,34 @@ def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def load_runs(run_dirs: list[str | Path]) -> dict[str, list[dict]]:
+def load_runs(run_dirs: list[str | Path], log=print) -> dict[str, list[dict]]:
     runs: dict[str, list[dict]] = {}
     for d in run_dirs:
         path = Path(d) / "metrics.jsonl"
+        if Path(d).exists() and not Path(d).is_dir():
+            raise ConfigError(f"report: {str(d)!r} is not a directory (a run directory holds metrics.jsonl)")
         if not path.is_file():
-            from rlhf_dist.config import ConfigError
-
             raise ConfigError(f"report: {str(path)!r} does not exist (is {d} a run directory?)")
-        runs[Path(d).name if Path(d).name not in runs else str(d)] = read_metrics(d)
+        rows, partial = metric_rows(path)
+        if partial is not None:
+            log(f"report: {path}: left out its last line, cut off mid-row ({len(partial)} bytes; the run was stopped while writing it)")
+        runs[Path(d).name if Path(d).name not in runs else str(d)] = rows
     return runs
+
+
+def report_paths(run_dirs: list[str | Path], out: str | Path | None, force: bool = False) -> tuple[Path, Path]:
+    """Where the figure and the summary go, checked before anything is read or written: a named --out (and the
+    .md beside it) is never replaced unless forced; the default, RUN_DIR/report.png, is the run's own."""
+    if out is None:
+        png = Path(run_dirs[0]) / "report.png"
+        return png, png.with_suffix(".md")
+    png = Path(out)
+    if png.suffix.lower() not in FORMATS:
+        raise ConfigError(f"report --out: {str(out)!r}: the figure is written as {', '.join(FORMATS)} (by the suffix)")
+    md = png.with_suffix(".md")
+    check_new_file(png, "report --out", force)
+    check_new_file(md, "report --out (the summary beside it)", force)
+    return png, md
 
 
 def figure(runs: dict[str, list[dict]]):
@@ -101,12 +123,15 @@ def summary(runs: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def write_report(run_dirs: list[str | Path], out: str | Path | None = None) -> tuple[Path, Path]:
-    """Write the PNG (default RUN_DIR/report.png of the first run) and the markdown beside it (.md)."""
-    runs = load_runs(run_dirs)
-    png = Path(out) if out is not None else Path(run_dirs[0]) / "report.png"
-    fig = figure(runs)
-    fig.savefig(png, dpi=90)
-    md = png.with_suffix(".md")
-    md.write_text(summary(runs))
+def write_report(run_dirs: list[str | Path], out: str | Path | None = None, force: bool = False, log=print) -> tuple[Path, Path]:
+    """Write the figure (default RUN_DIR/report.png of the first run) and the markdown beside it (.md), each
+    whole or not at all, never through a link."""
+    import io
+
+    png, md = report_paths(run_dirs, out, force)
+    runs = load_runs(run_dirs, log)
+    buf = io.BytesIO()
+    figure(runs).savefig(buf, dpi=90, format=png.suffix.lower().lstrip("."))
+    write_file(png, buf.getvalue())
+    write_file(md, summary(runs))
     return png, md

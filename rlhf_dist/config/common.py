@@ -140,18 +140,23 @@ class ClusterConfig(Strict):
     )
 
 
+# The longest wait any deadline may name (115 days): beyond it the OS's and threading's timers overflow
+# (a wait of 1e300 s raised OverflowError only after the actors had started).
+MAX_WAIT_S = 1e7
+
+
 class TimeoutConfig(Strict):
     actor_start_s: float = Field(
-        300, gt=0, description="placement groups ready, actors constructed, models loaded; joining a remote cluster"
+        300, gt=0, le=MAX_WAIT_S, description="placement groups ready, actors constructed, models loaded; joining a remote cluster"
     )
     rendezvous_s: float = Field(
-        120, gt=0, description="joining a process group (DeepSpeed's, the weight sync's): every rank reaches the store"
+        120, gt=0, le=MAX_WAIT_S, description="joining a process group (DeepSpeed's, the weight sync's): every rank reaches the store"
     )
     collective_s: float = Field(
-        600, gt=0, description="one collective (all-reduce, gather, broadcast) inside DeepSpeed's or the weight-sync "
+        600, gt=0, le=MAX_WAIT_S, description="one collective (all-reduce, gather, broadcast) inside DeepSpeed's or the weight-sync "
         "group",
     )
-    call_s: float = Field(1800, gt=0, description="one remote call (generate, update, sync, ...)")
+    call_s: float = Field(1800, gt=0, le=MAX_WAIT_S, description="one remote call (generate, update, sync, ...)")
 
 
 class CheckpointConfig(Strict):

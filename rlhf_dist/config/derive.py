@@ -164,6 +164,8 @@ def check_algorithm(cfg: Config) -> None:
     if ppo.is_band[0] >= ppo.is_band[1] or ppo.is_band[0] < 0:
         raise ConfigError(f"ppo.is_band: {list(ppo.is_band)} must be [low, high] with 0 <= low < high")
     k, pl = cfg.rollout.max_staleness, cfg.placement
+    if k > 0 and k >= cfg.run.steps:
+        raise ConfigError(f"rollout.max_staleness: {k} is not less than run.steps ({cfg.run.steps}): no batch could be that stale")
     if k > 0 and pl.rollout.pool == pl.policy.pool:
         raise ConfigError(
             f"rollout.max_staleness: {k} needs the rollout engines on their own pool (they share {pl.policy.pool!r} "
@@ -171,6 +173,12 @@ def check_algorithm(cfg: Config) -> None:
         )
     if unknown := set(cfg.cluster.cpu_cores) - set(pl.pools):
         raise ConfigError(f"cluster.cpu_cores: {sorted(unknown)} not in placement.pools ({', '.join(pl.pools)})")
+    check_cores(cfg.cluster)
+    steps = cfg.run.steps
+    sched = ppo.lr_schedule
+    if sched.warmup_steps > (sched.total_steps or steps):
+        length = f"ppo.lr_schedule.total_steps={sched.total_steps}" if sched.total_steps else f"run.steps={steps}"
+        raise ConfigError(f"ppo.lr_schedule.warmup_steps: {sched.warmup_steps} is longer than the schedule ({length})")
     if k > 0 and ppo.dynamic_sampling:
         raise ConfigError("rollout.max_staleness: asynchronous mode does not support ppo.dynamic_sampling; use 0")
     if ppo.old_logprobs == "engine" and (k > 0 or ppo.is_correction != "none"):
@@ -178,6 +186,29 @@ def check_algorithm(cfg: Config) -> None:
             "ppo.old_logprobs: 'engine' cannot be combined with rollout.max_staleness > 0 or ppo.is_correction: the "
             "off-policy correction weighs the learner's log-probs against the engine's; use 'learner'"
         )
+
+
+def check_cores(cluster) -> None:
+    """cluster.cpu_cores: each pool's cores parse, and on a local cluster (started on this machine) exist here."""
+    import os
+
+    from rlhf_dist.dist import parse_cores
+
+    have = os.sched_getaffinity(0)
+    for pool, text in cluster.cpu_cores.items():
+        try:
+            cores = parse_cores(text)
+        except ValueError:
+            raise ConfigError(f"cluster.cpu_cores.{pool}: {text!r} is not a list of cores like \"0\" or \"2-3,6\"") from None
+        if not cores:
+            raise ConfigError(f"cluster.cpu_cores.{pool}: {text!r} names no core")
+        if cluster.address is None and (missing := sorted(cores - have)):
+            raise ConfigError(f"cluster.cpu_cores.{pool}: core(s) {missing} do not exist here (this process may run on "
+                              f"{format_cores(have)})")
+
+
+def format_cores(cores) -> str:
+    return ",".join(str(c) for c in sorted(cores))
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None) -> Config:

@@ -3,13 +3,13 @@ Values computed from them live in rlhf_dist.config.derive; workers receive narro
 (rlhf_dist.config.specs), never the config."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
 from rlhf_dist.algorithms.registry import ADVANTAGE_ESTIMATORS, AGGREGATIONS, CORRECTIONS, KL_ESTIMATORS, POLICY_LOSSES, names
 from rlhf_dist.config.common import (AttnImplementation, ChatTemplate, DType, EvalConfig, GradientCheckpointing, InputFile, LRSchedule,
-                                     ResumableJob, RunOutput, Strict)
+                                     MAX_WAIT_S, ResumableJob, RunOutput, Strict)
 
 
 class RunConfig(RunOutput):
@@ -50,8 +50,13 @@ class RolloutConfig(Strict):
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
     top_k: int = Field(0, ge=0, description="0: off")
     min_p: float = Field(0.0, ge=0, le=1, description="0: off")
-    stop: list[str] = Field(default_factory=list, description="strings that end a response (kept in its tokens)")
-    stop_token_ids: list[int] = Field(default_factory=list, description="token ids that end a response, besides EOS")
+    # An empty stop string would end every response at once; vLLM refused one only after the engines started.
+    stop: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list, description="strings that end a response (kept in its tokens)"
+    )
+    stop_token_ids: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=list, description="token ids that end a response, besides EOS; each must be in the vocabulary"
+    )
     n_samples_per_prompt: int = Field(1, ge=1, description="responses sampled per prompt")
     kv_cache_gb: int = Field(1, ge=1, description="CPU only: KV cache size per engine")
     gpu_memory_utilization: float = Field(
@@ -78,7 +83,7 @@ class RewardFunction(Strict):
     weight: float = Field(1.0, description="the function's weight in the score")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments passed on every call")
     timeout_s: float = Field(
-        60, gt=0, description="per call; a batch waits timeout_s x the calls its busiest process runs, never 0"
+        60, gt=0, le=MAX_WAIT_S, description="per call; a batch waits timeout_s x the calls its busiest process runs, never 0"
     )
     retries: int = Field(0, ge=0, description="attempts after a failed call")
     concurrency: int = Field(8, ge=1, description="calls in flight at once: worker processes (rewards/pool.py)")

@@ -47,6 +47,28 @@ def check_config(cfg: BaseModel) -> None:
     """The validation layer every command's config passes: paths by kind (readable, writable), the device."""
     check_paths(cfg)
     check_local_device(cfg)
+    check_loggers(cfg)
+
+
+def check_loggers(cfg: BaseModel) -> None:
+    """A logger that cannot start is refused before anything runs: wandb needs its package and, online, a key
+    (without one, wandb.init waits at a login prompt after the actors have started)."""
+    run = getattr(cfg, "run", None)
+    if "wandb" not in (getattr(run, "loggers", None) or []):
+        return
+    import importlib.util
+    import netrc
+
+    if importlib.util.find_spec("wandb") is None:
+        raise ConfigError("run.loggers: 'wandb' needs the wandb package: pip install 'rlhf-dist[wandb]'")
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun") or os.environ.get("WANDB_API_KEY"):
+        return
+    try:
+        if netrc.netrc().authenticators("api.wandb.ai"):
+            return
+    except (OSError, netrc.NetrcParseError):
+        pass
+    raise ConfigError("run.loggers: 'wandb' has no login here: set WANDB_API_KEY (or run `wandb login`), or WANDB_MODE=offline")
 
 
 def check_local_device(cfg: BaseModel) -> None:

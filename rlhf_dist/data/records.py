@@ -47,10 +47,27 @@ def _jsonl(path: Path):
             except json.JSONDecodeError as e:
                 yield where, None, f"malformed JSON: {e.msg} (column {e.colno})"
                 continue
+            except RecursionError:  # brackets nested past the parser's stack
+                yield where, None, "malformed JSON: nested too deeply"
+                continue
             if not isinstance(obj, dict):
                 yield where, None, "each line must be a JSON object"
                 continue
+            if problem := not_unicode(obj):
+                yield where, None, problem
+                continue
             yield where, obj, None
+
+
+def not_unicode(obj) -> str | None:
+    """JSON escapes can spell lone surrogates (\\ud800), which are not text: tokenizers fail on them later."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return "holds text that is not valid Unicode (a lone surrogate escape such as \\ud800)"
+    except RecursionError:
+        return "malformed JSON: nested too deeply"
+    return None
 
 
 def _parquet(path: Path):

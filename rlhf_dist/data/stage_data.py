@@ -41,6 +41,24 @@ def _response_ids(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
 
 
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def read_fields(cfg: StageData, kind: str) -> list[str]:
+    """The fields a stage reads from a row (only these are measured before tokenizing)."""
+    if kind == "sft":
+        return [cfg.messages_key] if cfg.messages_key is not None else [cfg.prompt_key, cfg.response_key]
+    return [cfg.prompt_key, cfg.chosen_key, cfg.rejected_key]
+
+
+def _texts(value) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):  # messages
+        return [m["content"] for m in value if isinstance(m, dict) and isinstance(m.get("content"), str)]
+    return []
+
+
 def _messages_problem(obj: dict, key: str) -> str | None:
     msgs = obj.get(key)
     if not isinstance(msgs, list) or len(msgs) < 2:
@@ -48,6 +66,8 @@ def _messages_problem(obj: dict, key: str) -> str | None:
     for i, m in enumerate(msgs):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
             return f"message {i} of {key!r} must be {{'role': str, 'content': str}}"
+        if m["role"] not in ROLES:  # chat templates render only these (others raised inside the template, or vanished)
+            return f"message {i} of {key!r} has role {m['role']!r}; roles are {', '.join(ROLES)}"
     if msgs[-1]["role"] != "assistant" or not msgs[-1]["content"].strip():
         return f"the last message of {key!r} must be a non-empty assistant turn (it is the response trained on)"
     return None
@@ -100,9 +120,9 @@ def load_examples(path: str, field: str, kind: str, cfg: StageData, tokenizer) -
         require_template(tokenizer, "data.messages_key" if uses_messages else "data.apply_chat_template")
     for where, obj, problem in read_records(path, field):
         row = problem
-        if obj is not None:  # an enormous field is refused before it is tokenized
-            row = next(filter(None, (surely_too_long(v, tokenizer, cfg.max_length, "data.max_length")
-                                     for v in obj.values() if isinstance(v, str))), None)
+        if obj is not None:  # an enormous field the stage reads is refused before it is tokenized
+            row = next(filter(None, (surely_too_long(t, tokenizer, cfg.max_length, "data.max_length")
+                                     for k in read_fields(cfg, kind) for t in _texts(obj.get(k)))), None)
         if obj is not None and row is None:
             row = _sft_row(obj, cfg, tokenizer) if kind == "sft" else _pair_row(obj, cfg, tokenizer, kind == "rm")
         if not isinstance(row, str):

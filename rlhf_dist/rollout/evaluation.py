@@ -77,7 +77,9 @@ class Evaluator:
         if samples_path is not None:
             import json
 
-            samples_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            from rlhf_dist.outputs import write_file
+
+            write_file(samples_path, "".join(json.dumps(r) + "\n" for r in rows), owner=samples_path.parent)
         return metrics
 
     def _one(self, roles, mode: str, n: int, sampling: dict | None, rows: list) -> dict:

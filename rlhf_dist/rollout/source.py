@@ -138,7 +138,8 @@ class RolloutSource:
         """Submit every batch up to step + k not yet in flight, with the weights the engines hold now."""
         if self.next_step is None:
             self.next_step = step
-        while self.next_step <= min(step + self.spec.max_staleness, self.spec.steps):
+        # Never past the run's last step ahead of time, but always the step asked for.
+        while self.next_step <= max(step, min(step + self.spec.max_staleness, self.spec.steps)):
             self.queue.append(self._submit(self.next_step, 1))
             self.next_step += 1
 

@@ -16,7 +16,8 @@ from rlhf_dist.dist import cpu_workers
 from rlhf_dist.config.layout import pool_layout
 from rlhf_dist.learner.workers import RewardModelWorker
 from rlhf_dist.model_shape import check_tp_heads
-from rlhf_dist.preflight import check_model_path, prepare_tokenizer
+from rlhf_dist.outputs import open_append
+from rlhf_dist.preflight import check_model_path, check_stop_tokens, prepare_tokenizer
 from rlhf_dist.data.batch import shards
 from rlhf_dist.rewards.functions import RuleRewards
 from rlhf_dist.rewards.scorer import Scorer
@@ -55,6 +56,7 @@ def run_label(cfg: LabelConfig, log=print) -> Path:
         "data.max_prompt_tokens + rollout.max_new_tokens", log, who="policy",
     )
     check_tp_heads(cfg.placement.rollout.tensor_parallel_size, m.policy)
+    check_stop_tokens(cfg.rollout.stop_token_ids, tokenizer, m.policy)
     if j.model is not None and j.kind != "llm":  # an LLM judge's model is checked with its tokenizer below
         check_model_path("judge.model", j.model)
     judge_tok = None
@@ -85,7 +87,7 @@ def _label(cfg: LabelConfig, specs, prompts, tokenizer, rules, judge_tok, run_di
         judge = _judge(cfg, roles, rules, judge_tok)
         counts = {"written": 0, "ties": 0, "empty": 0, "too_long": 0}
         t0 = time.perf_counter()
-        with (run_dir / "preferences.jsonl").open("w") as out:
+        with open_append(run_dir / "preferences.jsonl") as out:  # a fresh run directory: a new file
             for b, start in enumerate(range(0, len(prompts.texts), cfg.batch_size)):
                 idx = list(range(start, min(start + cfg.batch_size, len(prompts.texts))))
                 texts = [prompts.texts[i] for i in idx]

@@ -19,6 +19,7 @@ from rlhf_dist.data.prompts import PromptLoader, PromptSet, load_prompts
 from rlhf_dist.rollout.evaluation import Evaluator
 from rlhf_dist.config.passes import step_passes
 from rlhf_dist.metrics import MetricsWriter, set_aside_metrics_after
+from rlhf_dist.outputs import owned_dir
 from rlhf_dist.preflight import prepare_model
 from rlhf_dist.rewards.functions import RuleRewards
 from rlhf_dist.rewards.scorer import Overlong, Scorer
@@ -36,13 +37,14 @@ def train(cfg: Config, log=print) -> Path:
     tokenizer = prepare_model(cfg, log)
     prompts = load_prompts(cfg.data, tokenizer)
     rules = RuleRewards(cfg.reward.functions, has_labels=prompts.labels is not None)
+    # The evaluation prompts are read and checked before the run directory exists.
+    evaluator = Evaluator(cfg, tokenizer, rules, log) if cfg.eval is not None else None
     run = open_run(cfg, log, table=derived.table())
     run_dir, log, resume = run.dir, run.log, run.resume
     log(f"run directory: {run_dir}\nderived values:\n{derived.table()}")
     log(f"prompts: {len(prompts.texts)} from {cfg.data.prompts}")
     log_skipped(log, prompts.skipped)
     data = (prompts.ids, prompts.texts, prompts.labels, tokenizer, rules)
-    evaluator = Evaluator(cfg, tokenizer, rules, log) if cfg.eval is not None else None
 
     with ray_session(cfg, derived, log):
         with_restarts(lambda resume: run_session(cfg, derived, run_dir, resume, data, log, evaluator), resume, run_dir,
@@ -84,8 +86,9 @@ def run_session(cfg: Config, derived, run_dir: Path, resume: Checkpoint | None, 
         progress.close()
         if cfg.run.save_final:
             t0 = time.perf_counter()
-            roles.save_policy(str(run_dir / "final"))
-            state.tokenizer.save_pretrained(str(run_dir / "final"))
+            final = owned_dir(run_dir / "final", run_dir)
+            roles.save_policy(str(final))
+            state.tokenizer.save_pretrained(str(final))
             log(f"saved HuggingFace policy to {run_dir / 'final'} in {time.perf_counter() - t0:.1f} s")
     finally:
         if writer is not None:
