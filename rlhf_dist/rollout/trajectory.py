@@ -31,6 +31,7 @@ class Trajectory:
     weights_version: int  # the weights the engine held when it sampled
     reward: float | None = None  # the weighted total the learner trains on
     reward_parts: dict[str, float] = dataclasses.field(default_factory=dict)  # each component, unweighted
+    env_rewards: dict[str, float] = dataclasses.field(default_factory=dict)  # an environment's parts, summed over turns
 
     def __post_init__(self) -> None:
         n = len(self.response_ids)
