@@ -165,10 +165,14 @@ def test_a_turn_that_a_full_render_would_tokenize_differently_is_counted(qwen):
 
 def test_budgets_end_episodes_with_length(qwen):
     long = "a b c d e f g h i j k l m n o p"
-    trajs, _, _ = run(qwen, env_tools.Countdown, [[long] * 4, ["x"] * 4, ["x"] * 4],
-                      lim=dataclasses.replace(limits(max_turns=4), max_new_tokens_per_turn=8))
-    assert trajs[0].finish_reason == "length" and len(trajs[0].spans()) == 1 and len(trajs[0].response_ids) == 8
-    assert [len(t.spans()) for t in trajs[1:]] == [4, 4]  # max_turns
+    trajs, metrics, _ = run(qwen, env_tools.Countdown, [[long] * 4, ["x"] * 4],
+                            lim=dataclasses.replace(limits(max_turns=4), max_new_tokens_per_turn=8))
+    t = trajs[0]
+    # Each turn cut at its own limit ends only that turn: its end-of-turn token is inserted, not trained on.
+    assert [b - a for a, b in t.spans()] == [8] * 4
+    assert all(t.response_ids[b] == qwen.eos_token_id and t.loss_mask[b] == 0 for _, b in t.spans())
+    assert [len(x.spans()) for x in trajs] == [4, 4] and {x.finish_reason for x in trajs} == {"length"}  # max_turns
+    assert metrics["rollout/template_mismatches"] == 0
     trajs, _, _ = run(qwen, env_tools.Countdown, [["x"] * 4], lim=limits(max_total_new_tokens=5))
     assert sum(b - a for a, b in trajs[0].spans()) <= 5 and trajs[0].finish_reason == "length"
 
@@ -224,7 +228,7 @@ def test_a_slow_tool_delays_only_its_own_episode(qwen):
 
     def on_call(turns):
         order.append(turns)
-        if (1, 1) in turns and (2, 1) in turns:  # the fast episodes' second turns reached the engines: let it go
+        if {(1, 1), (2, 1)} <= {x for t in order for x in t}:  # the fast episodes' second turns were sampled: let it go
             env_tools.RELEASE.set()
 
     replies = [[call("slow", tag="a"), "done"], [call("add", a=1), "done"], [call("add", a=2), "done"]]

@@ -6,9 +6,9 @@ loss mask 0, log-prob 0.0). The environment and its tools see text; the learners
 ids are compared with a full render of the conversation (`check_template`); a difference is counted (and is
 what a framework that re-renders the history would have trained on instead).
 
-Limits, each ending the episode with a finish reason rather than an error: `length` when a turn is cut at
-its token limit, when the next turn or observation would not fit the per-turn, total or response budget, or
-after max_turns without `done`; `timeout` at the trajectory's deadline (sandbox set-up and tool calls
+Limits, each ending the episode with a finish reason rather than an error: `length` when the next turn or
+observation would not fit the total or response budget, or after max_turns without `done` (a turn cut at its
+own token limit only ends that turn: its end-of-turn token is inserted, loss mask 0); `timeout` at the trajectory's deadline (sandbox set-up and tool calls
 included); `stop` when the environment says done. A tool that fails, hangs, dies or floods its output is an
 observation for the model and a count in the metrics.
 """
@@ -193,16 +193,19 @@ class Episode:
 
     def add_turn(self, ids: list[int], logprobs: list[float], finish_reason: str, version: int) -> str | None:
         """The engine's answer for this turn, appended as it came; the turn's text for the environment, or None
-        when the episode ends here."""
+        when the episode ends here. `finish_reason` ('stop' or 'length') matters only through the ids: a turn
+        without its end-of-turn token gets one inserted."""
         self.turns += 1
         self.sampled += len(ids)
         self.version = version if self.version is None else min(self.version, version)
         self._append(ids, logprobs)
-        if finish_reason == "length" or not ids:
+        if not ids:
             self.finish("length")
             return None
         body = ids[:-1] if ids[-1] == self.eos else ids
-        if ids[-1] != self.eos:  # ended by a stop string: the turn's end is inserted, as the template writes it
+        # Cut at the turn's token limit, or ended by a stop string: the turn's end is inserted (loss mask 0) as the
+        # template writes it, and the episode goes on; the total budgets end it (room()).
+        if ids[-1] != self.eos:
             if len(self.response_ids) >= self.limits.max_response_tokens:
                 self.finish("length")
                 return None
