@@ -295,3 +295,27 @@ def test_the_rollout_source_makes_multi_turn_groups_with_env_rewards_beside_the_
     batch, engine_lp = r.batch(qwen.pad_token_id)
     assert batch["mask"].sum().item() == sum(sum(s.loss_mask) for s in r.samples)
     assert {"rollout/tool_calls_mean", "rollout/tool_errors", "rollout/tool_timeouts", "rollout/env_seconds"} <= set(r.metrics)
+
+
+def test_the_user_environment_in_the_docs_loads_and_runs(qwen, tmp_path, monkeypatch):
+    import re
+    import sys
+    from pathlib import Path
+
+    page = (Path(__file__).parent.parent / "docs" / "agents.md").read_text()
+    code = re.search(r"```python\n# mypkg/letters.py\n(.*?)```", page, re.DOTALL).group(1)
+    (tmp_path / "mypkg").mkdir()
+    (tmp_path / "mypkg" / "__init__.py").write_text("")
+    (tmp_path / "mypkg" / "letters.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        cls = load_environment("mypkg.letters:Letters")
+        replies = [[call("count_letters", word="letters"), "4", "7"]]  # the label is "7"
+        trajs, metrics, _ = run(qwen, cls, replies, lim=limits(max_prompt_tokens=400))
+    finally:
+        sys.modules.pop("mypkg.letters", None)
+        sys.modules.pop("mypkg", None)
+    t = trajs[0]
+    assert "<|im_start|>tool\n7<|im_end|>" in qwen.decode(t.response_ids)  # the tool ran in its own interpreter
+    assert t.finish_reason == "stop" and t.env_rewards == {"wrong": -0.1, "env": 1.0}
+    assert metrics["rollout/tool_calls_mean"] == 1 and metrics["rollout/turns_mean"] == 3
