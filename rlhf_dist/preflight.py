@@ -61,7 +61,7 @@ def check_stop_tokens(ids, tokenizer, path: str) -> None:
         raise ConfigError(f"rollout.stop_token_ids: {bad} are outside the policy's vocabulary (ids 0..{vocab - 1})")
 
 
-def prepare_tokenizer(field: str, path: str, make_tiny: bool, need_positions: int, need_what: str, log=print, who="model"):
+def prepare_tokenizer(field: str, path: str, make_tiny: bool | str, need_positions: int, need_what: str, log=print, who="model"):
     """The model at `path` (made tiny first if asked and missing) must exist and hold `need_positions`
     positions; returns its tokenizer, with a pad token."""
     from transformers import AutoConfig, AutoTokenizer
@@ -73,7 +73,12 @@ def prepare_tokenizer(field: str, path: str, make_tiny: bool, need_positions: in
         where = Path(path).expanduser()
         if where.is_dir() and any(where.iterdir()):
             raise ConfigError(f"{field}: {path!r} holds files but no config.json; make_tiny writes only into a missing or empty directory")
-        make_tiny_model(path, field=f"{field.split('.')[0]}.make_tiny ({field})")
+        if make_tiny in ("qwen2", "llama3"):
+            from rlhf_dist.data.tiny_chat import make_chat_model
+
+            make_chat_model(path, make_tiny)
+        else:
+            make_tiny_model(path, field=f"{field.split('.')[0]}.make_tiny ({field})")
     check_model_path(field, path, needs_tokenizer=True)
     limit = getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None)
     if limit is not None and need_positions > limit:

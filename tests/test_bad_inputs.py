@@ -40,6 +40,17 @@ CASES = [
     ("restarts-no-ckpt", ["fault_tolerance.max_restarts=2"], None, "fault_tolerance.max_restarts: restarts resume from"),
     # The suite runs without CUDA: a local cluster cannot be a GPU one (refused before Ray starts).
     ("cuda-without-gpu", ["cluster.device=cuda"], None, "cluster.device: 'cuda', but this machine has no CUDA device"),
+    # --- agent environments (env): checked with the rest of the config ---
+    ("env-without-chat-template", ["env={name: arith_feedback}"], None,
+     "env: an environment's turns are chat messages; set data.apply_chat_template=true"),
+    ("env-total-over-response", ["env={name: arith_feedback, max_total_new_tokens: 100}", "data.apply_chat_template=true"], None,
+     "env.max_total_new_tokens: 100 exceeds rollout.max_new_tokens=12"),
+    ("env-max-turns", ["env={name: arith_feedback, max_turns: 0}"], None, "env.max_turns: Input should be greater than or equal to 1"),
+    ("env-check-template", ["env={name: arith_feedback, check_template: strict}"], None, "env.check_template: Input should be"),
+    ("env-tool-timeout", ["env={name: arith_feedback, tool_timeout_s: 0}"], None, "env.tool_timeout_s: Input should be greater than 0"),
+    ("env-unknown-key", ["env={name: arith_feedback, turns: 2}"], None, "env.turns: unknown key"),
+    ("env-with-eval", ["env={name: arith_feedback, max_total_new_tokens: 8}", "data.apply_chat_template=true", "eval={prompts: '{tmp}/prompts.jsonl'}"], None,
+     "eval: evaluation of an environment's episodes is not supported yet"),
     ("reward-name-format", ["reward.functions=[{name: nocolon}]"], None, "reward.functions name 'nocolon' must look like"),
     ("reward-module", ["reward.functions=[{name: 'no_such_module:f'}]"], None, "cannot import 'no_such_module'"),
     ("reward-attr", ["reward.functions=[{name: 'rlhf_dist.rewards.rules:nope'}]"], None, "has no function 'nope'"),

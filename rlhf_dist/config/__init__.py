@@ -31,6 +31,7 @@ from rlhf_dist.config.io import apply_overrides, format_validation_error, parse_
 from rlhf_dist.config.rl import (
     Config,
     DataConfig,
+    EnvConfig,
     FaultToleranceConfig,
     InferenceRole,
     LearnerRole,
@@ -49,7 +50,7 @@ from rlhf_dist.errors import ConfigError
 
 __all__ = [
     "CRITIC_ESTIMATORS", "GROUP_ESTIMATORS", "SCORE_ONLY_ESTIMATORS", "CheckpointConfig", "ClusterConfig", "Config",
-    "ConfigError", "DataConfig", "Derived", "EvalConfig", "FaultToleranceConfig", "InferenceRole", "InputFile", "Job",
+    "ConfigError", "DataConfig", "Derived", "EnvConfig", "EvalConfig", "FaultToleranceConfig", "InferenceRole", "InputFile", "Job",
     "LRSchedule", "LearnerRole", "ModelConfig", "OutputDir", "PPOConfig", "PathKind", "PlacementConfig", "PoolConfig",
     "ResumableJob", "RewardConfig", "RewardFunction", "RolloutConfig", "RolloutRole", "RunConfig", "RunOutput", "Strict",
     "SyncConfig", "TimeoutConfig", "apply_overrides", "check_algorithm", "derive", "format_validation_error",

@@ -19,8 +19,10 @@ class RunConfig(RunOutput):
 
 class ModelConfig(Strict):
     policy: str = Field(description="local directory (or hub id) of the SFT/initial policy, HF format")
-    make_tiny: bool = Field(
-        False, description="create a tiny random model + tokenizer at `policy` if the directory is missing"
+    make_tiny: bool | Literal["qwen2", "llama3"] = Field(
+        False,
+        description="create a tiny random model + tokenizer at `policy` if the directory is missing; `qwen2` or "
+        "`llama3`: a chat model with that family's chat template (rlhf_dist/data/tiny_chat.py)",
     )
     critic: str | None = Field(None, description="default: the policy weights (value head freshly initialised)")
     reference: str | None = Field(None, description="default: the policy weights")
@@ -102,13 +104,46 @@ class RewardConfig(Strict):
 
     @model_validator(mode="after")
     def _some_reward(self):
-        if self.model is None and not self.functions:
-            raise ValueError("set reward.model and/or reward.functions: there is nothing to score rollouts with")
         for f in self.functions:
             module, colon, attr = f.name.partition(":")
             if not (colon and module.strip() and attr.strip()):
                 raise ValueError(f"reward.functions name {f.name!r} must look like 'package.module:function'")
         return self
+
+
+class EnvConfig(Strict):
+    """An agent environment: rollouts become multi-turn episodes (docs/agents.md)."""
+
+    name: str = Field(
+        description="a built-in environment (`calculator`, `python`, `arith_feedback`) or a user's class, "
+        "`package.module:Class`"
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments of the environment's constructor (one instance per trajectory)"
+    )
+    max_turns: int = Field(4, ge=1, description="assistant turns per trajectory at most (finish reason `length` after)")
+    max_new_tokens_per_turn: int = Field(64, ge=1, description="tokens one assistant turn may sample")
+    max_total_new_tokens: int = Field(
+        256, ge=1,
+        description="tokens sampled over all turns; rollout.max_new_tokens bounds everything after the prompt, tool "
+        "output included",
+    )
+    tool_timeout_s: float = Field(
+        10, gt=0, description="wall clock of one tool call, its process's start and sandbox set-up included"
+    )
+    tool_output_chars: int = Field(
+        2000, ge=1, description="a tool's output (and an observation) is cut here and marked as cut"
+    )
+    tool_memory_mb: int = Field(1024, ge=64, description="address-space limit of a tool's process (RLIMIT_AS)")
+    trajectory_timeout_s: float = Field(
+        120, gt=0, description="a trajectory not done by then ends with finish reason `timeout` (tools included)"
+    )
+    concurrency: int = Field(16, ge=1, description="environment steps and tool calls running at once")
+    check_template: Literal["report", "error", "off"] = Field(
+        "report",
+        description="compare each trajectory's ids with a full render of its conversation: count differences "
+        "(`rollout/template_mismatches`), stop the run at the first, or skip the check",
+    )
 
 
 class PPOConfig(Strict):
@@ -259,6 +294,26 @@ class Config(ResumableJob):
     sync: SyncConfig = Field(SyncConfig(), description="the weight sync from the policy to the engines")
     fault_tolerance: FaultToleranceConfig = Field(FaultToleranceConfig(), description="restarts after a dead worker")
     eval: EvalConfig | None = Field(None, description="held-out evaluation; none: no evaluation")
+    env: EnvConfig | None = Field(None, description="an agent environment: multi-turn rollouts with tools; none: single-turn")
+
+    @model_validator(mode="after")
+    def _some_reward(self):
+        if self.reward.model is None and not self.reward.functions and self.env is None:
+            raise ValueError("set reward.model and/or reward.functions (or env): there is nothing to score rollouts with")
+        return self
+
+    @model_validator(mode="after")
+    def _env_fits(self):
+        if self.env is None:
+            return self
+        if not self.data.apply_chat_template:
+            raise ValueError("env: an environment's turns are chat messages; set data.apply_chat_template=true")
+        if self.env.max_total_new_tokens > self.rollout.max_new_tokens:
+            raise ValueError(f"env.max_total_new_tokens: {self.env.max_total_new_tokens} exceeds rollout.max_new_tokens="
+                             f"{self.rollout.max_new_tokens} (which bounds everything after the prompt)")
+        if self.eval is not None:
+            raise ValueError("eval: evaluation of an environment's episodes is not supported yet; remove the eval section")
+        return self
 
     @model_validator(mode="after")
     def _restarts_need_checkpoints(self):

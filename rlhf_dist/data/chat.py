@@ -84,3 +84,21 @@ def check_reward_format(reward_model: str | None, chat: bool) -> None:
             f"data.apply_chat_template={str(chat).lower()}: the reward model {reward_model!r} was trained with "
             f"apply_chat_template={str(trained).lower()} ({stats}); set the same for PPO"
         )
+
+
+# A fixed conversation that new messages are rendered after: their ids are the suffix of the longer render.
+DELTA_BASE = [{"role": "user", "content": "."}, {"role": "assistant", "content": "."}]
+
+
+def message_delta_ids(tokenizer, messages: list[dict], eos_id: int) -> list[int]:
+    """The ids `messages` add to a conversation whose last assistant turn ended with `eos_id`, generation prompt
+    included: render [base + messages] and [base], keep the suffix after the base's last end-of-turn token (so
+    what the template writes after an end of turn, Qwen2's newline, is kept). The history is never re-rendered."""
+    base = chat_ids(tokenizer, DELTA_BASE, add_generation_prompt=False)
+    if eos_id not in base:
+        raise ValueError(f"the chat template does not end an assistant turn with the EOS token (id {eos_id})")
+    cut = len(base) - base[::-1].index(eos_id)
+    full = chat_ids(tokenizer, [*DELTA_BASE, *messages], add_generation_prompt=True)
+    if full[:cut] != base[:cut]:
+        raise ValueError("the chat template renders earlier turns differently once more messages follow")
+    return full[cut:]

@@ -84,17 +84,21 @@ def engine_spec(cfg) -> EngineSpec:
                       engine_load)
 
 
-def sampling_params(r: SamplingSpec, n: int, seed: int, overrides: dict | None = None) -> list:
-    """One seed per request: reproducible runs, and repeated prompts still get different samples.
-    `overrides` replaces settings for one call (evaluation: greedy is temperature 0)."""
+def sampling_params(r: SamplingSpec, n: int, seed: int | list[int], overrides: dict | list[dict] | None = None) -> list:
+    """One seed per request: reproducible runs, and repeated prompts still get different samples (`seed + i`,
+    or each request's own seed when given a list: a multi-turn sample's turns). `overrides` replaces settings
+    for one call (evaluation: greedy is temperature 0), or per request when a list (a turn's token budget)."""
     from vllm import SamplingParams
 
     settings = dict(
         max_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, min_p=r.min_p,
         stop=list(r.stop), stop_token_ids=list(r.stop_token_ids), logprobs=0,
     )
-    settings.update(overrides or {})
-    return [SamplingParams(**settings, seed=seed + i) for i in range(n)]
+    seeds = list(seed) if isinstance(seed, list) else [seed + i for i in range(n)]
+    per = overrides if isinstance(overrides, list) else [overrides or {}] * n
+    if len(seeds) != n or len(per) != n:
+        raise ValueError(f"{n} prompts but {len(seeds)} seeds and {len(per)} sampling settings")
+    return [SamplingParams(**{**settings, **o}, seed=s) for s, o in zip(seeds, per)]
 
 
 class RolloutEngine:
@@ -171,7 +175,8 @@ class RolloutEngine:
         return {"role": self.role, "rank": self.rank, "ip": node_ip(), "pid": os.getpid(),
                 "bundles": os.environ.get("RLHF_DIST_BUNDLES"), "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
 
-    def generate(self, prompts: list[list[int]], seed: int, version: int | None = None, sampling: dict | None = None) -> dict:
+    def generate(self, prompts: list[list[int]], seed: int | list[int], version: int | None = None,
+                 sampling: dict | list[dict] | None = None) -> dict:
         """`version`: the weights version the controller last synced; every worker must hold it.
         `sampling`: settings that replace the rollout's for this call. Each response's finish reason is
         'stop' (EOS, a stop string or stop token) or 'length' (cut at max_new_tokens)."""

@@ -16,10 +16,16 @@ def generation_seed(run_seed: int, step: int, round_: int) -> int:
     return run_seed * 1_000_003 + step * 10_007 + round_
 
 
-def submit_generate(group, prompts: list[list[int]], seed: int, version: int | None, sampling: dict | None = None):
+def submit_generate(group, prompts: list[list[int]], seed: int | list[int], version: int | None,
+                    sampling: dict | list[dict] | None = None):
     """Start generating `prompts` on the group's engines, in contiguous shards that cover every prompt (an engine
-    with an empty shard is not called). `version`: the weights version each engine must hold (None: unchecked)."""
-    per_rank = [(prompts[a:b], seed + a, version, sampling) for a, b in shard_bounds(len(prompts), len(group)) if b > a]
+    with an empty shard is not called). `version`: the weights version each engine must hold (None: unchecked).
+    `seed` and `sampling` may be lists, one per prompt (multi-turn rounds: each sample's seed and turn budget)."""
+    def part(x, a, b):
+        return x[a:b] if isinstance(x, list) else x
+
+    per_rank = [(prompts[a:b], seed[a:b] if isinstance(seed, list) else seed + a, version, part(sampling, a, b))
+                for a, b in shard_bounds(len(prompts), len(group)) if b > a]
     return group.submit("generate", per_rank=per_rank, ranks=range(len(per_rank)))
 
 

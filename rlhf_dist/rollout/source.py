@@ -35,6 +35,7 @@ import torch
 from rlhf_dist.algorithms.advantages import informative_groups
 from rlhf_dist.data.prompts import PromptSet
 from rlhf_dist.errors import WaitTimeout
+from rlhf_dist.rollout.multiturn import EnvSpec, run_round
 from rlhf_dist.rollout.requests import generation_seed, trajectories
 from rlhf_dist.rollout.trajectory import Rollouts, Trajectory, groups_of
 
@@ -50,16 +51,29 @@ class SourceSpec:
     max_rounds: int = 1
     score_before_passes: bool = False  # a reward model in synchronous mode: its actors share the passes' cores
     call_s: float = 600.0  # the engines' call deadline (timeouts.call_s)
+    env: EnvSpec | None = None  # an environment: multi-turn rounds (rlhf_dist.rollout.multiturn)
+
+    def generate_limit(self) -> float:
+        """How long one round's generation may take: a call per turn, each within call_s, with the trajectories'
+        own deadline on top."""
+        if self.env is None:
+            return 2 * self.call_s
+        return self.call_s * (self.env.limits.max_turns + 1) + self.env.limits.trajectory_timeout_s
 
 
 def score_samples(scorer, samples: list[Trajectory], tokenizer, prompts: PromptSet) -> list[str]:
     """Set every sample's reward and reward parts; the decoded responses, for whoever shows them."""
-    texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
+    # A multi-turn sample's functions read its last turn (its final answer); the environment scored the others.
+    texts = tokenizer.batch_decode([s.response_ids[slice(*s.spans()[-1]) if s.spans() else slice(0)] for s in samples],
+                                   skip_special_tokens=True)
     labels = None if prompts.labels is None else [prompts.labels[s.prompt_index] for s in samples]
     totals, parts = scorer([prompts.texts[s.prompt_index] for s in samples], texts, labels, [len(s.response_ids) for s in samples])
+    env_names = sorted({k for s in samples for k in s.env_rewards})  # every sample lists every part (0.0 if never given)
+    if clash := set(env_names) & set(parts):
+        raise RuntimeError(f"the environment's reward parts {sorted(clash)} have the names of the scorer's")
     for r, s in enumerate(samples):
-        s.reward = float(totals[r])
-        s.reward_parts = {k: float(v[r]) for k, v in parts.items()}
+        s.reward = float(totals[r]) + sum(s.env_rewards.values())
+        s.reward_parts = {**{k: float(v[r]) for k, v in parts.items()}, **{k: s.env_rewards.get(k, 0.0) for k in env_names}}
     return texts
 
 
@@ -77,7 +91,7 @@ class Round:
     step: int
     version: int  # the weights the engines held when it was submitted
     loader_state: dict  # the loader's position before its prompts were drawn
-    generated: Future = dataclasses.field(default_factory=Future)  # (trajectories, engine seconds)
+    generated: Future = dataclasses.field(default_factory=Future)  # (trajectories, engine seconds, round metrics)
     scored: Future = dataclasses.field(default_factory=Future)  # the scoring's own seconds
 
 
@@ -101,11 +115,12 @@ class RolloutSource:
         if first.step != step:  # the queue is ordered by construction; anything else is a bug, not a slow engine
             raise RuntimeError(f"rollout source: step {step} got the batch of step {first.step}")
         t0 = time.perf_counter()
-        samples, engine_s = self._wait(first.generated, f"generating the batch of step {step}", 2 * s.call_s + self.score_limit())
+        samples, engine_s, round_metrics = self._wait(first.generated, f"generating the batch of step {step}",
+                                                      s.generate_limit() + self.score_limit())
         timing["generate_wait"] = time.perf_counter() - t0
         metrics = {"rollout/weights_version": float(first.version),
                    # The learners hold version step-1 while they train step `step`.
-                   "rollout/staleness": float(step - 1 - first.version)}
+                   "rollout/staleness": float(step - 1 - first.version), **round_metrics}
         tokens, rounds, scoring = sum(len(x.response_ids) for x in samples), 1, first.scored
         if s.dynamic_sampling or s.score_before_passes:
             timing["score"] = self._wait(scoring, f"scoring the batch of step {step}", self.score_limit())
@@ -121,7 +136,7 @@ class RolloutSource:
                     break
                 rounds += 1
                 more = self._submit(step, rounds)
-                samples, seconds = self._wait(more.generated, f"generating round {rounds} of step {step}", 2 * s.call_s)
+                samples, seconds, _ = self._wait(more.generated, f"generating round {rounds} of step {step}", s.generate_limit())
                 engine_s += seconds
                 tokens += sum(len(x.response_ids) for x in samples)
                 timing["score"] += self._wait(more.scored, f"scoring round {rounds} of step {step}", self.score_limit())
@@ -149,20 +164,28 @@ class RolloutSource:
         idx = groups_of(self.loader.next_batch(), n)
         groups = [self.next_group + r // n for r in range(len(idx))]
         self.next_group += len(idx) // n
-        handle = self.engines.submit_generate([self.prompts.ids[i] for i in idx], generation_seed(self.spec.seed, step, round_))
+        seed = generation_seed(self.spec.seed, step, round_)
+        # Multi-turn rounds call the engines from the source's thread, turn by turn; single-turn ones start now.
+        handle = None if self.spec.env else self.engines.submit_generate([self.prompts.ids[i] for i in idx], seed)
         rnd = Round(step, self.engines.version, before)
-        self.pool.submit(self._finish, rnd, handle, idx, groups)
+        self.pool.submit(self._finish, rnd, handle, idx, groups, seed)
         return rnd
 
-    def _finish(self, rnd: Round, handle, idx: list[int], groups: list[int]) -> None:
+    def _finish(self, rnd: Round, handle, idx: list[int], groups: list[int], seed: int) -> None:
         try:
-            gen = self.engines.gather_generate(handle)
-            samples = trajectories(gen, self.prompts.ids, idx, groups, rnd.version)
+            if self.spec.env is None:
+                gen = self.engines.gather_generate(handle)
+                done = trajectories(gen, self.prompts.ids, idx, groups, rnd.version), max(gen["engine_seconds"]), {}
+            else:
+                labels = self.prompts.labels
+                rows = [{"prompt": self.prompts.texts[i], "label": None if labels is None else labels[i]} for i in idx]
+                done = run_round(self.engines, self.spec.env, self.tokenizer, rows, idx, groups, seed, self.spec.generate_limit())
         except BaseException as e:  # noqa: BLE001 - raised again by the waiter
             rnd.generated.set_exception(e)
             rnd.scored.set_exception(e)
             return
-        rnd.generated.set_result((samples, max(gen["engine_seconds"])))
+        samples = done[0]
+        rnd.generated.set_result(done)
         t0 = time.perf_counter()
         try:
             score_samples(self.scorer, samples, self.tokenizer, self.prompts)

@@ -16,7 +16,7 @@ import torch
 
 from rlhf_dist.data.batch import build_batch, pad_rows
 from rlhf_dist.errors import WaitTimeout
-from rlhf_dist.rollout.finish import TRUNCATED, truncated_flags
+from rlhf_dist.rollout.finish import UNFINISHED, truncated_flags
 
 
 @dataclasses.dataclass
@@ -27,10 +27,11 @@ class Trajectory:
     response_ids: list[int]
     loss_mask: list[int]  # per response token: 1 sampled by the policy, 0 inserted between turns
     logprobs: list[float]  # per response token: the engine's log-prob where sampled, 0.0 where inserted
-    finish_reason: str  # "stop" (EOS, a stop string or token) or "length" (cut at max_new_tokens)
+    finish_reason: str  # "stop" (EOS, a stop string or token; an environment's done), "length" (a token or turn limit) or "timeout"
     weights_version: int  # the weights the engine held when it sampled
     reward: float | None = None  # the weighted total the learner trains on
     reward_parts: dict[str, float] = dataclasses.field(default_factory=dict)  # each component, unweighted
+    env_rewards: dict[str, float] = dataclasses.field(default_factory=dict)  # an environment's parts, summed over turns
 
     def __post_init__(self) -> None:
         n = len(self.response_ids)
@@ -60,7 +61,7 @@ class Trajectory:
 
     @property
     def truncated(self) -> bool:
-        return self.finish_reason == TRUNCATED
+        return self.finish_reason in UNFINISHED
 
 
 class Rollouts:

@@ -1,6 +1,7 @@
 """The RL loop (PPO and the critic-free family). Reads top to bottom; the math lives in rlhf_dist.algorithms."""
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from rlhf_dist.algorithms.kl import kl_controller
 from rlhf_dist.algorithms.losses import LOGPROB_PROBE, ClippedValueLoss, PolicyLoss
 from rlhf_dist import checkpoint
 from rlhf_dist.checkpoint import Checkpoint, load_trainer_state
-from rlhf_dist.config import Config, derive
+from rlhf_dist.config import Config, ConfigError, derive
 from rlhf_dist.console import StepProgress, step_line
 from rlhf_dist.data.prompts import PromptLoader, PromptSet, load_prompts
 from rlhf_dist.rollout.evaluation import Evaluator
@@ -24,7 +25,11 @@ from rlhf_dist.preflight import prepare_model
 from rlhf_dist.rewards.functions import RuleRewards
 from rlhf_dist.rewards.scorer import Overlong, Scorer
 from rlhf_dist.rollout.finish import drop_truncated
+from rlhf_dist.rollout.multiturn import EnvSpec
 from rlhf_dist.rollout.source import RolloutSource, SourceSpec
+from rlhf_dist.envs.episode import Episode, EpisodeLimits
+from rlhf_dist.envs.registry import load_environment
+from rlhf_dist.envs.sandbox import Limits
 from rlhf_dist.runtime.scaffold import log_skipped, open_run, ray_session, with_restarts
 from rlhf_dist.sync.weights import check_logprob_match
 from rlhf_dist.trainers.passes_run import reduce_ranks, run_passes, update_batch
@@ -39,6 +44,7 @@ def train(cfg: Config, log=print) -> Path:
     rules = RuleRewards(cfg.reward.functions, has_labels=prompts.labels is not None)
     # The evaluation prompts are read and checked before the run directory exists.
     evaluator = Evaluator(cfg, tokenizer, rules, log) if cfg.eval is not None else None
+    env = env_spec(cfg, tokenizer, prompts) if cfg.env is not None else None
     run = open_run(cfg, log, table=derived.table())
     run_dir, log, resume = run.dir, run.log, run.resume
     log(f"run directory: {run_dir}\nderived values:\n{derived.table()}")
@@ -47,17 +53,39 @@ def train(cfg: Config, log=print) -> Path:
     data = (prompts.ids, prompts.texts, prompts.labels, tokenizer, rules)
 
     with ray_session(cfg, derived, log):
-        with_restarts(lambda resume: run_session(cfg, derived, run_dir, resume, data, log, evaluator), resume, run_dir,
+        with_restarts(lambda resume: run_session(cfg, derived, run_dir, resume, data, log, evaluator, env), resume, run_dir,
                       cfg.fault_tolerance.max_restarts, log)
     return run_dir
 
 
-def run_session(cfg: Config, derived, run_dir: Path, resume: Checkpoint | None, data, log, evaluator=None) -> None:
+def env_spec(cfg: Config, tokenizer, prompts: PromptSet) -> EnvSpec:
+    """The environment's class and limits, checked before any actor starts: it loads, one instance resets on the
+    first prompt, and that prompt fits data.max_prompt_tokens."""
+    e = cfg.env
+    cls = load_environment(e.name, e.kwargs)
+    tool = Limits(timeout_s=e.tool_timeout_s, output_chars=e.tool_output_chars, memory_mb=e.tool_memory_mb,
+                  cpu_s=max(1, math.ceil(e.tool_timeout_s)))
+    limits = EpisodeLimits(e.max_turns, e.max_new_tokens_per_turn, e.max_total_new_tokens, cfg.rollout.max_new_tokens,
+                           cfg.data.max_prompt_tokens, e.trajectory_timeout_s, tool, e.check_template)
+    spec = EnvSpec(cls, dict(e.kwargs), limits, e.name, e.concurrency)
+    first = Episode(cls(**e.kwargs), tokenizer, limits, 0, 0, {"prompt": prompts.texts[0],
+                                                               "label": None if prompts.labels is None else prompts.labels[0]}, e.name)
+    try:
+        first.reset()
+    except RuntimeError as err:
+        raise ConfigError(f"env.name {e.name!r}: {err}") from None
+    finally:
+        first.close()
+    return spec
+
+
+def run_session(cfg: Config, derived, run_dir: Path, resume: Checkpoint | None, data, log, evaluator=None,
+                env: EnvSpec | None = None) -> None:
     """One life of the actor groups: start, optionally resume, train to the last step, save."""
     roles = writer = state = None
     try:
         roles = RLRoles(cfg, log)
-        state = LoopState(cfg, *data, roles)
+        state = LoopState(cfg, *data, roles, env)
         start = 0
         if resume is not None:
             roles.load_checkpoint(str(resume.path))
@@ -102,7 +130,7 @@ def run_session(cfg: Config, derived, run_dir: Path, resume: Checkpoint | None, 
 class LoopState:
     """What the loop carries from step to step: the rollout source and its data position, the KL coefficient."""
 
-    def __init__(self, cfg: Config, prompt_ids, prompt_texts, labels, tokenizer, rules, roles: RLRoles):
+    def __init__(self, cfg: Config, prompt_ids, prompt_texts, labels, tokenizer, rules, roles: RLRoles, env: EnvSpec | None = None):
         self.tokenizer = tokenizer
         p, r = cfg.ppo, cfg.rollout
         self.loader = PromptLoader(len(prompt_ids), p.rollout_batch_size, cfg.run.seed)
@@ -111,7 +139,7 @@ class LoopState:
         spec = SourceSpec(
             seed=cfg.run.seed, steps=cfg.run.steps, group_size=r.n_samples_per_prompt, prompts_per_step=p.rollout_batch_size,
             max_staleness=r.max_staleness, dynamic_sampling=p.dynamic_sampling, max_rounds=p.max_sampling_rounds,
-            score_before_passes=roles.reward is not None and r.max_staleness == 0, call_s=cfg.timeouts.call_s,
+            score_before_passes=roles.reward is not None and r.max_staleness == 0, call_s=cfg.timeouts.call_s, env=env,
         )
         self.source = RolloutSource(spec, roles, self.loader, PromptSet(prompt_texts, prompt_ids, labels, []), tokenizer, scorer)
         self.kl_ctl = kl_controller(p.kl_coef, p.kl_target, p.kl_horizon)
