@@ -2,11 +2,11 @@
 reward functions are, with one-line errors naming env.name)."""
 from __future__ import annotations
 
-import importlib
 import inspect
 
 from rlhf_dist.envs.base import tool_schema
 from rlhf_dist.errors import ConfigError
+from rlhf_dist.rewards.functions import import_named
 
 BUILTINS = {
     "calculator": "rlhf_dist.envs.builtin:CalculatorEnv",
@@ -22,12 +22,7 @@ def load_environment(name: str, kwargs: dict | None = None) -> type:
     module_name, colon, attr = where.partition(":")
     if not (colon and module_name.strip() and attr.strip()):
         raise ConfigError(f"env.name {name!r}: not a built-in ({', '.join(BUILTINS)}) and not 'package.module:Class'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ConfigError(f"env.name {name!r}: cannot import {module_name!r}: {e}") from None
-    except Exception as e:  # noqa: BLE001 - the module's own code failed at import: say so in one line
-        raise ConfigError(f"env.name {name!r}: importing {module_name!r} failed: {type(e).__name__}: {e}") from None
+    module = import_named(module_name, f"env.name {name!r}")
     cls = getattr(module, attr, None)
     if not inspect.isclass(cls):
         raise ConfigError(f"env.name {name!r}: {module_name!r} has no class {attr!r}")

@@ -14,14 +14,19 @@ from rlhf_dist.errors import RewardError
 from rlhf_dist.rewards.pool import RewardPool, Watch, WorkerExited, call_all, result
 
 
+def import_named(module_name: str, what: str):
+    """The module a config names by dotted path ('package.module:attr'); a failure is one line naming `what`."""
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"{what}: cannot import {module_name!r}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - the module's own code failed at import: say so in one line
+        raise ConfigError(f"{what}: importing {module_name!r} failed: {type(e).__name__}: {e}") from None
+
+
 def load_function(spec: RewardFunction) -> Callable[..., float]:
     module_name, _, attr = spec.name.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ConfigError(f"reward.functions {spec.name!r}: cannot import {module_name!r}: {e}") from None
-    except Exception as e:  # noqa: BLE001 - the module's own code failed at import: say so in one line
-        raise ConfigError(f"reward.functions {spec.name!r}: importing {module_name!r} failed: {type(e).__name__}: {e}") from None
+    module = import_named(module_name, f"reward.functions {spec.name!r}")
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ConfigError(f"reward.functions {spec.name!r}: {module_name!r} has no function {attr!r}")
