@@ -35,20 +35,9 @@ def config(model_dir, out, *overrides, steps=3, log=None):
 
 
 @pytest.mark.slow
-def test_two_async_runs_with_the_same_seed_are_identical(ray_session, tiny_model, tmp_path):
-    from rlhf_dist.trainers.ppo import train
-
-    a = read_metrics(train(config(tiny_model, str(tmp_path / "a"))))
-    b = read_metrics(train(config(tiny_model, str(tmp_path / "b"))))
-    assert [r["rollout/weights_version"] for r in a] == [0, 0, 1]  # batch t generated with version t-2 (k = 1)
-    assert [r["rollout/staleness"] for r in a] == [0, 1, 1]
-    for ra, rb in zip(a, b, strict=True):
-        for key in COMPARED:
-            assert rb[key] == ra[key], (ra["step"], key)
-
-
-@pytest.mark.slow
-def test_async_resume_uses_every_prompt_exactly_as_often(ray_session, tiny_model, tmp_path):
+def test_async_runs_are_reproducible_and_resume_uses_every_prompt_exactly_as_often(ray_session, tiny_model, tmp_path):
+    """Two runs with the same seed are the same run (the first three steps of the 4-step run and the 3-step run
+    stopped below), and a resumed run scores every prompt as often as an uninterrupted one."""
     from rlhf_dist.trainers.ppo import train
 
     full_log, split_log = tmp_path / "full.txt", tmp_path / "split.txt"
@@ -56,6 +45,12 @@ def test_async_resume_uses_every_prompt_exactly_as_often(ray_session, tiny_model
     # A run whose checkpoint at step 2 was taken with the batch of step 3 in flight; it is then stopped before
     # its step-3 checkpoint (removed) and step 3's scoring is taken out of the count (its last 8 x 2 lines).
     first = train(config(tiny_model, str(tmp_path / "split"), log=split_log))
+    a, b = read_metrics(tmp_path / "full")[:3], read_metrics(first)
+    assert [r["rollout/weights_version"] for r in a] == [0, 0, 1]  # batch t generated with version t-2 (k = 1)
+    assert [r["rollout/staleness"] for r in a] == [0, 1, 1]
+    for ra, rb in zip(a, b, strict=True):
+        for key in COMPARED:
+            assert rb[key] == ra[key], (ra["step"], key)
     shutil.rmtree(first / "checkpoints" / "step_00000003")
     split_log.write_text("".join(split_log.read_text().splitlines(keepends=True)[: -8 * 2]))
     resumed = train(config(tiny_model, str(tmp_path / "split"), "resume=auto", steps=4, log=split_log))
