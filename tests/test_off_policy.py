@@ -99,7 +99,7 @@ def test_async_mode_needs_separate_pools(tmp_path):
     with pytest.raises(ConfigError) as e:
         derive(load_config(None, ["rollout.max_staleness=1"], base=base(tmp_path)))
     assert str(e.value).startswith("rollout.max_staleness: 1 needs the rollout engines on their own pool")
-    assert derive(load_config(None, ["rollout.max_staleness=2"], base=separate_pools(tmp_path)))
+    assert derive(load_config(None, ["rollout.max_staleness=2", "run.steps=3"], base=separate_pools(tmp_path)))
     with pytest.raises(ConfigError, match="rollout.max_staleness: asynchronous mode does not support ppo.dynamic_sampling"):
         derive(load_config(None, ["rollout.max_staleness=1", "ppo.dynamic_sampling=true", "rollout.n_samples_per_prompt=2"],
                            base=separate_pools(tmp_path)))

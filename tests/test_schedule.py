@@ -76,7 +76,7 @@ def test_schedule_config_fields(tmp_path):
     from tests.conftest import demo_config_dict
 
     d = demo_config_dict(str(tmp_path / "m"), "p.jsonl", str(tmp_path / "o"))
-    cfg = load_config(None, ["ppo.lr_schedule={kind: cosine, warmup_steps: 3, min_ratio: 0.1}"], base=d)
+    cfg = load_config(None, ["ppo.lr_schedule={kind: cosine, warmup_steps: 3, min_ratio: 0.1}", "run.steps=4"], base=d)
     assert cfg.ppo.lr_schedule == LRSchedule(kind="cosine", warmup_steps=3, min_ratio=0.1)
     from rlhf_dist.config import ConfigError
 
