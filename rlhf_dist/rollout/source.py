@@ -28,16 +28,14 @@ import dataclasses
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 
 import torch
 
 from rlhf_dist.algorithms.advantages import informative_groups
 from rlhf_dist.data.prompts import PromptSet
-from rlhf_dist.errors import WaitTimeout
 from rlhf_dist.rollout.multiturn import EnvSpec, run_round
 from rlhf_dist.rollout.requests import generation_seed, trajectories
-from rlhf_dist.rollout.trajectory import Rollouts, Trajectory, groups_of
+from rlhf_dist.rollout.trajectory import Rollouts, Trajectory, group_ids, groups_of, wait_for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +62,8 @@ class SourceSpec:
 def score_samples(scorer, samples: list[Trajectory], tokenizer, prompts: PromptSet) -> list[str]:
     """Set every sample's reward and reward parts; the decoded responses, for whoever shows them."""
     # A multi-turn sample's functions read its last turn (its final answer); the environment scored the others.
-    texts = tokenizer.batch_decode([s.response_ids[slice(*s.spans()[-1]) if s.spans() else slice(0)] for s in samples],
-                                   skip_special_tokens=True)
+    last_turns = [slice(*spans[-1]) if (spans := s.spans()) else slice(0) for s in samples]
+    texts = tokenizer.batch_decode([s.response_ids[t] for s, t in zip(samples, last_turns)], skip_special_tokens=True)
     labels = None if prompts.labels is None else [prompts.labels[s.prompt_index] for s in samples]
     totals, parts = scorer([prompts.texts[s.prompt_index] for s in samples], texts, labels, [len(s.response_ids) for s in samples])
     env_names = sorted({k for s in samples for k in s.env_rewards})  # every sample lists every part (0.0 if never given)
@@ -82,7 +80,7 @@ def generate(engines, prompts: PromptSet, indices: list[int], group_size: int, s
     idx = groups_of(indices, group_size)
     handle = engines.submit_generate([prompts.ids[i] for i in idx], seed, sampling)
     gen = engines.gather_generate(handle)
-    return trajectories(gen, prompts.ids, idx, [r // group_size for r in range(len(idx))], engines.version), max(gen["engine_seconds"])
+    return trajectories(gen, prompts.ids, idx, group_ids(len(idx), group_size), engines.version), max(gen["engine_seconds"])
 
 
 @dataclasses.dataclass
@@ -162,7 +160,7 @@ class RolloutSource:
         before = copy.deepcopy(self.loader.state_dict())
         n = self.spec.group_size
         idx = groups_of(self.loader.next_batch(), n)
-        groups = [self.next_group + r // n for r in range(len(idx))]
+        groups = group_ids(len(idx), n, self.next_group)
         self.next_group += len(idx) // n
         seed = generation_seed(self.spec.seed, step, round_)
         # Multi-turn rounds call the engines from the source's thread, turn by turn; single-turn ones start now.
@@ -200,10 +198,7 @@ class RolloutSource:
 
     @staticmethod
     def _wait(fut: Future, what: str, limit_s: float):
-        try:
-            return fut.result(timeout=limit_s)
-        except FutureTimeout:
-            raise WaitTimeout(f"rollout source: {what}: not done in {limit_s:g} s") from None
+        return wait_for(fut, f"rollout source: {what}", limit_s)
 
     def close(self) -> None:
         """Drop batches not started; one in progress ends with its deadline or when the engines are stopped."""

@@ -96,10 +96,7 @@ class Rollouts:
             if not self.scored:
                 raise RuntimeError(f"{what}: the batch was never scored")
             return None
-        try:
-            seconds = self._scoring.result(timeout=limit_s)
-        except FutureTimeout:
-            raise WaitTimeout(f"{what}: not done in {limit_s:g} s (the reward functions' deadlines plus timeouts.call_s)") from None
+        seconds = wait_for(self._scoring, what, limit_s, " (the reward functions' deadlines plus timeouts.call_s)")
         self._scoring = None
         return seconds
 
@@ -137,6 +134,19 @@ def check_groups(group_ids: list, group_size: int) -> None:
         if len(ids) != 1 or ids & seen:
             raise ValueError(f"rows {start}..{start + group_size - 1} mix prompts: the samples of a group must be consecutive rows")
         seen |= ids
+
+
+def wait_for(fut: Future, what: str, limit_s: float, why: str = ""):
+    """fut's result within limit_s, or a WaitTimeout naming what was waited for."""
+    try:
+        return fut.result(timeout=limit_s)
+    except FutureTimeout:
+        raise WaitTimeout(f"{what}: not done in {limit_s:g} s{why}") from None
+
+
+def group_ids(rows: int, n: int, first: int = 0) -> list[int]:
+    """The group of each of `rows` requests laid out by groups_of: n in a row share one, numbered from `first`."""
+    return [first + r // n for r in range(rows)]
 
 
 def groups_of(indices, n: int) -> list[int]:
