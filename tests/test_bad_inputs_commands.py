@@ -138,6 +138,8 @@ CASES = [
     ("report-unknown-format", ["report", "{tmp}/r", "--out", "{tmp}/r.gif"], RUN, "the figure is written as .png, .svg, .pdf"),
     ("bench-zero-prompts", ["bench", "rollout", "{tmp}/ppo.yaml", "--prompts", "0"], {}, "argument --prompts: 0 must be at least 1"),
     ("bench-negative-prompt-len", ["bench", "rollout", "{tmp}/ppo.yaml", "--prompt-len", "-3"], {}, "argument --prompt-len: -3 must be at least 1"),
+    ("bench-prompt-longer-than-context", ["bench", "rollout", "{tmp}/ppo.yaml", "--prompt-len", "200"], {},
+     "bench --prompt-len: 200 is more than data.max_prompt_tokens="),
     ("bench-zero-steps", ["bench", "step", "{tmp}/ppo.yaml", "--steps", "0"], {}, "argument --steps: 0 must be at least 1"),
     ("bench-nan-bucket", ["bench", "sync", "{tmp}/ppo.yaml", "--bucket-mb", "1,nan"], {}, "bench --bucket-mb: '1,nan': every size must be"),
     ("bench-bucket-words", ["bench", "sync", "{tmp}/ppo.yaml", "--bucket-mb", "big"], {}, "bench --bucket-mb: 'big' is not a comma-separated"),

@@ -88,6 +88,7 @@ def _bench(args) -> int:
     from rlhf_dist.commands import bench
     from rlhf_dist.config import load_config
 
+    from rlhf_dist.config import ConfigError
     from rlhf_dist.outputs import check_new_file
 
     if args.out is not None:  # before anything runs: a user's file is never replaced unless forced
@@ -98,6 +99,11 @@ def _bench(args) -> int:
         overrides += [f"run.steps={args.steps}", "run.save_final=false", "run.progress_bar=false",
                       f"run.output_dir={args.run_dir}"]
     cfg = checked(load_config(args.config, overrides))
+    if args.what == "rollout" and args.prompt_len > cfg.data.max_prompt_tokens:
+        # The engines' context is sized from the config (max_prompt_tokens + max_new_tokens): vLLM refused
+        # longer prompts only once the actors were up.
+        raise ConfigError(f"bench --prompt-len: {args.prompt_len} is more than data.max_prompt_tokens={cfg.data.max_prompt_tokens}, "
+                          "which sizes the engines' context; raise it with data.max_prompt_tokens=N")
     if args.what == "rollout":
         result = bench.bench_rollout(cfg, args.prompts, args.prompt_len, args.repeats)
         columns = ["path", "engines", "repeat", "prompts", "tokens", "seconds", "tokens_per_s", "requests_per_s", "tokens_per_s_per_engine"]
