@@ -35,6 +35,7 @@ LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num
 HUGE = json.dumps({"prompt": "the sun " * 100000, "response": " is hot"})
 RM = stage("rm", "data.train={tmp}/d.jsonl", "data.margin_key=m")
 CKPT = "{ckpts}/%s/checkpoints/step_00000001"
+EVAL = ["eval", "{tmp}/ppo.yaml", "eval={prompts: '{tmp}/e.jsonl'}"]
 
 # (id, argv, files written under {tmp} first, expected message part)
 CASES = [
@@ -91,6 +92,21 @@ CASES = [
     ("export-role-absent", ["export", CKPT % "no-critic", "{tmp}/out", "--role", "critic"], {}, "--role: '{ckpts}/no-critic/checkpoints/step_00000001/critic' does not exist"),
     ("export-stage-run", ["export", CKPT % "stage-run", "{tmp}/out"], {}, "stage-run/config.yaml: not a PPO run config"),
     ("export-out-empty-string", ["export", CKPT % "no-critic", ""], {}, "out_dir: empty path"),
+    # --- eval ---
+    ("eval-no-section", ["eval", "{tmp}/ppo.yaml"], {}, "eval: the config has no eval section"),
+    ("eval-prompts-missing", EVAL + ["eval.prompts={tmp}/nope.jsonl"], {}, "eval.prompts: '{tmp}/nope.jsonl' does not exist"),
+    ("eval-prompts-malformed", EVAL, {"e.jsonl": '{"prompt": "a"}\n{nope\n'}, "e.jsonl:2: malformed JSON"),
+    ("eval-prompts-not-utf8", EVAL, {"e.jsonl": b'{"prompt": "caf\xe9"}\n'}, "e.jsonl:1: not UTF-8 (invalid continuation byte at byte 15)\n"),
+    ("eval-prompts-lone-surrogate", EVAL, {"e.jsonl": '{"prompt": "\\ud800"}\n'}, "e.jsonl:1: holds text that is not valid Unicode"),
+    ("eval-prompt-key-absent", EVAL + ["eval.prompt_key=question"], {"e.jsonl": '{"prompt": "a"}\n'}, "e.jsonl:1: missing field 'question' (eval.prompt_key)\n"),
+    ("eval-k-beyond-samples", EVAL + ["eval.n_samples=2", "eval.k=[1, 4]"], {}, "eval.k: 4 must be between 1 and eval.n_samples (2)"),
+    ("eval-nothing-to-run", EVAL + ["eval.greedy=false", "eval.n_samples=0"], {}, "eval: set greedy: true and/or n_samples > 0"),
+    ("eval-unknown-pass-function", EVAL + ["eval.pass_function=nope"], {"e.jsonl": '{"prompt": "a"}\n'},
+     "eval.pass_function: 'nope' is not one of reward.functions"),
+    ("eval-policy-masked-lm", EVAL + ["model.policy={models}/masked-lm"], {"e.jsonl": '{"prompt": "a"}\n'}, "model.policy: {models}/masked-lm is a BertForMaskedLM"),
+    ("eval-policy-missing", EVAL + ["model.policy={tmp}/gone", "model.make_tiny=false"], {"e.jsonl": '{"prompt": "a"}\n'}, "model.policy: '{tmp}/gone' does not exist"),
+    ("eval-output-under-file", EVAL + ["run.output_dir={tmp}/x.txt/run"], {"x.txt": "x"}, "run.output_dir: '{tmp}/x.txt' is a file, so"),
+    ("eval-nan-temperature", EVAL + ["rollout.temperature=.nan"], {}, "rollout.temperature: Input should be a finite number"),
     # --- make-tiny-model ---
     ("tiny-negative-hidden", ["make-tiny-model", "{tmp}/m", "--hidden-size", "-8"], {}, "--hidden-size: -8 must be at least 8"),
     ("tiny-zero-layers", ["make-tiny-model", "{tmp}/m", "--layers", "0"], {}, "--layers: 0 must be at least 1"),
@@ -140,6 +156,10 @@ CASES = [
     ("bench-negative-prompt-len", ["bench", "rollout", "{tmp}/ppo.yaml", "--prompt-len", "-3"], {}, "argument --prompt-len: -3 must be at least 1"),
     ("bench-prompt-longer-than-context", ["bench", "rollout", "{tmp}/ppo.yaml", "--prompt-len", "200"], {},
      "bench --prompt-len: 200 is more than data.max_prompt_tokens="),
+    ("bench-nan-tool-latency", ["bench", "rollout", "{tmp}/ppo.yaml", "--tool-latency-s", "nan"], {},
+     "argument --tool-latency-s: nan must be a number of seconds from 0 to 600"),
+    ("bench-tool-latency-words", ["bench", "rollout", "{tmp}/ppo.yaml", "--tool-latency-s", "slow"], {},
+     "argument --tool-latency-s: invalid number: 'slow'"),
     ("bench-zero-steps", ["bench", "step", "{tmp}/ppo.yaml", "--steps", "0"], {}, "argument --steps: 0 must be at least 1"),
     ("bench-nan-bucket", ["bench", "sync", "{tmp}/ppo.yaml", "--bucket-mb", "1,nan"], {}, "bench --bucket-mb: '1,nan': every size must be"),
     ("bench-bucket-words", ["bench", "sync", "{tmp}/ppo.yaml", "--bucket-mb", "big"], {}, "bench --bucket-mb: 'big' is not a comma-separated"),
@@ -169,6 +189,10 @@ CASES = [
      "cluster.cpu_cores.main: core(s) [4096] do not exist here"),
     ("cores-not-a-list", ["plan", "{tmp}/ppo.yaml", "cluster.cpu_cores={main: 'first'}"], {}, "cluster.cpu_cores.main: 'first' is not a list of cores"),
     ("cores-huge-range", ["plan", "{tmp}/ppo.yaml", "cluster.cpu_cores={main: '0-999999999999'}"], {}, "is not a list of cores"),
+    ("more-nodes-than-a-local-cluster", ["train", "{tmp}/ppo.yaml", "placement.pools.main.nodes=2"], {},
+     "placement.pools.main.nodes: 2 nodes, but without cluster.address the job starts a local Ray cluster of one node"),
+    ("eval-more-nodes-than-local", EVAL + ["placement.pools.main.nodes=3"], {"e.jsonl": '{"prompt": "a"}\n'},
+     "placement.pools.main.nodes: 3 nodes"),
     ("wandb-without-login", ["train", "{tmp}/ppo.yaml", "run.loggers=[wandb]"], {}, "run.loggers: 'wandb' has no login here"),
     ("train-bad-eval-prompts", ["train", "{tmp}/ppo.yaml", "eval.prompts={tmp}/e.jsonl", "run.output_dir={tmp}/run"], {"e.jsonl": "{nope\n"},
      "e.jsonl:1: malformed JSON"),

@@ -37,6 +37,30 @@ def test_bench_rollout_compares_with_vllm_direct(ray_session, config, tmp_path, 
 
 
 @pytest.mark.slow
+def test_bench_rollout_on_an_agent_config_compares_per_sample_with_per_turn_and_single_turn(ray_session, tmp_path):
+    """Same seeds for both multi-turn rows; the single-turn row generates exactly the tokens the episodes sampled."""
+    import yaml
+
+    d = yaml.safe_load((ROOT / "configs/agent_cpu.yaml").read_text())
+    d["model"]["policy"] = str(tmp_path / "chat-model")
+    d["data"]["prompts"] = str(ROOT / d["data"]["prompts"])
+    d["run"]["output_dir"] = str(tmp_path / "run")
+    d["placement"]["policy"]["num_gpus"] = d["placement"]["reference"]["num_gpus"] = 1
+    (tmp_path / "agent.yaml").write_text(yaml.safe_dump(d))
+    out = tmp_path / "agent.json"
+    assert main(["bench", "rollout", str(tmp_path / "agent.yaml"), "--prompts", "8", "--repeats", "1", "--tool-latency-s", "0.05",
+                 "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    per_sample, per_turn, single = result["rows"]
+    assert [per_sample["path"], per_turn["path"], single["path"]] == ["per-sample advancement", "per-turn batches",
+                                                                      "single-turn, same tokens"]
+    assert per_sample["episodes"] == per_turn["episodes"] == 8 and per_sample["turns_mean"] == per_turn["turns_mean"] == 2
+    assert single["tokens"] == per_sample["tokens"] > 0  # equal work: the episodes' sampled tokens, generated in one turn
+    # Every episode's step slept its latency (0.025 to 0.1 s, one step per turn): the environment's seconds show it.
+    assert per_sample["env_s"] >= 8 * 2 * 0.025
+
+
+@pytest.mark.slow
 def test_bench_sync_compares_with_raw_broadcast(ray_session, config, tmp_path):
     out = tmp_path / "sync.json"
     assert main(["bench", "sync", config, "--bucket-mb", "0.25", "--repeats", "1", "--out", str(out)]) == 0
