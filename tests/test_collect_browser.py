@@ -100,3 +100,44 @@ def test_a_person_labels_in_the_browser(browser, tmp_path):
     assert got == [("d1", seen["d1"]["A"], seen["d1"]["B"]), ("h1", seen["h1"]["B"], seen["h1"]["A"]),
                    ("r3", "first", "second"), ("r3", "first", "third"), ("r3", "second", "third")]
     assert pairs[0]["rationale"] == "A is <kind>"
+
+
+@pytest.mark.slow
+def test_the_loop_sft_candidates_browser_labels_reward_model_ppo(browser, ray_session, tiny_model, tmp_path):
+    """`collect start` (its two steps before serving), the app served as `collect serve`, a scripted person
+    preferring the more pleasant response in the browser, then `collect train`."""
+    from rlhf_dist.collect.store import read_votes
+    from rlhf_dist.data.synthetic import pleasant_score
+    from rlhf_dist.trainers.collect_loop import prepare, train
+
+    session, cfg = prepare("configs/collect_cpu", [f"sft:model.path={tiny_model}", "sft:model.make_tiny=false",
+                                                   "sft:run.progress_bar=false", "sft:run.tensorboard=false", "sft:train.max_steps=6"],
+                           {"annotators": ["ann"]}, str(tmp_path / "session"))
+    items = [json.loads(line) for line in Path(cfg.candidates).read_text().splitlines()]
+    assert len(items) == 20 and all(len(i["responses"]) == 2 for i in items)  # 20 demo prompts x 2 from vLLM
+    proc, base, tokens = start_server(Path(cfg.candidates), Path(cfg.store), ["ann"])
+    dialogs = []
+    try:
+        page = open_session(browser, base, tokens["ann"], dialogs)
+        for n in range(20):
+            prompt = page.locator("section.prompt pre").inner_text()
+            texts = shown(page)
+            a, b = (pleasant_score(prompt, texts[k]) for k in "AB")
+            page.keyboard.press("a" if a > b else "b" if b > a else "t")
+            page.wait_for_selector("text=Saved your vote on item")
+        assert page.locator("h1").inner_text() == "Nothing left for you"
+        assert dialogs == []
+    finally:
+        stop_server(proc)
+    votes = read_votes(cfg.store)
+    assert len(votes) == 20 and len({v["item"] for v in votes}) == 20
+    out = train(str(session), ["rm:run.progress_bar=false", "rm:run.tensorboard=false", "ppo:run.steps=1", "rm:train.epochs=2",
+                               "ppo:run.progress_bar=false", "ppo:run.tensorboard=false", "ppo:run.save_final=false"])
+    summary = out["summary"]
+    assert summary["votes"] == 20 and summary["pairs"] == summary["votes_prefer"] > 0
+    assert summary["pairs"] + summary["votes_tie"] == 20
+    for row in (json.loads(line) for line in out["pairs"].read_text().splitlines()):
+        assert pleasant_score(row["prompt"], row["chosen"]) > pleasant_score(row["prompt"], row["rejected"])
+    assert (out["rm"] / "final" / "reward_stats.json").is_file()
+    rows = [json.loads(line) for line in (out["ppo"] / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1] and "reward/mean" in rows[0]

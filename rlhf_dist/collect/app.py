@@ -85,7 +85,7 @@ class CollectApp:
         if saved is not None and not await run_in_threadpool(self.store.has_vote, who, saved):
             saved = None  # only a vote the store holds is ever called saved
         nxt = await run_in_threadpool(self.store.next_item, who, self.cfg.overlap)
-        mine = next(r for r in await run_in_threadpool(self.store.progress, self.cfg.overlap) if r["annotator"] == who)
+        (mine,) = await run_in_threadpool(self.store.progress, self.cfg.overlap, who)
         if nxt is None:
             return self.page("done.html", who=who, saved=saved, mine=mine)
         item, shown = nxt

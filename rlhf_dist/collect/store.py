@@ -174,10 +174,10 @@ class Store:
                             "(?, ?, ?, ?, ?, ?, ?)", (annotator, item_id, json.dumps(shown), kind, ranks_text, rationale, time.time()))
         return True
 
-    def progress(self, overlap: int) -> list[dict]:
-        """Per annotator: votes, skips, and items still left for them (their open one included)."""
+    def progress(self, overlap: int, annotator: str | None = None) -> list[dict]:
+        """Per annotator (or for one): votes, skips, and items still left for them (their open one included)."""
         with self.lock:
-            names = [r[0] for r in self.db.execute("SELECT name FROM annotators ORDER BY name")]
+            names = [annotator] if annotator else [r[0] for r in self.db.execute("SELECT name FROM annotators ORDER BY name")]
             out = []
             for name in names:
                 voted, skipped = self.db.execute(

@@ -26,10 +26,11 @@ def policy_dir(path: str, work: Path, log=print) -> str:
 
 def candidates(args, log) -> int:
     from rlhf_dist.collect.candidates import make_candidates
-    from rlhf_dist.commands.cli import checked
     from rlhf_dist.config.collect import load_candidates_config
+    from rlhf_dist.config.validation import check_config
 
-    cfg = checked(load_candidates_config(args.config, args.overrides))
+    cfg = load_candidates_config(args.config, args.overrides)
+    check_config(cfg)
     with tempfile.TemporaryDirectory(prefix="collect-policy-") as work:
         named = cfg.model.policy
         policy = policy_dir(named, Path(work), log)
