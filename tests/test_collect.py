@@ -175,3 +175,13 @@ def test_export_is_read_by_the_rm_and_dpo_stages(tmp_path, tiny_model):
         assert len(load_examples(str(out), "data.train", kind, StageData(train=str(out)), tok)) == 4
     with pytest.raises(ConfigError, match="already exists"):
         export_pairs(str(tmp_path / "v.sqlite"), str(out))
+
+
+def test_the_policy_may_be_a_model_or_a_run_directory(tmp_path):
+    from rlhf_dist.commands.collect import policy_dir
+
+    (tmp_path / "run" / "final").mkdir(parents=True)
+    (tmp_path / "run" / "final" / "config.json").write_text("{}")
+    assert policy_dir(str(tmp_path / "run"), tmp_path) == str(tmp_path / "run" / "final")
+    assert policy_dir(str(tmp_path / "run" / "final"), tmp_path) == str(tmp_path / "run" / "final")
+    assert policy_dir(str(tmp_path / "nope"), tmp_path) == str(tmp_path / "nope")  # left to the model checks

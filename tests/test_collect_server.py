@@ -143,9 +143,12 @@ def test_sigkill_loses_no_acknowledged_vote_and_each_annotator_resumes(tmp_path)
             data = {"choice": "rank", **{f"rank_{p}": str(3 - p) for p in range(3)}} if open_item["shown"].count(",") == 2 else {"choice": "B"}
             assert ann.post("/vote", data={**open_item, **data}).status_code == 303  # a form from before the restart
         with httpx.Client(base_url=base, timeout=30, headers={"Authorization": f"Bearer {tokens['bob']}"}) as bob:
-            assert form(bob.get("/").text)["item"] == "i00"  # overlap 2: bob starts at the first item
+            fields = form(bob.get("/").text)
+            assert fields["item"] == "i00"  # overlap 2: bob starts at the first item
+            assert bob.post("/vote", data={**fields, "choice": "tie"}).status_code == 303
+            page = bob.get("/agreement").text
+            assert "1 items voted on by two or more annotators" in page and "<td>ann / bob</td><td>1</td><td>0</td>" in page
     finally:
         stop_server(proc)
     votes = read_votes(store)
-    assert [v["item"] for v in votes] == acked + [open_item["item"]]
-    assert all(v["annotator"] == "ann" for v in votes)
+    assert [(v["annotator"], v["item"]) for v in votes] == [("ann", i) for i in acked + [open_item["item"]]] + [("bob", "i00")]
