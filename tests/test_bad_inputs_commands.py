@@ -36,6 +36,18 @@ HUGE = json.dumps({"prompt": "the sun " * 100000, "response": " is hot"})
 RM = stage("rm", "data.train={tmp}/d.jsonl", "data.margin_key=m")
 CKPT = "{ckpts}/%s/checkpoints/step_00000001"
 EVAL = ["eval", "{tmp}/ppo.yaml", "eval={prompts: '{tmp}/e.jsonl'}"]
+CANDS = "configs/collect_cpu/candidates.yaml"
+
+
+def serve(*extra: str) -> list[str]:
+    return ["collect", "serve", "{tmp}/c.jsonl", "--store", "{tmp}/v.sqlite", *extra]
+
+
+def candidates(*extra: str) -> list[str]:
+    return ["collect", "candidates", CANDS, "model.policy={model}", "run.output_dir={tmp}/run", *extra]
+
+
+GOOD_ITEM = '{"id": "a", "prompt": "p", "responses": ["x", "y"]}\n'
 
 # (id, argv, files written under {tmp} first, expected message part)
 CASES = [
@@ -204,6 +216,44 @@ CASES = [
     ("sft-unknown-role", stage("sft", "data.train={tmp}/d.jsonl", "data.messages_key=messages"),
      {"d.jsonl": json.dumps({"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "yo"}]}) + "\n"},
      "message 0 of 'messages' has role 'robot'; roles are system, user, assistant, tool"),
+    # --- collect ---
+    ("collect-serve-candidates-missing", serve(), {}, "candidates: '{tmp}/c.jsonl' does not exist"),
+    ("collect-serve-malformed-line", serve(), {"c.jsonl": GOOD_ITEM + '{"id": "b", "prompt": \n'}, "c.jsonl:2: malformed JSON"),
+    ("collect-serve-one-response", serve(), {"c.jsonl": '{"prompt": "p", "responses": ["x"]}\n'},
+     "c.jsonl:1: field 'responses' holds 1 responses; people compare 2 to 8"),
+    ("collect-serve-nine-responses", serve(), {"c.jsonl": json.dumps({"prompt": "p", "responses": ["x"] * 9}) + "\n"},
+     "holds 9 responses"),
+    ("collect-serve-response-not-text", serve(), {"c.jsonl": '{"prompt": "p", "responses": ["x", {"a": 1}]}\n'},
+     "c.jsonl:1: response 1 of 'responses' is not a string"),
+    ("collect-serve-duplicate-id", serve(), {"c.jsonl": GOOD_ITEM * 2}, "c.jsonl:2: id 'a' was already given at"),
+    ("collect-serve-empty-file", serve(), {"c.jsonl": ""}, "holds no items"),
+    ("collect-serve-not-jsonl", ["collect", "serve", "{tmp}/c.csv"], {"c.csv": "a,b\n"}, "is neither .jsonl nor .parquet"),
+    ("collect-serve-bad-annotator", serve("--annotator", "a b"), {"c.jsonl": GOOD_ITEM}, "--annotator: 'a b' must be 1-40 letters"),
+    ("collect-serve-annotator-twice", serve("--annotator", "x", "--annotator", "x"), {"c.jsonl": GOOD_ITEM}, "--annotator: a name is given twice"),
+    ("collect-serve-host-name", serve("--host", "example.com"), {"c.jsonl": GOOD_ITEM}, "--host: 'example.com' is not an IP address"),
+    ("collect-serve-port-range", serve("--port", "70000"), {"c.jsonl": GOOD_ITEM}, "--port: Input should be less than or equal to 65535"),
+    ("collect-serve-overlap-zero", serve("--overlap", "0"), {"c.jsonl": GOOD_ITEM}, "--overlap: Input should be greater than or equal to 1"),
+    ("collect-serve-store-is-directory", ["collect", "serve", "{tmp}/c.jsonl", "--store", "{tmp}"], {"c.jsonl": GOOD_ITEM},
+     "--store: '{tmp}' is a directory, not a file"),
+    ("collect-serve-store-not-sqlite", serve(), {"c.jsonl": GOOD_ITEM, "v.sqlite": "my notes\n" * 100}, "is not a vote store"),
+    ("collect-serve-store-is-link", serve(), {"c.jsonl": GOOD_ITEM, "mine": "x", "v.sqlite": LINK("mine")}, "--store: '{tmp}/v.sqlite' is a symbolic link"),
+    ("collect-export-store-missing", ["collect", "export", "{tmp}/nope.sqlite", "{tmp}/p.jsonl"], {}, "STORE: '{tmp}/nope.sqlite' does not exist"),
+    ("collect-export-not-a-store", ["collect", "export", "{tmp}/v.sqlite", "{tmp}/p.jsonl"], {"v.sqlite": "my notes\n" * 100}, "is not a vote store"),
+    ("collect-export-out-exists", ["collect", "export", "{tmp}/v.sqlite", "{tmp}/p.jsonl"], {"p.jsonl": "mine"},
+     "OUT: '{tmp}/p.jsonl' already exists (a file); pass --force"),
+    ("collect-candidates-one-sample", candidates("rollout.n_samples_per_prompt=1"), {}, "people compare 2 to 8 responses of a prompt, not 1"),
+    ("collect-candidates-nine-samples", candidates("rollout.n_samples_per_prompt=9"), {}, "not 9"),
+    ("collect-candidates-policy-seq-cls", candidates("model.policy={models}/seq-cls"), {}, "model.policy: {models}/seq-cls is a LlamaForSequenceClassification"),
+    ("collect-candidates-checkpoint-crafted", candidates("model.policy=" + CKPT % "crafted"), {}, "refused to unpickle"),
+    ("collect-candidates-prompts-missing", candidates("data.prompts={tmp}/nope.jsonl"), {}, "data.prompts: '{tmp}/nope.jsonl' does not exist"),
+    ("collect-start-missing-files", ["collect", "start", "{tmp}"], {}, "must hold sft.yaml, candidates.yaml, rm.yaml, ppo.yaml; missing"),
+    ("collect-start-override-without-step", ["collect", "start", "configs/collect_cpu", "run.steps=1"], {},
+     "collect override 'run.steps=1' must look like STEP:dotted.key=value"),
+    ("collect-start-bad-port", ["collect", "start", "configs/collect_cpu", "--port", "-1"], {}, "Input should be greater than or equal to 0"),
+    ("collect-train-not-a-session", ["collect", "train", "{tmp}"], {}, "collect train: '{tmp}/session.json' does not exist"),
+    ("cli-collect-without-verb", ["collect"], {}, "the following arguments are required: verb"),
+    ("bench-collect-zero-annotators", ["bench", "collect", "--annotators", "0"], {}, "argument --annotators: 0 must be at least 1"),
+    ("bench-rollout-without-config", ["bench", "rollout"], {}, "bench rollout: needs CONFIG"),
     ("prompts-lone-surrogate", ["train", "{tmp}/ppo.yaml", "data.prompts={tmp}/p.jsonl"], {"p.jsonl": '{"prompt": "\\udfff"}\n'},
      "p.jsonl:1: holds text that is not valid Unicode"),
 ]

@@ -1,4 +1,4 @@
-"""The three benchmarks run end to end on CPU and write their tables' rows as JSON. No timing is asserted:
+"""The benchmarks run end to end on CPU and write their tables' rows as JSON. No timing is asserted:
 speed figures belong in benchmarks/README.md, not in tests."""
 import json
 from pathlib import Path
@@ -115,3 +115,14 @@ def test_overlap_efficiency_against_the_ideal():
     rows = [{"generate": 9.0, "train": 1.0, "step_s": 10.0, **overlap(9.0, 1.0, 10.0)}] + [
         {"generate": 2.0, "train": 1.0, "step_s": s, **overlap(2.0, 1.0, s)} for s in (2.0, 2.5, 3.0)]
     assert overlap_summary(rows)["step_s"] == 2.5  # the first step is left out
+
+
+def test_bench_collect_counts_every_vote(tmp_path, capsys):
+    out = tmp_path / "collect.json"
+    assert main(["bench", "collect", "--annotators", "4", "--votes", "24", "--repeats", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    (row,) = result["rows"]
+    assert row["votes"] == 24 and row["annotators"] == 4
+    assert (row["lost"], row["duplicated"], row["unacknowledged"], row["shared_items"], row["errors"]) == (0, 0, 0, 0, [])
+    assert row["p50_ms"] <= row["p99_ms"] and result["ok"] is True
+    assert "votes_per_s" in capsys.readouterr().out

@@ -69,6 +69,11 @@ def _pipeline(args) -> int:
     return 0
 
 
+def _collect(args) -> int:
+    log = (lambda m: print(m, flush=True)) if args.verb in ("serve", "export") else echo
+    return args.collect(args, log)
+
+
 def _plan(args) -> int:
     from rlhf_dist.config import load_config
     from rlhf_dist.commands.plan import format_plan, plan, plan_json
@@ -93,6 +98,20 @@ def _bench(args) -> int:
 
     if args.out is not None:  # before anything runs: a user's file is never replaced unless forced
         check_new_file(args.out, "bench --out", args.force)
+    if args.what == "collect":
+        from rlhf_dist.commands import collect
+
+        result = collect.bench(args)
+        print(bench.table(result["rows"], ["repeat", "annotators", "votes", "seconds", "votes_per_s", "p50_ms", "p99_ms", "lost",
+                                           "duplicated", "unacknowledged", "shared_items"]))
+        result["summary"] = bench.medians(result["rows"], "votes_per_s", ("annotators",))
+        print(f"written to {bench.write(args.out, 'collect', result)}")
+        if not result["ok"]:
+            print("rlhf-dist bench collect: votes lost, duplicated or refused (see the table and 'errors' in the JSON)", file=sys.stderr)
+            return 1
+        return 0
+    if args.config is None:
+        raise ConfigError(f"bench {args.what}: needs CONFIG, a PPO config file")
     buckets = bucket_sizes(args.bucket_mb)
     overrides = list(args.overrides)
     if args.what == "step":
@@ -244,8 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=_plan)
 
     p = sub.add_parser("bench", help="benchmarks: rollout throughput, weight-sync bandwidth, step phase breakdown")
-    p.add_argument("what", choices=["rollout", "sync", "step"])
-    p.add_argument("config")
+    p.add_argument("what", choices=["rollout", "sync", "step", "collect"])
+    p.add_argument("config", nargs="?", help="the PPO config (every benchmark but collect)")
     p.add_argument("overrides", nargs="*")
     p.add_argument("--out", help="JSON output path (default benchmarks/results/WHAT.json)")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
@@ -258,7 +277,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=at_least(1), default=5, help="step: steps to run")
     p.add_argument("--run-dir", default="runs/bench-step", help="step: where the run writes")
     p.add_argument("--limit-repeats", type=at_least(0), default=3, help="step: timed repeats of each limit (0: none)")
+    p.add_argument("--annotators", type=at_least(1), default=20, help="collect: scripted annotators voting at once")
+    p.add_argument("--votes", type=at_least(1), default=400, help="collect: votes cast in each repeat, across annotators")
     p.set_defaults(fn=_bench)
+
+    from rlhf_dist.commands.collect import add_parsers
+
+    add_parsers(sub, job, at_least)
+    sub.choices["collect"].set_defaults(fn=_collect)
 
     p = sub.add_parser("export", help="write a checkpoint's policy (or critic) as a HuggingFace model directory")
     p.add_argument("checkpoint", help="a checkpoint directory, e.g. runs/demo/checkpoints/step_00000010")
