@@ -93,6 +93,15 @@ CASES = [
     ("inf-bucket", ["sync.bucket_mb=.inf"], None, "sync.bucket_mb: Input should be a finite number"),
     ("unknown-engine-load", ["sync.engine_load=fast"], None, "sync.engine_load: Input should be 'auto' or 'vllm_reload'"),
     ("nan-gpu-memory", ["cluster.gpu_memory_gb=.nan"], None, "cluster.gpu_memory_gb: Input should be a finite number"),
+    # --- token-budget micro-batches and packing ---
+    ("micro-batch-tokens-below-a-sequence", ["ppo.micro_batch_tokens=40"], None,
+     "ppo.micro_batch_tokens: 40 is smaller than the longest sequence (44 tokens: data.max_prompt_tokens=32 + rollout.max_new_tokens=12)"),
+    ("infer-micro-batch-tokens-below-a-sequence", ["ppo.micro_batch_tokens=64", "ppo.infer_micro_batch_tokens=43"], None,
+     "ppo.infer_micro_batch_tokens: 43 is smaller than the longest sequence (44 tokens"),
+    ("micro-batch-tokens-zero", ["ppo.micro_batch_tokens=0"], None, "ppo.micro_batch_tokens: Input should be greater than or equal to 1"),
+    ("micro-batch-tokens-words", ["ppo.micro_batch_tokens=lots"], None, "ppo.micro_batch_tokens: Input should be a valid integer"),
+    ("micro-batch-tokens-fraction", ["ppo.micro_batch_tokens=64.5"], None, "ppo.micro_batch_tokens: Input should be a valid integer"),
+    ("packing-not-a-bool", ["ppo.packing=maybe"], None, "ppo.packing: Input should be a valid boolean"),
     # --- overrides ---
     ("override-bad-yaml", ["run.name=[unclosed"], None, "override 'run.name=[unclosed': the value is not valid YAML"),
     ("override-bad-yaml-map", ["ppo.policy_lr={a: "], None, "the value is not valid YAML"),

@@ -126,3 +126,22 @@ def test_bench_collect_counts_every_vote(tmp_path, capsys):
     assert (row["lost"], row["duplicated"], row["unacknowledged"], row["shared_items"], row["errors"]) == (0, 0, 0, 0, [])
     assert row["p50_ms"] <= row["p99_ms"] and result["ok"] is True
     assert "votes_per_s" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bench_learner_runs_padded_and_packed_on_the_same_batch(ray_session, config, tmp_path, capsys):
+    out = tmp_path / "learner.json"
+    assert main(["bench", "learner", config, "--repeats", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    ways = list(dict.fromkeys(r["way"] for r in rows))
+    assert ways == ["padded, 4 samples", "padded, 176 tokens", "packed, 176 tokens"]  # 4 x (32 + 12) positions
+    assert [(r["way"], r["pass"]) for r in rows] == [(w, p) for w in ways for p in ("update", "infer")]
+    assert len(set(result["response_lengths"])) > 3  # widely varying responses
+    for what in ("update", "infer"):
+        by_way = {r["way"]: r for r in rows if r["pass"] == what}
+        assert len({r["tokens"] for r in by_way.values()}) == 1  # the same real tokens every way
+        pads = [by_way[w]["padding_fraction"] for w in ways]
+        assert pads[0] > pads[1] > pads[2] >= 0
+    assert [s["vs_padded"] for s in result["speedup"] if s["way"] == ways[0]] == [1.0, 1.0]
+    assert "vs_padded" in capsys.readouterr().out

@@ -177,35 +177,17 @@ def test_pipeline_overrides_name_their_stage():
         stage_overrides(["run.steps=3"])
 
 
-def test_packed_logprobs_equal_padded_ones(tiny_model):
-    """Packing a micro-batch end to end (block-diagonal mask, positions restarting per sample) changes no
-    log-prob: each sample sees only itself."""
-    from transformers import AutoModelForCausalLM
-
-    from rlhf_dist.data.batch import build_batch
-    from rlhf_dist.learner.models import packed_response_logprobs, response_logits, token_logprobs
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="sdpa").eval()
-    g = torch.Generator().manual_seed(0)
-    prompts = [torch.randint(5, 500, (n,), generator=g).tolist() for n in (3, 7, 1, 5, 2)]
-    responses = [torch.randint(5, 500, (n,), generator=g).tolist() for n in (4, 1, 6, 2, 3)]
-    batch = build_batch(prompts, responses, pad_id=2)
-    with torch.no_grad():
-        tokens = batch["input_ids"][:, -batch["mask"].shape[1] :]
-        want = token_logprobs(response_logits(model, batch), tokens, 1.0) * batch["mask"]
-        for row_len in (12, 16, 64):  # several rows, and everything in one row
-            got = packed_response_logprobs(model, batch, row_len, pad_id=2)
-            assert torch.allclose(got, want, atol=1e-5), row_len
-
-
 @pytest.mark.parametrize(
     "kind,overrides,message",
     [
-        ("rm", ["data.packing=true"], "data.packing: only the sft stage packs samples (this is rm)"),
-        ("sft", ["data.packing=true", "model.attn_implementation=eager"], "data.packing: needs model.attn_implementation 'sdpa'"),
+        ("sft", ["train.micro_batch_tokens=100", "data.max_length=128"],
+         "train.micro_batch_tokens: 100 is smaller than the longest sample (128 tokens: data.max_length); raise it to at least 128"),
+        ("dpo", ["train.micro_batch_tokens=200", "data.max_length=128", "data.packing=true"],
+         "train.micro_batch_tokens: 200 is smaller than the longest sample (256 tokens: a pair, 2 x data.max_length=128)"),
+        ("rm", ["train.micro_batch_tokens=0"], "train.micro_batch_tokens: Input should be greater than or equal to 1"),
     ],
 )
-def test_packing_config_errors(kind, overrides, message):
+def test_token_budget_config_errors(kind, overrides, message):
     with pytest.raises(ConfigError) as e:
         load_stage_config(kind, None, overrides, base=json.loads(json.dumps(STAGE_BASE)))
     assert message in str(e.value)

@@ -4,9 +4,18 @@ Responses are right-padded, so each row's real tokens are a prefix of the row.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
+
+
+class Totals(NamedTuple):
+    """A whole mini-batch's loss units, over every micro-batch and rank: the tokens a token mean divides by (the
+    loss mask's), and the sequences (or pairs) a sequence mean divides by. With totals, a loss on one micro-batch
+    is its share of the mini-batch's loss (the shares sum to it), whatever tokens each micro-batch holds."""
+
+    tokens: float
+    seqs: float
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -14,6 +23,18 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
     if dim is None:
         return (x * mask).sum() / mask.sum().clamp(min=1)
     return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def token_mean(x: torch.Tensor, mask: torch.Tensor, totals: Totals | None = None) -> torch.Tensor:
+    """The masked mean over this micro-batch's tokens, or (with `totals`) its share of the mini-batch's."""
+    if totals is None:
+        return masked_mean(x, mask)
+    return (x * mask.to(x.dtype)).sum() / max(totals.tokens, 1.0)
+
+
+def sequence_mean(x: torch.Tensor, totals: Totals | None = None) -> torch.Tensor:
+    """The mean of per-sequence values [B], or (with `totals`) their share of the mini-batch's."""
+    return x.mean() if totals is None else x.sum() / max(totals.seqs, 1.0)
 
 
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
@@ -96,12 +117,13 @@ def value_loss_clipped(
     returns: torch.Tensor,
     mask: torch.Tensor,
     clip_eps: float,
+    totals: Totals | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped value loss: 0.5 * max((V - R)^2, (V_clipped - R)^2), token-mean."""
     v_clipped = old_values + torch.clamp(values - old_values, -clip_eps, clip_eps)
     loss_unclipped = (values - returns) ** 2
     loss_clipped = (v_clipped - returns) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(loss_unclipped, loss_clipped), mask)
+    loss = 0.5 * token_mean(torch.maximum(loss_unclipped, loss_clipped), mask, totals)
     with torch.no_grad():
         clipfrac = masked_mean((loss_clipped > loss_unclipped).float(), mask)
     return loss, {"critic/clipfrac": float(clipfrac)}

@@ -1,13 +1,18 @@
 """The losses handed to learner workers. A worker calls `loss(outputs, batch)` on a micro-batch and knows
 nothing else of the algorithm: `outputs` is what its model produced, `batch` the per-token tensors the
-controller computed (advantages, returns, old and reference log-probs, masks)."""
+controller computed (advantages, returns, old and reference log-probs, masks).
+
+With token-budget micro-batches the worker passes `totals` (rlhf_dist.algorithms.core.Totals: the mini-batch's
+loss tokens and sequences over every rank), and each loss returns its micro-batch's share of the mini-batch's
+loss, so micro-batches holding different numbers of tokens give the gradient of the whole; the metrics stay
+the micro-batch's own. `loss_tokens(batch)` is what each row adds to `totals.tokens`."""
 from __future__ import annotations
 
 import dataclasses
 
 import torch
 
-from rlhf_dist.algorithms.core import kl_estimate, masked_mean, value_loss_clipped
+from rlhf_dist.algorithms.core import Totals, kl_estimate, masked_mean, token_mean, value_loss_clipped
 from rlhf_dist.algorithms.policy_losses import POLICY_LOSSES, aggregate
 from rlhf_dist.algorithms.preference import bradley_terry_loss, dpo_loss, sft_loss
 
@@ -35,7 +40,12 @@ class PolicyLoss:
     def needs_reference(self) -> bool:
         return self.kl_loss_coef > 0
 
-    def __call__(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]):
+    def loss_tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[B]: the tokens each row puts in the loss (an off-policy weight of 0 takes a token out)."""
+        mask = batch["mask"]
+        return (mask * (batch["is_weights"] > 0) if "is_weights" in batch else mask).sum(-1)
+
+    def __call__(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], totals: Totals | None = None):
         mask, logp = batch["mask"], outputs["logprobs"]
         old = logp.detach() if self.old_from_forward else batch["old_logprobs"]
         per_token, metrics = POLICY_LOSSES[self.name](
@@ -49,11 +59,15 @@ class PolicyLoss:
         if "is_weights" in batch:
             # Off-policy correction (rlhf_dist.algorithms.correction): weight 0 takes a token out of the loss.
             per_token, mask = per_token * batch["is_weights"], mask * (batch["is_weights"] > 0)
-        loss = aggregate(per_token, mask, self.aggregation, self.norm_constant)
+        loss = aggregate(per_token, mask, self.aggregation, self.norm_constant, totals)
         entropy = masked_mean(outputs["entropy"], mask)
         if self.entropy_coef:
-            loss = loss - self.entropy_coef * entropy
-        metrics.update({"policy/loss": float(loss.detach()), "policy/entropy": float(entropy.detach())})
+            loss = loss - self.entropy_coef * token_mean(outputs["entropy"], mask, totals)
+        shown = loss
+        if totals is not None:  # the metric is this micro-batch's own loss, as without totals
+            with torch.no_grad():
+                shown = aggregate(per_token, mask, self.aggregation, self.norm_constant) - self.entropy_coef * entropy
+        metrics.update({"policy/loss": float(shown.detach()), "policy/entropy": float(entropy.detach())})
         if "engine_logprobs" in batch:
             # No pre-update pass compared the engines' log-probs with the learner's: this first forward does.
             diff = (logp.detach().float() - batch["engine_logprobs"]).abs() * mask
@@ -66,9 +80,14 @@ class ClippedValueLoss:
     clip_eps: float
     needs_entropy: bool = False
 
-    def __call__(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]):
-        loss, metrics = value_loss_clipped(outputs["values"], batch["old_values"], batch["returns"], batch["mask"], self.clip_eps)
-        metrics["critic/loss"] = float(loss.detach())
+    def loss_tokens(self, batch):
+        return batch["mask"].sum(-1)
+
+    def __call__(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], totals: Totals | None = None):
+        args = (outputs["values"], batch["old_values"], batch["returns"], batch["mask"], self.clip_eps)
+        loss, metrics = value_loss_clipped(*args, totals)
+        shown = loss if totals is None else value_loss_clipped(*args)[0]
+        metrics["critic/loss"] = float(shown.detach())
         return loss, metrics
 
 
@@ -81,9 +100,13 @@ class SFTLoss:
 
     needs_entropy: bool = False
 
-    def __call__(self, outputs, batch):
-        loss = sft_loss(outputs["logprobs"], batch["mask"])
-        return loss, {"sft/loss": float(loss.detach()), "sft/tokens": float(batch["mask"].sum())}
+    def loss_tokens(self, batch):
+        return batch["mask"].sum(-1)
+
+    def __call__(self, outputs, batch, totals: Totals | None = None):
+        loss = sft_loss(outputs["logprobs"], batch["mask"], totals)
+        shown = loss if totals is None else sft_loss(outputs["logprobs"], batch["mask"])
+        return loss, {"sft/loss": float(shown.detach()), "sft/tokens": float(batch["mask"].sum())}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,11 +115,16 @@ class PairwiseRewardLoss:
 
     needs_entropy: bool = False
 
-    def __call__(self, outputs, batch):
+    def loss_tokens(self, batch):  # a pair is one unit of the mean
+        return torch.ones(batch["input_ids"].shape[0])
+
+    def __call__(self, outputs, batch, totals: Totals | None = None):
         scores = outputs["scores"]
-        loss, metrics = bradley_terry_loss(scores[:, 0], scores[:, 1], batch.get("margin", 0.0))
+        args = (scores[:, 0], scores[:, 1], batch.get("margin", 0.0))
+        loss, metrics = bradley_terry_loss(*args, totals=totals)
+        shown = loss if totals is None else bradley_terry_loss(*args)[0]
         metrics.update(
-            {"rm/loss": float(loss.detach()), "rm/chosen_mean": float(scores[:, 0].mean()),
+            {"rm/loss": float(shown.detach()), "rm/chosen_mean": float(scores[:, 0].mean()),
              "rm/rejected_mean": float(scores[:, 1].mean())}
         )
         return loss, metrics
@@ -110,8 +138,12 @@ class DPOLoss:
     kind: str = "sigmoid"
     needs_entropy: bool = False
 
-    def __call__(self, outputs, batch):
+    def loss_tokens(self, batch):  # a pair is one unit of the mean
+        return torch.ones(batch["input_ids"].shape[0])
+
+    def __call__(self, outputs, batch, totals: Totals | None = None):
         logps, ref = outputs["logps"], batch["ref_logps"]
-        loss, metrics = dpo_loss(logps[:, 0], logps[:, 1], ref[:, 0], ref[:, 1], self.beta, self.kind)
-        metrics["dpo/loss"] = float(loss.detach())
+        args = (logps[:, 0], logps[:, 1], ref[:, 0], ref[:, 1], self.beta, self.kind)
+        loss, metrics = dpo_loss(*args, totals=totals)
+        metrics["dpo/loss"] = float((loss if totals is None else dpo_loss(*args)[0]).detach())
         return loss, metrics

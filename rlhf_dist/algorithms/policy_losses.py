@@ -8,7 +8,7 @@ from typing import Callable
 
 import torch
 
-from rlhf_dist.algorithms.core import masked_mean
+from rlhf_dist.algorithms.core import Totals, masked_mean, sequence_mean, token_mean
 
 
 def _clip_metrics(ratio: torch.Tensor, clipped_mask: torch.Tensor, mask: torch.Tensor, log_ratio: torch.Tensor) -> dict:
@@ -59,18 +59,20 @@ def gspo(logp, old_logp, advantages, mask, clip_eps_low=3e-4, clip_eps_high=4e-4
 POLICY_LOSSES: dict[str, Callable] = {"ppo": ppo_clip, "dual_clip": dual_clip, "clip_higher": ppo_clip, "gspo": gspo}
 
 
-def aggregate(loss: torch.Tensor, mask: torch.Tensor, mode: str, norm_constant: float | None = None) -> torch.Tensor:
+def aggregate(loss: torch.Tensor, mask: torch.Tensor, mode: str, norm_constant: float | None = None,
+              totals: Totals | None = None) -> torch.Tensor:
     """token_mean: mean over all tokens; seq_mean_token_mean: mean per sequence, then over sequences;
-    seq_mean_token_sum_norm: sum per sequence / a constant (Dr. GRPO; the constant is usually max length)."""
+    seq_mean_token_sum_norm: sum per sequence / a constant (Dr. GRPO; the constant is usually max length).
+    With `totals` (token-budget micro-batches): this micro-batch's share of the mini-batch's aggregate."""
     mask = mask.to(loss.dtype)
     if mode == "token_mean":
-        return masked_mean(loss, mask)
+        return token_mean(loss, mask, totals)
     if mode == "seq_mean_token_mean":
-        return masked_mean(loss, mask, dim=1).mean()
+        return sequence_mean(masked_mean(loss, mask, dim=1), totals)
     if mode == "seq_mean_token_sum_norm":
         if not norm_constant:
             raise ValueError("seq_mean_token_sum_norm needs a norm_constant (e.g. rollout.max_new_tokens)")
-        return ((loss * mask).sum(1) / norm_constant).mean()
+        return sequence_mean((loss * mask).sum(1) / norm_constant, totals)
     raise KeyError(f"unknown loss aggregation {mode!r}; choose from {sorted(AGGREGATIONS)}")
 
 

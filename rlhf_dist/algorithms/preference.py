@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rlhf_dist.algorithms.core import masked_mean
+from rlhf_dist.algorithms.core import Totals, sequence_mean, token_mean
 
 
 def sequence_logprob(logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -15,15 +15,16 @@ def sequence_logprob(logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (logp * mask.to(logp.dtype)).sum(-1)
 
 
-def sft_loss(logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def sft_loss(logp: torch.Tensor, mask: torch.Tensor, totals: Totals | None = None) -> torch.Tensor:
     """Negative log-likelihood of the response tokens, averaged over tokens (prompt tokens are masked out)."""
-    return -masked_mean(logp, mask)
+    return -token_mean(logp, mask, totals)
 
 
-def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | float = 0.0):
+def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | float = 0.0,
+                       totals: Totals | None = None):
     """Reward-model loss: -log sigmoid(r_chosen - r_rejected - margin), mean over pairs; and pairwise accuracy."""
     diff = chosen - rejected - margin
-    loss = -F.logsigmoid(diff).mean()
+    loss = sequence_mean(-F.logsigmoid(diff), totals)
     with torch.no_grad():
         accuracy = (chosen > rejected).float().mean()
         gap = (chosen - rejected).mean()
@@ -37,6 +38,7 @@ def dpo_loss(
     ref_rejected: torch.Tensor,
     beta: float,
     kind: str = "sigmoid",
+    totals: Totals | None = None,
 ):
     """DPO on sequence log-probs. h = (pi_c - pi_r) - (ref_c - ref_r);
     sigmoid: -log sigmoid(beta * h); ipo: (h - 1/(2 beta))^2. Implicit rewards are beta * (pi - ref)."""
@@ -56,4 +58,4 @@ def dpo_loss(
             "dpo/margin": float((r_c - r_r).mean()),
             "dpo/accuracy": float((r_c > r_r).float().mean()),
         }
-    return losses.mean(), metrics
+    return sequence_mean(losses, totals), metrics

@@ -131,6 +131,11 @@ def _bench(args) -> int:
     elif args.what == "rollout":
         result = bench.bench_rollout(cfg, args.prompts, args.prompt_len, args.repeats)
         columns = ["path", "engines", "repeat", "prompts", "tokens", "seconds", "tokens_per_s", "requests_per_s", "tokens_per_s_per_engine"]
+    elif args.what == "learner":
+        from rlhf_dist.commands.bench_learner import COLUMNS, bench_learner
+
+        result = bench_learner(cfg, args.repeats)
+        columns = COLUMNS
     elif args.what == "sync":
         result = bench.bench_sync(cfg, buckets, args.repeats)
         columns = ["path", "bucket_mb", "buckets", "repeat", "MB", "seconds", "GB_per_s", "gather_pack_s", "broadcast_s", "engine_load_s"]
@@ -145,7 +150,7 @@ def _bench(args) -> int:
                    "train", "overlap_eff", "ideal_eff", "of_ideal"]
     print(bench.table(result["rows"], columns))
     summary_key = {"rollout": ("tokens_per_s", ("path",)), "sync": ("GB_per_s", ("path", "bucket_mb")),
-                   "step": ("step_s", ())}[args.what]
+                   "step": ("step_s", ()), "learner": ("tokens_per_s", ("pass", "way"))}[args.what]
     result["summary"] = bench.medians(result["rows"], *summary_key)
     print("\n" + bench.table(result["summary"], list(result["summary"][0])))
     if "overlap" in result:
@@ -156,6 +161,8 @@ def _bench(args) -> int:
         lim = result["limit_summary"]
         print("\n" + bench.table(lim["rows"], ["what", "step_median_s", "limit_s", "ratio", "limit"]))
         print(f"step / limit: {lim['ratio']:.2f}x (median of {lim['steps_in_median']} steps after the first)")
+    if "speedup" in result:
+        print("\n" + bench.table(result["speedup"], ["pass", "way", "median_tokens_per_s", "padding_fraction", "vs_padded"]))
     if "verification" in result:
         c = result["verification"]
         print(f"verification: median sync {c['median_verified_s']:.4f} s verified, {c['median_unverified_s']:.4f} s not "
@@ -262,8 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the numbers as JSON")
     p.set_defaults(fn=_plan)
 
-    p = sub.add_parser("bench", help="benchmarks: rollout throughput, weight-sync bandwidth, step phase breakdown")
-    p.add_argument("what", choices=["rollout", "sync", "step", "collect"])
+    p = sub.add_parser("bench", help="benchmarks: rollout throughput, weight-sync bandwidth, step phase breakdown, "
+                       "learner tokens/s padded against packed, the labelling app under load")
+    p.add_argument("what", choices=["rollout", "sync", "step", "learner", "collect"])
     p.add_argument("config", nargs="?", help="the PPO config (every benchmark but collect)")
     p.add_argument("overrides", nargs="*")
     p.add_argument("--out", help="JSON output path (default benchmarks/results/WHAT.json)")
@@ -272,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt-len", type=at_least(1), default=16, help="rollout: prompt tokens (agent configs use data.prompts)")
     p.add_argument("--tool-latency-s", type=seconds_arg, default=0.1,
                    help="rollout on an agent config: the mean time each environment step takes (0.5x to 2x over the episodes)")
-    p.add_argument("--repeats", type=at_least(1), default=3, help="rollout, sync: timed repeats")
+    p.add_argument("--repeats", type=at_least(1), default=3, help="rollout, sync, learner: timed repeats")
     p.add_argument("--bucket-mb", default="0.25,1,16", help="sync: comma-separated bucket sizes in MiB")
     p.add_argument("--steps", type=at_least(1), default=5, help="step: steps to run")
     p.add_argument("--run-dir", default="runs/bench-step", help="step: where the run writes")

@@ -1,7 +1,8 @@
 """Preflight plan: GPU arithmetic and per-GPU and per-node memory for every role, without starting anything.
 
-Formulas (bytes; P = parameters, N = data-parallel ranks of the role, b = micro-batch, L = prompt + response
-tokens, h = hidden size, a = attention heads, n = layers, V = vocabulary):
+Formulas (bytes; P = parameters, N = data-parallel ranks of the role, b = micro-batch (samples, or with a token
+budget B, B / L rows: packed rows are at most L wide), L = prompt + response tokens, h = hidden size,
+a = attention heads, n = layers, V = vocabulary):
 
   training weights, gradients, optimizer (Adam) per GPU, by ZeRO stage:
     mixed precision (bf16/fp16): 2P params + 2P grads + 12P fp32 master/m/v
@@ -36,6 +37,7 @@ import json
 from pathlib import Path
 
 from rlhf_dist.config import Config, derive, role_gpus
+from rlhf_dist.config.derive import infer_budget
 from rlhf_dist.model_shape import ModelShape, check_tp_heads, model_shape  # noqa: F401 - ModelShape re-exported
 
 GiB = 2**30
@@ -80,8 +82,13 @@ def _overhead_gib(role: str, gpus: int, zero_stage: int | None) -> float:
     return (0.0 if role == "rollout" else CUDA_CONTEXT_GIB) + (COMM_GIB if collective else 0.0)
 
 
+def micro_rows(cfg: Config, L: int, budget: int | None) -> float:
+    """Rows of L tokens one forward holds: micro_batch_size, or a token budget's worth (budget / L)."""
+    return cfg.ppo.micro_batch_size if budget is None else budget / L
+
+
 def _learner_roles(cfg: Config, shape: ModelShape, dtype_bytes: int, L: int, logits: float) -> dict[str, dict]:
-    p, b, used = cfg.placement, cfg.ppo.micro_batch_size, role_gpus(cfg)
+    p, b, used = cfg.placement, micro_rows(cfg, L, cfg.ppo.micro_batch_tokens), role_gpus(cfg)
     roles: dict[str, dict] = {}
     for role in ("policy", "critic"):
         if role not in used:
@@ -101,7 +108,8 @@ def _learner_roles(cfg: Config, shape: ModelShape, dtype_bytes: int, L: int, log
             "pool": p.reference.pool, "gpus": p.reference.num_gpus, "zero_stage": p.reference.zero_stage,
             # ZeRO-3: a partition per GPU, plus the largest layer gathered during the forward pass (~P / n).
             "bytes": {"params": dtype_bytes * shape.params / ref_shards
-                      + (dtype_bytes * shape.params / shape.layers if ref_shards > 1 else 0), "logits": logits},
+                      + (dtype_bytes * shape.params / shape.layers if ref_shards > 1 else 0),
+                      "logits": micro_rows(cfg, L, infer_budget(cfg)) * L * shape.vocab * 4},
             "host_per_rank": 0.0, "full_copy": 0.0,
         }
     if "reward" in used:
@@ -142,7 +150,7 @@ def plan(cfg: Config) -> dict:
     dtype_bytes = 4 if cfg.model.dtype == "float32" else 2
     L = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
     shape = model_shape(cfg.model.policy)
-    logits = cfg.ppo.micro_batch_size * L * shape.vocab * 4
+    logits = micro_rows(cfg, L, cfg.ppo.micro_batch_tokens) * L * shape.vocab * 4
     roles = _learner_roles(cfg, shape, dtype_bytes, L, logits)
     roles["rollout"] = _rollout_role(cfg, derived, shape, dtype_bytes, L)
     for name, r in roles.items():
@@ -178,6 +186,8 @@ def plan(cfg: Config) -> dict:
         pools[name] = pl
     return {
         "model": dataclasses.asdict(shape), "sequence_tokens": L, "samples_per_step": derived.samples_per_step,
+        "micro_batch": derived.micro_batch, "infer_micro_batch": derived.infer_micro_batch,
+        "micro_batch_tokens": cfg.ppo.micro_batch_tokens, "infer_micro_batch_tokens": infer_budget(cfg),
         "total_gpus": derived.total_gpus, "roles": roles, "pools": pools,
         "fits": all(pl["fits"] for pl in pools.values()),
         "warnings": _warnings(roles, pools),
@@ -220,6 +230,7 @@ def format_plan(result: dict) -> str:
         f"model: {m['params'] / 1e9:.3f} B parameters (hidden {m['hidden']}, layers {m['layers']}, heads {m['heads']}, "
         f"kv heads {m['kv_heads']}, vocab {m['vocab']}); {result['sequence_tokens']} tokens per sequence; "
         f"{result['samples_per_step']} samples per step; {result['total_gpus']} GPUs",
+        f"micro-batch: {result['micro_batch']} (update), {result['infer_micro_batch']} (passes without gradients)",
         "",
         f"{'role':<10} {'pool':<6} {'GPUs':>4}  {'GiB/GPU':>7}  breakdown (GiB)",
     ]

@@ -33,6 +33,8 @@ DType = Annotated[Literal["float32", "bfloat16", "float16"], Field(description="
 AttnImplementation = Annotated[Literal["sdpa", "eager", "flash_attention_2"], Field(description="the attention kernel transformers uses")]
 GradientCheckpointing = Annotated[bool, Field(description="recompute activations in the backward pass to save memory")]
 ChatTemplate = Annotated[bool, Field(description="render each prompt as a user turn with the tokenizer's chat template")]
+# Token-budget micro-batches (rlhf_dist/data/packing.py, docs/packing.md): none keeps micro-batches of a fixed count.
+TokenBudget = Annotated[int | None, Field(ge=1, description="tokens per forward/backward on one rank")]
 
 
 class RunOutput(Strict):

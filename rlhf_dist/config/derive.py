@@ -26,6 +26,8 @@ class Derived:
     optimizer_steps_per_step: int
     rollout_gpus: int
     layout: PoolLayout  # pools -> roles and reserved GPUs (rlhf_dist.layout, shared with every command)
+    micro_batch: str = ""  # what one forward/backward holds: "4 samples" or "2048 tokens, packed"
+    infer_micro_batch: str = ""  # the same for the passes without gradients
 
     @property
     def gpus_per_pool(self) -> dict[str, int]:
@@ -39,12 +41,19 @@ class Derived:
     def total_gpus(self) -> int:
         return self.layout.total_gpus
 
+    @property
+    def grad_accumulation(self) -> str:
+        if "tokens" in self.micro_batch:  # as many micro-batches as the token budget needs, step by step
+            return "by token budget"
+        return f"{self.grad_accum_policy} / {self.grad_accum_critic}"
+
     def table(self) -> str:
         rows = [
             ("samples per step (prompts x samples/prompt)", self.samples_per_step),
             ("policy ranks / critic ranks", f"{self.policy_ranks} / {self.critic_ranks or 'none (critic-free)'}"),
             ("samples per policy rank per step", self.samples_per_policy_rank),
-            ("grad accumulation (policy / critic)", f"{self.grad_accum_policy} / {self.grad_accum_critic}"),
+            ("micro-batch (update / passes)", f"{self.micro_batch} / {self.infer_micro_batch}"),
+            ("grad accumulation (policy / critic)", self.grad_accumulation),
             ("optimizer steps per PPO step", self.optimizer_steps_per_step),
             ("rollout GPUs (engines x TP)", self.rollout_gpus),
         ]
@@ -125,6 +134,7 @@ def derive(cfg: Config) -> Derived:
     for role, ranks in (("reference", p.reference.num_gpus), ("rollout", p.rollout.num_engines)):
         if role in roles and samples % ranks:
             raise ConfigError(f"placement.{role}: {samples} samples per step do not split evenly over {ranks} ranks")
+    update_mb, infer_mb = micro_batch_budgets(cfg)
     return Derived(
         samples_per_step=samples,
         policy_ranks=p.policy.num_gpus,
@@ -135,7 +145,32 @@ def derive(cfg: Config) -> Derived:
         optimizer_steps_per_step=ppo.epochs * samples // ppo.mini_batch_size,
         rollout_gpus=p.rollout.num_engines * tp,
         layout=layout,
+        micro_batch=update_mb,
+        infer_micro_batch=infer_mb,
     )
+
+
+def infer_budget(cfg: Config) -> int | None:
+    """The passes' token budget: their own, else the update's (none: micro-batches of a fixed count)."""
+    return cfg.ppo.infer_micro_batch_tokens or cfg.ppo.micro_batch_tokens
+
+
+def micro_batch_budgets(cfg: Config) -> tuple[str, str]:
+    """The update's and the passes' micro-batches in words, with the budgets checked against the longest sequence."""
+    ppo = cfg.ppo
+    longest = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
+    for field, budget in (("micro_batch_tokens", ppo.micro_batch_tokens), ("infer_micro_batch_tokens", ppo.infer_micro_batch_tokens)):
+        if budget is not None and budget < longest:
+            raise ConfigError(
+                f"ppo.{field}: {budget} is smaller than the longest sequence ({longest} tokens: data.max_prompt_tokens="
+                f"{cfg.data.max_prompt_tokens} + rollout.max_new_tokens={cfg.rollout.max_new_tokens}); raise it to at least {longest}"
+            )
+    layout = "packed" if ppo.packing else "padded"
+
+    def words(budget: int | None) -> str:
+        return f"{ppo.micro_batch_size} samples, {layout}" if budget is None else f"{budget} tokens, {layout}"
+
+    return words(ppo.micro_batch_tokens), words(infer_budget(cfg))
 
 
 def check_algorithm(cfg: Config) -> None:

@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 
 from rlhf_dist.algorithms.registry import ADVANTAGE_ESTIMATORS, AGGREGATIONS, CORRECTIONS, KL_ESTIMATORS, POLICY_LOSSES, names
 from rlhf_dist.config.common import (AttnImplementation, ChatTemplate, DType, EvalConfig, GradientCheckpointing, InputFile, LRSchedule,
-                                     MAX_WAIT_S, ResumableJob, RunOutput, Strict)
+                                     MAX_WAIT_S, ResumableJob, RunOutput, Strict, TokenBudget)
 
 
 class RunConfig(RunOutput):
@@ -158,6 +158,22 @@ class PPOConfig(Strict):
         description="samples per optimizer step, across all data-parallel ranks; must divide the samples per step",
     )
     micro_batch_size: int = Field(4, ge=1, description="samples per forward/backward on one rank")
+    micro_batch_tokens: TokenBudget = Field(
+        None,
+        description="policy and critic updates: micro-batches of at most this many tokens (prompt + response; "
+        "padded positions count unless `packing`) instead of micro_batch_size samples, balanced over the ranks, "
+        "losses normalised by the mini-batch's token (or sequence) count; none: micro_batch_size samples",
+    )
+    infer_micro_batch_tokens: TokenBudget = Field(
+        None,
+        description="the passes without gradients (reference, critic, policy log-probs, reward model): micro-batches "
+        "of at most this many tokens; none: micro_batch_tokens (if set), else micro_batch_size samples",
+    )
+    packing: bool = Field(
+        False,
+        description="learners and reward model pack each micro-batch's samples end to end into rows (per-sample "
+        "positions, attention kept within each sample) instead of padding them; the same log-probs and values",
+    )
     epochs: int = Field(1, ge=1, description="passes over each step's samples")
     advantage_estimator: names(ADVANTAGE_ESTIMATORS) = Field("gae", description="how advantages are computed")
     policy_loss: names(POLICY_LOSSES) = Field("ppo", description="the policy's surrogate loss")

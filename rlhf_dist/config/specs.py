@@ -65,8 +65,6 @@ class LearnerSpec:
     train: TrainSpec
     temperature: float = 1.0  # policy: log-probs of the distribution the engines sampled from
     reference: ModelSpec | None = None  # DPO: a separate frozen reference (None: the model before training)
-    packing: bool = False  # SFT: packed micro-batches of up to max_length tokens
-    max_length: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +85,8 @@ class RewardSpec:
     normalize: bool  # standardise with reward_stats.json beside the model
     batch_size: int
     chat_template: bool  # score the pair as a conversation in the model's own template (data/chat.py)
+    micro_batch_tokens: int | None = None  # micro-batches by token budget instead of batch_size texts
+    packing: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

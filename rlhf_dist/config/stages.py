@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from rlhf_dist.config.common import (AttnImplementation, ChatTemplate, DType, GradientCheckpointing, InputFile, Job, LRSchedule,
-                                     ResumableJob, RunDir, RunName, RunOutput, Strict)
+                                     ResumableJob, RunDir, RunName, RunOutput, Strict, TokenBudget)
 from rlhf_dist.config.io import read_config_data, validate
 from rlhf_dist.config.rl import DataConfig, InferenceRole, LearnerRole, PoolConfig, RewardFunction, RolloutConfig, RolloutRole
 from rlhf_dist.errors import ConfigError
@@ -59,9 +59,8 @@ class StageData(Strict):
     max_length: int = Field(256, ge=2, description="prompt + response tokens; a longer sample is a bad line")
     packing: bool = Field(
         False,
-        description="SFT: pack each micro-batch's samples end to end into rows of up to max_length tokens (a "
-        "block-diagonal mask keeps them apart), so short samples do not pay for padding; needs attn_implementation "
-        "sdpa",
+        description="pack each micro-batch's samples (both sequences of a pair) end to end into rows (per-sample "
+        "positions, attention kept within each sample), so short samples do not pay for padding",
     )
     skip_bad_lines: bool = Field(
         False, description="bad lines stop the run with file:line, or, when true, are skipped and counted"
@@ -74,6 +73,12 @@ class TrainConfig(Strict):
         16, ge=1, description="samples (pairs for rm/dpo) per optimizer step, across all ranks"
     )
     micro_batch_size: int = Field(8, ge=1, description="samples per forward/backward on one rank")
+    micro_batch_tokens: TokenBudget = Field(
+        None,
+        description="micro-batches of at most this many tokens (a pair's two sequences together; padded positions "
+        "count unless data.packing) instead of micro_batch_size samples, balanced over the ranks, the loss "
+        "normalised by the batch's token (sft) or pair count; none: micro_batch_size samples",
+    )
     lr: float = Field(1e-5, gt=0, description="learning rate")
     lr_schedule: LRSchedule = Field(LRSchedule(), description="warmup counted in optimizer steps")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
@@ -197,14 +202,12 @@ def stage_roles(cfg) -> dict[str, tuple[str, int]]:
 
 def check_stage(kind: str, cfg: StageConfig) -> None:
     """Arithmetic and combinations of fields, before any data is read or actor started."""
-    if cfg.data.packing and kind != "sft":
-        raise ConfigError(f"data.packing: only the sft stage packs samples (this is {kind})")
-    if cfg.data.packing and cfg.model.attn_implementation != "sdpa":
-        raise ConfigError(
-            f"data.packing: needs model.attn_implementation 'sdpa' (the packed mask is sdpa's 4-D boolean form), "
-            f"not {cfg.model.attn_implementation!r}"
-        )
     t, ranks = cfg.train, cfg.placement.learner.num_gpus
+    longest = cfg.data.max_length * (1 if kind == "sft" else 2)  # a pair's sequences share a micro-batch
+    if t.micro_batch_tokens is not None and t.micro_batch_tokens < longest:
+        what = "data.max_length" if kind == "sft" else f"a pair, 2 x data.max_length={cfg.data.max_length}"
+        raise ConfigError(f"train.micro_batch_tokens: {t.micro_batch_tokens} is smaller than the longest sample "
+                          f"({longest} tokens: {what}); raise it to at least {longest}")
     per_step = t.micro_batch_size * ranks
     if t.batch_size % per_step:
         raise ConfigError(

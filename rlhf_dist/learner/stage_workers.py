@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from rlhf_dist.algorithms.preference import sequence_logprob
-from rlhf_dist.learner import models
+from rlhf_dist.learner import micro, models
+from rlhf_dist.learner.packed import last_token_scores
 from rlhf_dist.learner.workers import LearnerWorker, _micro_batches
 
 
@@ -21,17 +22,7 @@ class StageWorker(LearnerWorker):
 
 class SFTWorker(StageWorker):
     def outputs(self, batch, with_entropy):
-        s = self.settings
-        if s.packing:
-            return {"logprobs": models.packed_response_logprobs(self.engine, batch, s.max_length, self.pad_id)}
-        logits = models.response_logits(self.engine, batch)
-        tokens = batch["input_ids"][:, -batch["mask"].shape[1] :]
-        return {"logprobs": models.token_logprobs(logits, tokens, 1.0)}
-
-
-def _flat(batch: dict[str, torch.Tensor], keys) -> dict[str, torch.Tensor]:
-    """[B, 2, ...] pair tensors -> [2B, ...] rows (chosen and rejected of a pair side by side)."""
-    return {k: batch[k].flatten(0, 1) for k in keys}
+        return {"logprobs": self._token_logprobs(self.engine, batch, 1.0)[0]}
 
 
 class RewardTrainWorker(StageWorker):
@@ -50,25 +41,24 @@ class RewardTrainWorker(StageWorker):
         return model
 
     def outputs(self, batch, with_entropy):
-        B = batch["input_ids"].shape[0]
-        flat = _flat(batch, ("input_ids", "attention_mask"))
-        logits = self.engine(input_ids=flat["input_ids"], attention_mask=flat["attention_mask"]).logits
-        return {"scores": logits[:, 0].float().view(B, 2)}
+        """[B, 2] scores of each pair's chosen and rejected sequences."""
+        m = self.settings.model
+        scores, positions = last_token_scores(self.engine, batch, self.packed, m.attn_implementation, self.engine.module.config.pad_token_id)
+        self.real_tokens += int(batch["attention_mask"].sum())
+        self.computed_positions += positions
+        return {"scores": scores}
 
 
 class DPOWorker(StageWorker):
     def _pair_logps(self, model, batch) -> torch.Tensor:
-        B = batch["input_ids"].shape[0]
-        flat = _flat(batch, ("input_ids", "attention_mask", "mask"))
-        logits = models.response_logits(model, flat)
-        tokens = flat["input_ids"][:, -flat["mask"].shape[1] :]
-        return sequence_logprob(models.token_logprobs(logits, tokens, 1.0), flat["mask"]).view(B, 2)
+        """[B, 2] sequence log-probs of each pair's chosen and rejected responses."""
+        return sequence_logprob(self._token_logprobs(model, batch, 1.0)[0], batch["mask"])
 
     def outputs(self, batch, with_entropy):
         return {"logps": self._pair_logps(self.engine, batch)}
 
     @torch.no_grad()
-    def reference_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def reference_logps(self, batch: dict[str, torch.Tensor], plan=None) -> torch.Tensor:
         """[B, 2] sequence log-probs under the frozen reference, called for every pair before training starts.
         Without model.reference the reference is this model before its first step, so no second copy is
         loaded (and under ZeRO-3 all ranks run it together)."""
@@ -81,6 +71,9 @@ class DPOWorker(StageWorker):
                 self._reference = models.load_causal_lm(ref.path, ref.dtype, ref.attn_implementation).to(self.device)
                 self._reference.eval().requires_grad_(False)
             model = self._reference
+        if plan is not None:
+            with micro.layout(self, plan):
+                return micro.infer(self._to_device(batch), plan, lambda mb: {"logps": self._pair_logps(model, mb)})["logps"]
         out = [self._pair_logps(model, mb).float().cpu() for mb in _micro_batches(self._to_device(batch), self.spec.micro_batch_size)]
         return torch.cat(out)
 

@@ -12,10 +12,10 @@ from collections import defaultdict
 import torch
 
 from rlhf_dist import dist as D
-from rlhf_dist.algorithms import entropy_from_logits
 from rlhf_dist.data.batch import from_wire
 from rlhf_dist.errors import WaitTimeout, phase
-from rlhf_dist.learner import models
+from rlhf_dist.learner import micro, models
+from rlhf_dist.learner.packed import last_token_scores, response_logprobs, response_outputs
 from rlhf_dist.learner.deepspeed_setup import ds_config, inference_ds_config, init_distributed, make_engine, skip_shm_comm
 from rlhf_dist.config.specs import LearnerSpec, ReferenceSpec, RewardSpec
 from rlhf_dist.sync.buckets import Bucket, plan_buckets
@@ -30,6 +30,8 @@ def _micro_batches(batch: dict[str, torch.Tensor], size: int):
 
 class _Base:
     role = "base"
+    packed = False  # this call's layout: packed rows (set for a call by rlhf_dist.learner.micro.layout)
+    real_tokens = computed_positions = 0  # what the forward passes held and computed, for the padding fraction
 
     def __init__(self, spec, rank: int, world_size: int):
         self.settings, self.rank, self.world_size = spec, rank, world_size  # this role's narrow spec
@@ -81,6 +83,24 @@ class _Base:
         """A shard as sent by rlhf_dist.data.batch.split (numpy arrays) or as tensors, on this rank's device."""
         return {k: from_wire(v).to(self.device) for k, v in batch.items()}
 
+    def _response(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Outputs at the positions predicting the response tokens, in this call's layout."""
+        out, positions = response_outputs(model, batch, self.packed, self.settings.model.attn_implementation)
+        self.real_tokens += int(batch["attention_mask"].sum())
+        self.computed_positions += positions
+        return out
+
+    def _token_logprobs(self, model, batch, temperature: float, with_entropy: bool = False):
+        """Log-probs of the response tokens (and entropies, or None), in this call's layout."""
+        lp, ent, positions = response_logprobs(model, batch, self.packed, self.settings.model.attn_implementation, temperature, with_entropy)
+        self.real_tokens += int(batch["attention_mask"].sum())
+        self.computed_positions += positions
+        return lp, ent
+
+    def pop_positions(self) -> tuple[int, int]:
+        """(real tokens, positions computed) by the forward passes since the last call."""
+        return micro.pop_positions(self)
+
 
 class LearnerWorker(_Base):
     """One rank of a DeepSpeed-trained model. Subclasses say how to load the model and what it outputs."""
@@ -120,20 +140,29 @@ class LearnerWorker(_Base):
         return sum(getattr(p, "ds_numel", p.numel()) for p in self.engine.module.parameters())
 
     @torch.no_grad()
-    def infer(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Outputs for a whole shard, in micro-batches, without gradients (e.g. old log-probs, old values)."""
+    def infer(self, batch: dict[str, torch.Tensor], plan=None) -> dict[str, torch.Tensor]:
+        """Outputs for a whole shard, in micro-batches, without gradients (e.g. old log-probs, old values);
+        `plan`: the micro-batches and layout the controller chose (rlhf_dist.data.packing)."""
         self.engine.eval()
+        if plan is not None:
+            with micro.layout(self, plan):
+                return micro.infer(self._to_device(batch), plan, lambda mb: self.outputs(mb, with_entropy=False))
         parts = defaultdict(list)
         for mb in _micro_batches(self._to_device(batch), self.spec.micro_batch_size):
             for k, v in self.outputs(mb, with_entropy=False).items():
                 parts[k].append(v.float().cpu())
         return {k: torch.cat(v) for k, v in parts.items()}
 
-    def train(self, batch: dict[str, torch.Tensor], loss_fn, seed: int) -> dict[str, float]:
-        """Epochs x mini-batches x micro-batches over this rank's shard; DeepSpeed steps at each mini-batch end."""
+    def train(self, batch: dict[str, torch.Tensor], loss_fn, seed: int, plan=None) -> dict[str, float]:
+        """Epochs x mini-batches x micro-batches over this rank's shard; DeepSpeed steps at each mini-batch end.
+        `plan`: the controller's mini- and micro-batches and layout (rlhf_dist.data.packing) instead."""
         cfg = self.spec
         self.engine.train()
         batch = self._to_device(batch)
+        self.pop_positions()
+        if plan is not None:
+            with micro.layout(self, plan):
+                return micro.with_padding(self, micro.update(self, batch, loss_fn, plan))
         n = batch["input_ids"].shape[0]
         mini = cfg.mini_batch_size // self.world_size
         gen = torch.Generator().manual_seed(seed)
@@ -160,7 +189,7 @@ class LearnerWorker(_Base):
         result[f"{self.role}/lr"] = lr
         if grad_norms:
             result[f"{self.role}/grad_norm"] = sum(grad_norms) / len(grad_norms)
-        return result
+        return micro.with_padding(self, result)
 
     def _gathered(self, params):
         if self.zero3:
@@ -206,12 +235,18 @@ class LearnerWorker(_Base):
         return True
 
     @torch.no_grad()
-    def evaluate(self, batch: dict[str, torch.Tensor], loss_fn) -> dict[str, float]:
+    def evaluate(self, batch: dict[str, torch.Tensor], loss_fn, plan=None) -> dict[str, float]:
         """The loss function's metrics on a held-out shard, without gradients: means over samples."""
         self.engine.eval()
+        batch = self._to_device(batch)
+        parts = micro.all_micro_batches(batch, plan) if plan is not None else _micro_batches(batch, self.spec.micro_batch_size)
+        with micro.layout(self, plan):
+            return self._evaluate(parts, loss_fn)
+
+    def _evaluate(self, parts, loss_fn) -> dict[str, float]:
         sums: dict[str, float] = defaultdict(float)
         n = 0
-        for mb in _micro_batches(self._to_device(batch), self.spec.micro_batch_size):
+        for mb in parts:
             size = mb["input_ids"].shape[0]
             _, metrics = loss_fn(self.outputs(mb, with_entropy=False), mb)
             for k, v in metrics.items():
@@ -241,12 +276,8 @@ class PolicyWorker(LearnerWorker):
         return models.load_causal_lm(m.path, m.dtype, m.attn_implementation)
 
     def outputs(self, batch, with_entropy):
-        logits = models.response_logits(self.engine, batch)
-        tokens = batch["input_ids"][:, -batch["mask"].shape[1] :]
-        out = {"logprobs": models.token_logprobs(logits, tokens, self.settings.temperature)}
-        if with_entropy:
-            out["entropy"] = entropy_from_logits(logits / self.settings.temperature)
-        return out
+        logprobs, entropy = self._token_logprobs(self.engine, batch, self.settings.temperature, with_entropy)
+        return {"logprobs": logprobs, **({"entropy": entropy} if with_entropy else {})}
 
     # --- weight sync (rlhf_dist.sync.sender: rank 0 broadcasts; every rank joins the ZeRO-3 gathers) ---
     def sync_plan(self, bucket_mb: float) -> list[Bucket]:
@@ -270,13 +301,7 @@ class CriticWorker(LearnerWorker):
         return models.load_value_model(m.path, m.dtype, m.attn_implementation)
 
     def outputs(self, batch, with_entropy):
-        R = batch["mask"].shape[1]
-        out = self.engine(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            position_ids=models.position_ids(batch["attention_mask"]),
-        )
-        return {"values": out.logits[:, -R - 1 : -1, 0].float()}
+        return {"values": self._response(self.engine, batch)[..., 0].float()}
 
 
 class ReferenceWorker(_Base):
@@ -309,13 +334,17 @@ class ReferenceWorker(_Base):
         return {"rank": self.rank}
 
     @torch.no_grad()
-    def infer(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def infer(self, batch: dict[str, torch.Tensor], plan=None) -> dict[str, torch.Tensor]:
+        if plan is not None:
+            with micro.layout(self, plan):
+                return micro.infer(self._to_device(batch), plan, lambda mb: {"logprobs": self._logprobs(mb)})
         out = []
         for mb in _micro_batches(self._to_device(batch), self.settings.micro_batch_size):
-            logits = models.response_logits(self.model, mb)
-            tokens = mb["input_ids"][:, -mb["mask"].shape[1] :]
-            out.append(models.token_logprobs(logits, tokens, self.settings.temperature).cpu())
+            out.append(self._logprobs(mb).cpu())
         return {"logprobs": torch.cat(out)}
+
+    def _logprobs(self, mb: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._token_logprobs(self.model, mb, self.settings.temperature)[0]
 
 
 class RewardModelWorker(_Base):
@@ -349,12 +378,17 @@ class RewardModelWorker(_Base):
     @torch.no_grad()
     def score(self, pairs: list[tuple[str, str]]) -> list[float]:
         """Scores (prompt, response) pairs in the conversation format reward-model training used (data/chat.py)."""
-        from rlhf_dist.data.chat import reward_batch
+        from rlhf_dist.data.chat import conversation_ids, right_padded
 
-        out = []
-        size = self.settings.batch_size
-        for i in range(0, len(pairs), size):
-            enc = reward_batch(self.tokenizer, pairs[i : i + size], self.settings.chat_template)
-            logits = self.model(**{k: v.to(self.device) for k, v in enc.items()}).logits
-            out.extend(((logits[:, 0].float().cpu() - self.shift) / self.scale).tolist())
+        s = self.settings
+        from rlhf_dist.data.packing import sequence_groups
+
+        rows = [conversation_ids(self.tokenizer, p, r, s.chat_template) for p, r in pairs]
+        pad = self.tokenizer.pad_token_id
+        out = [0.0] * len(rows)
+        for g in sequence_groups([len(r) for r in rows], s.batch_size, s.micro_batch_tokens, s.packing):
+            enc = {k: v.to(self.device) for k, v in right_padded([rows[i] for i in g], pad).items()}
+            scores, _ = last_token_scores(self.model, enc, s.packing, s.model.attn_implementation, self.model.config.pad_token_id)
+            for i, v in zip(g, ((scores.cpu() - self.shift) / self.scale).tolist()):
+                out[i] = v
         return out

@@ -3,8 +3,10 @@ and the verbs the loop uses on them. Start-up, placement and shutdown belong to 
 from __future__ import annotations
 
 from rlhf_dist.config import Config, Derived, derive, uses_critic
+from rlhf_dist.config.derive import infer_budget
 from rlhf_dist.config.passes import uses_reference
 from rlhf_dist.data.batch import concat, split
+from rlhf_dist.data.packing import gather_rows, plan_infer, plan_update, rank_shards
 from rlhf_dist.dist import cpu_workers
 from rlhf_dist.learner.workers import (
     CriticWorker,
@@ -53,7 +55,7 @@ def reference_spec(cfg: Config) -> ReferenceSpec:
 
 def reward_spec(cfg: Config) -> RewardSpec:
     return RewardSpec(process_spec(cfg), _model(cfg, cfg.reward.model), cfg.reward.model_normalize, cfg.ppo.micro_batch_size,
-                      cfg.data.apply_chat_template)
+                      cfg.data.apply_chat_template, infer_budget(cfg), cfg.ppo.packing)
 
 
 def role_specs(cfg: Config) -> list[RoleSpec]:
@@ -126,13 +128,24 @@ class RLRoles:
         return self.sync.version
 
     def submit_infer(self, group, batch: dict):
-        return group.submit("infer", per_rank=[(s,) for s in split(batch, len(group))])
+        """A pass over `batch` on the group's ranks: by count, or by the controller's plan (token budget, packing)."""
+        p = self.cfg.ppo
+        plans = plan_infer(batch, len(group), p.micro_batch_size, infer_budget(self.cfg), p.packing)
+        if plans is None:
+            return group.submit("infer", per_rank=[(s,) for s in split(batch, len(group))]), None
+        return group.submit("infer", per_rank=list(zip(rank_shards(batch, plans), plans))), (plans, len(batch["input_ids"]))
 
     def gather_infer(self, submitted, what: str) -> dict:
-        return concat(self.roles.wait([submitted], what))
+        job, plans = submitted
+        parts = self.roles.wait([job], what)
+        return concat(parts) if plans is None else gather_rows(parts, *plans)
 
     def submit_train(self, group, batch: dict, loss_fn, seed: int):
-        return group.submit("train", per_rank=[(s, loss_fn, seed + r) for r, s in enumerate(split(batch, len(group)))])
+        p, n = self.cfg.ppo, len(group)
+        plans = plan_update(batch, loss_fn, n, p.mini_batch_size, p.micro_batch_size, p.epochs, p.micro_batch_tokens, p.packing, seed)
+        if plans is None:
+            return group.submit("train", per_rank=[(s, loss_fn, seed + r) for r, s in enumerate(split(batch, n))])
+        return group.submit("train", per_rank=[(s, loss_fn, seed + r, plan) for r, (s, plan) in enumerate(zip(rank_shards(batch, plans), plans))])
 
     def reward_scores(self, pairs: list[tuple[str, str]]) -> list[float]:
         self.threads.phase(self.reward)

@@ -16,6 +16,7 @@ import torch
 
 from rlhf_dist.algorithms.losses import DPOLoss, PairwiseRewardLoss, SFTLoss
 from rlhf_dist.data.batch import concat, split
+from rlhf_dist.data.packing import gather_rows, plan_infer, plan_update, rank_shards
 from rlhf_dist.data.stage_data import Examples, make_batch, train_eval_split
 from rlhf_dist import checkpoint
 from rlhf_dist.checkpoint import load_tensors, load_trainer_state
@@ -42,11 +43,14 @@ class StageNumbers:
     steps_per_epoch: int
     dropped_per_epoch: int
     total_steps: int
+    micro_batch: str = ""  # "8 samples, padded" or "1024 tokens, packed"
 
     def table(self) -> str:
+        accum = "by token budget" if "tokens" in self.micro_batch else self.grad_accum
         rows = [
             ("training samples / held-out samples", f"{self.train_samples} / {self.eval_samples}"),
-            ("learner ranks / grad accumulation", f"{self.ranks} / {self.grad_accum}"),
+            ("micro-batch", self.micro_batch),
+            ("learner ranks / grad accumulation", f"{self.ranks} / {accum}"),
             ("steps per epoch (samples left over each epoch)", f"{self.steps_per_epoch} ({self.dropped_per_epoch})"),
             ("optimizer steps in this run", self.total_steps),
         ]
@@ -61,8 +65,10 @@ def numbers(cfg: StageConfig, n_train: int, n_eval: int) -> StageNumbers:
         raise ConfigError(f"train.batch_size: {t.batch_size} is larger than the training set ({n_train} samples)")
     total = per_epoch * t.epochs if t.max_steps is None else min(t.max_steps, per_epoch * t.epochs)
     # Held-out samples are split evenly over the ranks (ZeRO-3 ranks run each forward pass together).
+    layout = "packed" if cfg.data.packing else "padded"
+    micro = f"{t.micro_batch_size} samples" if t.micro_batch_tokens is None else f"{t.micro_batch_tokens} tokens"
     return StageNumbers(n_train, n_eval - n_eval % ranks, ranks, t.batch_size // (t.micro_batch_size * ranks),
-                        per_epoch, n_train - per_epoch * t.batch_size, total)
+                        per_epoch, n_train - per_epoch * t.batch_size, total, f"{micro}, {layout}")
 
 
 def loss_for(kind: str, cfg: StageConfig):
@@ -85,7 +91,6 @@ def learner_role(kind: str, cfg: StageConfig, total_steps: int) -> RoleSpec:
     spec = LearnerSpec(
         process_spec(cfg), ModelSpec(m.path, m.dtype, m.attn_implementation, m.gradient_checkpointing), train,
         reference=ModelSpec(ref, m.dtype, m.attn_implementation) if ref else None,
-        packing=cfg.data.packing, max_length=cfg.data.max_length,
     )
     worker = {"sft": SFTWorker, "rm": RewardTrainWorker, "dpo": DPOWorker}[kind]
     return RoleSpec("learner", worker, p.pool, p.num_gpus, spec, rendezvous=True)
@@ -210,19 +215,32 @@ class StageLearners:
         return self.roles.wait([self.group.submit(method, per_rank=per_rank)], what)
 
     def train(self, batch, loss_fn, seed: int) -> dict:
-        shards = split(batch, len(self.group))
-        rows = self._all("train", [(s, loss_fn, seed + r) for r, s in enumerate(shards)], "learner update")
+        t, ranks = self.cfg.train, len(self.group)
+        plans = plan_update(batch, loss_fn, ranks, t.batch_size, t.micro_batch_size, 1, t.micro_batch_tokens, self.cfg.data.packing, seed)
+        if plans is None:
+            per_rank = [(s, loss_fn, seed + r) for r, s in enumerate(split(batch, ranks))]
+        else:
+            per_rank = [(s, loss_fn, seed + r, p) for r, (s, p) in enumerate(zip(rank_shards(batch, plans), plans))]
+        rows = self._all("train", per_rank, "learner update")
         return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
 
-    def _shards(self, ex: Examples, kind: str, pad_id: int, idx: list[int], ref=None):
+    def _passes(self, method: str, batch: dict, what: str, *args):
+        """A pass without gradients by count, or by the plan the token budget or packing makes; results per rank
+        and the plans (None: by count, each rank's rows contiguous)."""
+        t = self.cfg.train
+        plans = plan_infer(batch, len(self.group), t.micro_batch_size, t.micro_batch_tokens, self.cfg.data.packing)
+        if plans is None:
+            return self._all(method, [(s, *args) for s in split(batch, len(self.group))], what), None
+        return self._all(method, [(s, *args, p) for s, p in zip(rank_shards(batch, plans), plans)], what), plans
+
+    def _batch(self, ex: Examples, kind: str, pad_id: int, idx: list[int], ref=None):
         batch = make_batch(ex, idx, kind, pad_id)
         if ref is not None:
             batch["ref_logps"] = ref[idx]
-        return split(batch, len(self.group))
+        return batch
 
     def evaluate(self, ex: Examples, kind: str, pad_id: int, loss_fn, n: int, ref=None) -> dict:
-        shards = self._shards(ex, kind, pad_id, list(range(n)), ref)
-        rows = self._all("evaluate", [(s, loss_fn) for s in shards], "held-out evaluation")
+        rows, _ = self._passes("evaluate", self._batch(ex, kind, pad_id, list(range(n)), ref), "held-out evaluation", loss_fn)
         return {f"eval/{k}": sum(r[k] for r in rows) / len(rows) for k in rows[0]}
 
     def reference_logps(self, ex: Examples, pad_id: int) -> torch.Tensor:
@@ -230,11 +248,14 @@ class StageLearners:
         forward pass together) by repeating its first pairs; the repeats are dropped."""
         n, ranks = len(ex), len(self.group)
         idx = list(range(n)) + list(range((-n) % ranks))
-        parts = self._all("reference_logps", [(s,) for s in self._shards(ex, "dpo", pad_id, idx)], "reference log-probs")
+        parts, plans = self._passes("reference_logps", self._batch(ex, "dpo", pad_id, idx), "reference log-probs")
+        if plans is not None:
+            return gather_rows([{"logps": p} for p in parts], plans, len(idx))["logps"][:n]
         return torch.cat(parts)[:n]
 
     def infer(self, batch) -> dict:
-        return concat(self._all("infer", [(s,) for s in split(batch, len(self.group))], "learner inference"))
+        parts, plans = self._passes("infer", batch, "learner inference")
+        return concat(parts) if plans is None else gather_rows(parts, plans, len(batch["input_ids"]))
 
     def save_checkpoint(self, path: str) -> None:
         self.roles.call("learner", "save_checkpoint", f"{path}/learner")
