@@ -47,6 +47,8 @@ def prepare_model(cfg: Config, log=print):
         "data.max_prompt_tokens + rollout.max_new_tokens", log, who="policy",
     )
     check_tp_heads(cfg.placement.rollout.tensor_parallel_size, m.policy)
+    check_lora("model.lora", m.lora, m.policy)
+    check_lora("model.critic_lora", m.critic_lora, m.critic or m.policy, "model.critic" if m.critic else "model.policy")
     check_stop_tokens(cfg.rollout.stop_token_ids, tokenizer, m.policy)
     check_reward_format(cfg.reward.model, cfg.data.apply_chat_template)
     return tokenizer
@@ -92,4 +94,41 @@ def prepare_tokenizer(field: str, path: str, make_tiny: bool | str, need_positio
 def prepare_stage_model(m, max_length: int, log=print):
     if getattr(m, "reference", None) is not None:
         check_model_path("model.reference", m.reference)
-    return prepare_tokenizer("model.path", m.path, m.make_tiny, max_length, "data.max_length", log)
+    tokenizer = prepare_tokenizer("model.path", m.path, m.make_tiny, max_length, "data.max_length", log)
+    check_lora("model.lora", getattr(m, "lora", None), m.path, "model.path")
+    return tokenizer
+
+
+def check_lora(field: str, lora, model_path: str, model_field: str = "model.policy") -> None:
+    """An adapter's target modules name linear layers of the model (not its output head), and an initial adapter
+    (`path`) is a peft directory with this rank, alpha and those targets."""
+    if lora is None or not (Path(model_path) / "config.json").is_file():
+        return  # a hub model is checked when it loads
+    import json
+
+    from rlhf_dist.model_shape import linear_layers
+
+    have = {n.rsplit(".", 1)[-1] for n in linear_layers(model_path, model_field)}
+    if unknown := [t for t in lora.target_modules if t not in have]:
+        raise ConfigError(f"{field}.target_modules: {unknown} name no linear layer of {model_path!r} (it has "
+                          f"{', '.join(sorted(have))})")
+    if lora.path is None:
+        return
+    where = Path(lora.path)
+    try:
+        saved = json.loads((where / "adapter_config.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"{field}.path: {str(where / 'adapter_config.json')!r} cannot be read as a peft adapter config "
+                          f"({type(e).__name__})") from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{field}.path: {str(where / 'adapter_config.json')!r} is not a JSON object")
+    for key, name, want in (("r", "rank", lora.rank), ("lora_alpha", "alpha", lora.alpha)):
+        if saved.get(key) != want:
+            raise ConfigError(f"{field}.{name}: {want:g} but the adapter at {lora.path!r} has {key}={saved.get(key)!r}")
+    targets = saved.get("target_modules")
+    if not isinstance(targets, list) or set(targets) != set(lora.target_modules):
+        raise ConfigError(f"{field}.target_modules: {sorted(lora.target_modules)} but the adapter at {lora.path!r} "
+                          f"targets {targets!r}")
+    from rlhf_dist.model_checks import check_safetensors
+
+    check_safetensors(f"{field}.path", where / "adapter_model.safetensors")

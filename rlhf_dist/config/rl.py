@@ -8,8 +8,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from rlhf_dist.algorithms.registry import ADVANTAGE_ESTIMATORS, AGGREGATIONS, CORRECTIONS, KL_ESTIMATORS, POLICY_LOSSES, names
-from rlhf_dist.config.common import (AttnImplementation, ChatTemplate, DType, EvalConfig, GradientCheckpointing, InputFile, LRSchedule,
-                                     MAX_WAIT_S, ResumableJob, RunOutput, Strict)
+from rlhf_dist.config.common import (AttnImplementation, ChatTemplate, DType, EvalConfig, GradientCheckpointing, InputFile, LoraConfig,
+                                     LRSchedule, MAX_WAIT_S, ResumableJob, RunOutput, Strict)
 
 
 class RunConfig(RunOutput):
@@ -29,6 +29,14 @@ class ModelConfig(Strict):
     dtype: DType = "float32"
     attn_implementation: AttnImplementation = "sdpa"
     gradient_checkpointing: GradientCheckpointing = False
+    lora: LoraConfig | None = Field(
+        None,
+        description="train a LoRA adapter on the policy instead of its weights; the reference is then the policy with "
+        "the adapter off (no reference role), and syncs send the adapter alone (`sync.lora`); none: full fine-tuning",
+    )
+    critic_lora: LoraConfig | None = Field(
+        None, description="a LoRA adapter for the critic (its value head trains whole); none: the critic trains all its weights"
+    )
 
 
 class DataConfig(Strict):
@@ -272,6 +280,14 @@ class SyncConfig(Strict):
         description="how engines load synced weights. auto: unquantized eager Llama/Qwen2 CPU models through "
         "rlhf_dist/sync/cpu_reload.py (vLLM's general reload bookkeeping skipped, same engine outputs), everything "
         "else through vLLM's reload_weights; vllm_reload: always vLLM's (what GPU engines run; CPU tests run it too)",
+    )
+
+
+    lora: Literal["adapter", "merged"] = Field(
+        "adapter",
+        description="with model.lora: adapter sends only the adapter's tensors, which vLLM engines load as a LoRA "
+        "adapter (one slot per weights version in flight); merged sends the base weights with the adapter merged "
+        "in, for engines without LoRA support (the full sync, gathered bucket by bucket)",
     )
 
 

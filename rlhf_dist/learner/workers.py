@@ -15,7 +15,7 @@ from rlhf_dist import dist as D
 from rlhf_dist.algorithms import entropy_from_logits
 from rlhf_dist.data.batch import from_wire
 from rlhf_dist.errors import WaitTimeout, phase
-from rlhf_dist.learner import models
+from rlhf_dist.learner import lora, models
 from rlhf_dist.learner.deepspeed_setup import ds_config, inference_ds_config, init_distributed, make_engine, skip_shm_comm
 from rlhf_dist.config.specs import LearnerSpec, ReferenceSpec, RewardSpec
 from rlhf_dist.sync.buckets import Bucket, plan_buckets
@@ -103,10 +103,13 @@ class LearnerWorker(_Base):
             model = self.load_model()
         if self.settings.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()
+        if self.settings.lora is not None:
+            model = lora.wrap(model, self.settings.lora, self.settings.process.seed, self.settings.model.gradient_checkpointing)
         with phase("DeepSpeed engine set-up"):
             self.engine = make_engine(model, self.spec)
         self.zero3 = self.spec.role.zero_stage == 3
-        return {"rank": self.rank, "seconds": time.perf_counter() - t0, "params": self.num_params()}
+        return {"rank": self.rank, "seconds": time.perf_counter() - t0, "params": self.num_params(),
+                "trainable": lora.trainable(self.engine.module)}
 
     # --- what subclasses provide ---
     def load_model(self):
@@ -169,23 +172,26 @@ class LearnerWorker(_Base):
             return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
         return contextlib.nullcontext()
 
-    def named_full_params(self):
-        return [(n, tuple(getattr(p, "ds_shape", p.shape)), p.dtype) for n, p in self.engine.module.named_parameters()]
+    def named_full_params(self, pieces: dict[str, lora.Piece], dtype: torch.dtype | None = None):
+        params = dict(self.engine.module.named_parameters())
+        return [(p.name, p.shape, dtype or params[p.params[0]].dtype) for p in pieces.values()]
 
-    def iter_full_buckets(self, buckets: list[Bucket]):
+    def iter_full_buckets(self, buckets: list[Bucket], pieces: dict[str, lora.Piece]):
         """Yield (bucket, [full tensors]) with each bucket gathered in turn (all ranks must iterate together)."""
         params = dict(self.engine.module.named_parameters())
         for bucket in buckets:
-            ps = [params[n] for n in bucket.names]
+            parts = [pieces[n] for n in bucket.names]
+            ps = list({n: params[n] for part in parts for n in part.params}.values())
             with self._gathered(ps):
-                yield bucket, [p.data for p in ps]
+                yield bucket, [lora.materialize(part, params) for part in parts]
 
     # --- checkpoints: DeepSpeed writes each rank's partitions; RNG states are saved per rank ---
     def save_checkpoint(self, path: str) -> bool:
         import os
         import random
 
-        self.engine.save_checkpoint(path, tag="state")
+        # With an adapter the frozen base is left out: resume loads it from the model directory again.
+        self.engine.save_checkpoint(path, tag="state", exclude_frozen_parameters=self.settings.lora is not None)
         rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
         torch.save(rng, os.path.join(path, f"rng_rank{self.rank}.pt"))
         return True
@@ -197,7 +203,8 @@ class LearnerWorker(_Base):
         from rlhf_dist import safe_load
 
         with safe_load.weights_only_loads(f"{self.role} rank {self.rank}: checkpoint {path}"):
-            load_path, _ = self.engine.load_checkpoint(path, tag="state", load_optimizer_states=True, load_lr_scheduler_states=True)
+            load_path, _ = self.engine.load_checkpoint(path, tag="state", load_optimizer_states=True, load_lr_scheduler_states=True,
+                                                       load_module_strict=self.settings.lora is None)
         if load_path is None:
             raise FileNotFoundError(f"{self.role} rank {self.rank}: no DeepSpeed checkpoint under {path}")
         rng = safe_load.load(os.path.join(path, f"rng_rank{self.rank}.pt"))
@@ -219,17 +226,27 @@ class LearnerWorker(_Base):
             n += size
         return {k: v / max(n, 1) for k, v in sums.items()}
 
-    def save_hf(self, path: str, bucket_mb: float) -> str | None:
-        """Gather the full weights bucket by bucket (`sync.bucket_mb`) and write a HuggingFace directory (rank 0 writes)."""
-        buckets = plan_buckets(self.named_full_params(), int(bucket_mb * 2**20))
+    def _gather_state(self, payload: str, bucket_mb: float) -> dict[str, torch.Tensor]:
+        """The payload's tensors on rank 0's host, gathered bucket by bucket (empty on the other ranks)."""
+        pieces = lora.pieces(self.engine.module, payload)
+        buckets = plan_buckets(self.named_full_params(pieces), int(bucket_mb * 2**20))
         state = {}
-        for bucket, tensors in self.iter_full_buckets(buckets):
+        for bucket, tensors in self.iter_full_buckets(buckets, pieces):
             if self.rank == 0:
                 for name, t in zip(bucket.names, tensors):
                     state[name] = t.detach().to("cpu", copy=True)
+        return state
+
+    def save_hf(self, path: str, bucket_mb: float) -> str | None:
+        """Gather the full weights bucket by bucket (`sync.bucket_mb`) and write a HuggingFace directory (rank 0 writes).
+        With an adapter: the base with the adapter merged in, and (causal LMs) the adapter alone in path/adapter."""
+        state = self._gather_state("merged", bucket_mb)
+        adapter = self._gather_state("adapter", bucket_mb) if self.settings.lora is not None and not self.settings.lora.heads else None
         if self.rank != 0:
             return None
-        self.engine.module.save_pretrained(path, state_dict=state, safe_serialization=True)
+        lora.base_model(self.engine.module).save_pretrained(path, state_dict=state, safe_serialization=True)
+        if adapter is not None:
+            lora.write_adapter(f"{path}/adapter", self.engine.module, adapter)
         return path
 
 
@@ -248,10 +265,19 @@ class PolicyWorker(LearnerWorker):
             out["entropy"] = entropy_from_logits(logits / self.settings.temperature)
         return out
 
+    @torch.no_grad()
+    def infer_reference(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The reference's log-probs from this model with its adapter off (model.lora): its base weights."""
+        with lora.reference_weights(self.engine.module):
+            return self.infer(batch)
+
     # --- weight sync (rlhf_dist.sync.sender: rank 0 broadcasts; every rank joins the ZeRO-3 gathers) ---
-    def sync_plan(self, bucket_mb: float) -> list[Bucket]:
+    def sync_plan(self, bucket_mb: float, payload: str | None = None) -> list[Bucket]:
+        """The bucket plan of `payload` (default: the run's, sync.lora), in the engines' dtype: the tensors are cast
+        to it as they are packed."""
         self._sender = getattr(self, "_sender", None) or WeightSender(self.rank)
-        return self._sender.plan(self.named_full_params(), bucket_mb)
+        self._pieces = lora.pieces(self.engine.module, payload or self.settings.sync_payload)
+        return self._sender.plan(self.named_full_params(self._pieces, models.DTYPES[self.settings.model.dtype]), bucket_mb)
 
     def init_weight_sync(self, master_addr: str, port: int, world_size: int, backend: str) -> bool:
         p = self.settings.process
@@ -259,7 +285,7 @@ class PolicyWorker(LearnerWorker):
         return True
 
     def broadcast_weights(self, verify: bool) -> dict:
-        return self._sender.send(self.iter_full_buckets(self._sender.buckets), verify)
+        return self._sender.send(self.iter_full_buckets(self._sender.buckets, self._pieces), verify)
 
 
 class CriticWorker(LearnerWorker):

@@ -3,7 +3,7 @@ and the verbs the loop uses on them. Start-up, placement and shutdown belong to 
 from __future__ import annotations
 
 from rlhf_dist.config import Config, Derived, derive, uses_critic
-from rlhf_dist.config.passes import uses_reference
+from rlhf_dist.config.passes import reference_role
 from rlhf_dist.data.batch import concat, split
 from rlhf_dist.dist import cpu_workers
 from rlhf_dist.learner.workers import (
@@ -24,6 +24,7 @@ from rlhf_dist.config.specs import (
     ReferenceSpec,
     RewardSpec,
     TrainSpec,
+    lora_spec,
     process_spec,
 )
 from rlhf_dist.sync.weights import WeightSync
@@ -43,7 +44,10 @@ def learner_spec(cfg: Config, role: str) -> LearnerSpec:
                       # The LR schedule counts PPO steps; the learners step it once per optimizer step.
                       schedule=p.lr_schedule, total_steps=cfg.run.steps,
                       optimizer_steps_per_step=derive(cfg).optimizer_steps_per_step)
-    return LearnerSpec(process_spec(cfg), _model(cfg, path), train, temperature=cfg.rollout.temperature)
+    adapter = lora_spec(m.lora) if role == "policy" else lora_spec(m.critic_lora, heads=("score",))
+    payload = "full" if role != "policy" or m.lora is None else cfg.sync.lora
+    return LearnerSpec(process_spec(cfg), _model(cfg, path), train, temperature=cfg.rollout.temperature, lora=adapter,
+                       sync_payload=payload)
 
 
 def reference_spec(cfg: Config) -> ReferenceSpec:
@@ -58,7 +62,7 @@ def reward_spec(cfg: Config) -> RewardSpec:
 
 def role_specs(cfg: Config) -> list[RoleSpec]:
     """Only the roles this job uses: no critic for critic-free estimators, no reference without a KL term or the KL
-    metric, no reward model without reward.model."""
+    metric (nor with model.lora: the policy's ranks serve it), no reward model without reward.model."""
     p = cfg.placement
 
     def shares(role) -> bool:  # transformers keeps one ZeRO-3 setting per process: ZeRO-3 roles keep their own
@@ -69,7 +73,7 @@ def role_specs(cfg: Config) -> list[RoleSpec]:
     if uses_critic(cfg):
         specs.append(RoleSpec("critic", CriticWorker, p.critic.pool, p.critic.num_gpus, learner_spec(cfg, "critic"), rendezvous=True,
                               yields_cpu=True, hostable=shares(p.critic)))
-    if uses_reference(cfg):
+    if reference_role(cfg):
         specs.append(RoleSpec("reference", ReferenceWorker, p.reference.pool, p.reference.num_gpus, reference_spec(cfg),
                               rendezvous=p.reference.zero_stage == 3, yields_cpu=True, hostable=shares(p.reference)))
     if cfg.reward.model is not None:
@@ -101,7 +105,8 @@ class RLRoles:
             self.reference, self.rollout, self.reward = self.roles.get("reference"), self.roles["rollout"], self.roles.get("reward")
             pl = cfg.placement
             self.sync = WeightSync(self.roles, self.roles.device, pl.rollout.pool == pl.policy.pool,
-                                   pl.rollout.tensor_parallel_size, cfg.sync.bucket_mb, t, log)
+                                   pl.rollout.tensor_parallel_size, cfg.sync.bucket_mb, t, log,
+                                   "full" if cfg.model.lora is None else cfg.sync.lora)
             on = phase_threads_on(cfg.cluster, pl.rollout.tensor_parallel_size)
             self.threads = PhaseThreads(self.roles, on, cfg.cluster.phase_cores)
         except BaseException:
@@ -125,8 +130,8 @@ class RLRoles:
         """The weights version the engines were last synced to."""
         return self.sync.version
 
-    def submit_infer(self, group, batch: dict):
-        return group.submit("infer", per_rank=[(s,) for s in split(batch, len(group))])
+    def submit_infer(self, group, batch: dict, method: str = "infer"):
+        return group.submit(method, per_rank=[(s,) for s in split(batch, len(group))])
 
     def gather_infer(self, submitted, what: str) -> dict:
         return concat(self.roles.wait([submitted], what))

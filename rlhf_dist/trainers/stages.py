@@ -26,7 +26,7 @@ from rlhf_dist.outputs import owned_dir, write_file
 from rlhf_dist.preflight import prepare_stage_model
 from rlhf_dist.runtime.roles import Roles, RoleSpec, role_gpus
 from rlhf_dist.runtime.scaffold import log_skipped, open_run, ray_session
-from rlhf_dist.config.specs import LearnerSpec, ModelSpec, TrainSpec, process_spec
+from rlhf_dist.config.specs import LearnerSpec, ModelSpec, TrainSpec, lora_spec, process_spec
 from rlhf_dist.config.stages import ConfigError, StageConfig
 from rlhf_dist.sync.buckets import GATHER_BUCKET_MB
 
@@ -86,6 +86,7 @@ def learner_role(kind: str, cfg: StageConfig, total_steps: int) -> RoleSpec:
         process_spec(cfg), ModelSpec(m.path, m.dtype, m.attn_implementation, m.gradient_checkpointing), train,
         reference=ModelSpec(ref, m.dtype, m.attn_implementation) if ref else None,
         packing=cfg.data.packing, max_length=cfg.data.max_length,
+        lora=lora_spec(m.lora, heads=("score",) if kind == "rm" else ()),  # a reward model's head trains whole
     )
     worker = {"sft": SFTWorker, "rm": RewardTrainWorker, "dpo": DPOWorker}[kind]
     return RoleSpec("learner", worker, p.pool, p.num_gpus, spec, rendezvous=True)
