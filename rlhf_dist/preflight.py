@@ -44,7 +44,7 @@ def prepare_model(cfg: Config, log=print):
             raise ConfigError(f"reward.model_normalize: {str(stats)!r} does not exist (`rlhf-dist rm` writes it beside the model)")
     tokenizer = prepare_tokenizer(
         "model.policy", m.policy, m.make_tiny, cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens,
-        "data.max_prompt_tokens + rollout.max_new_tokens", log, who="policy",
+        "data.max_prompt_tokens + rollout.max_new_tokens", log, who="policy", init_std=m.tiny_init_std,
     )
     check_tp_heads(cfg.placement.rollout.tensor_parallel_size, m.policy)
     check_lora("model.lora", m.lora, m.policy)
@@ -63,7 +63,8 @@ def check_stop_tokens(ids, tokenizer, path: str) -> None:
         raise ConfigError(f"rollout.stop_token_ids: {bad} are outside the policy's vocabulary (ids 0..{vocab - 1})")
 
 
-def prepare_tokenizer(field: str, path: str, make_tiny: bool | str, need_positions: int, need_what: str, log=print, who="model"):
+def prepare_tokenizer(field: str, path: str, make_tiny: bool | str, need_positions: int, need_what: str, log=print, who="model",
+                      init_std: float = 0.02):
     """The model at `path` (made tiny first if asked and missing) must exist and hold `need_positions`
     positions; returns its tokenizer, with a pad token."""
     from transformers import AutoConfig, AutoTokenizer
@@ -80,7 +81,7 @@ def prepare_tokenizer(field: str, path: str, make_tiny: bool | str, need_positio
 
             make_chat_model(path, make_tiny)
         else:
-            make_tiny_model(path, field=f"{field.split('.')[0]}.make_tiny ({field})")
+            make_tiny_model(path, field=f"{field.split('.')[0]}.make_tiny ({field})", init_std=init_std)
     check_model_path(field, path, needs_tokenizer=True)
     limit = getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None)
     if limit is not None and need_positions > limit:

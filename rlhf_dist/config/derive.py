@@ -80,6 +80,9 @@ def role_gpus(cfg: Config) -> dict[str, tuple[str, int]]:
             )
         out["critic"] = (p.critic.pool, p.critic.num_gpus)
     if reference_role(cfg):  # with model.lora the policy's ranks are the reference
+        if p.reference is None:
+            raise ConfigError("placement.reference: a KL term (or ppo.log_kl) needs the reference model, so the reference "
+                              "role needs a pool")
         out["reference"] = (p.reference.pool, p.reference.num_gpus)
     out["rollout"] = (p.rollout.pool, p.rollout.num_engines * p.rollout.tensor_parallel_size)
     if cfg.reward.model is not None:
@@ -123,7 +126,7 @@ def derive(cfg: Config) -> Derived:
     ga_policy = batch_check("policy", p.policy.num_gpus)
     critic_ranks = p.critic.num_gpus if "critic" in roles else 0
     ga_critic = batch_check("critic", critic_ranks) if critic_ranks else 0
-    for role, ranks in (("reference", p.reference.num_gpus), ("rollout", p.rollout.num_engines)):
+    for role, ranks in (("reference", p.reference.num_gpus if "reference" in roles else 1), ("rollout", p.rollout.num_engines)):
         if role in roles and samples % ranks:
             raise ConfigError(f"placement.{role}: {samples} samples per step do not split evenly over {ranks} ranks")
     return Derived(

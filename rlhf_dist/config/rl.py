@@ -24,6 +24,12 @@ class ModelConfig(Strict):
         description="create a tiny random model + tokenizer at `policy` if the directory is missing; `qwen2` or "
         "`llama3`: a chat model with that family's chat template (rlhf_dist/data/tiny_chat.py)",
     )
+    tiny_init_std: float = Field(
+        0.02, gt=0, le=1,
+        description="make_tiny: the tiny model's initial weight std; 0.02 (transformers' default) makes outputs nearly "
+        "uniform, with logits the frozen head keeps too small for a LoRA adapter to move (configs/grpo_lora_cpu.yaml "
+        "uses 0.2)",
+    )
     critic: str | None = Field(None, description="default: the policy weights (value head freshly initialised)")
     reference: str | None = Field(None, description="default: the policy weights")
     dtype: DType = "float32"
@@ -256,7 +262,9 @@ class PlacementConfig(Strict):
     pools: dict[str, PoolConfig] = Field(description="name -> pool; each pool is one Ray placement group")
     policy: LearnerRole = Field(description="the policy's learner ranks")
     critic: LearnerRole | None = Field(None, description="needed only by estimators with a critic (gae)")
-    reference: InferenceRole = Field(description="the reference model's ranks (started only when a KL needs it)")
+    reference: InferenceRole | None = Field(
+        None, description="the reference model's ranks (started only when a KL needs it, and never with model.lora)"
+    )
     reward: InferenceRole | None = Field(None, description="needed only when reward.model is set")
     rollout: RolloutRole = Field(description="the vLLM engines")
     share_processes: bool = Field(
