@@ -228,3 +228,19 @@ def test_an_exported_adapter_loads_in_vllm_and_samples_as_the_synced_one(async_r
     assert [[t for t, _ in s] for s in from_file] == [[t for t, _ in s] for s in synced]
     assert max(abs(a - b) for x, y in zip(from_file, synced) for (_, a), (_, b) in zip(x, y)) < 1e-5
     assert max(abs(a - b) for x, y in zip(base, synced) for (_, a), (_, b) in zip(x, y)) > 1e-4  # the adapter trained
+
+
+@pytest.mark.slow
+def test_merged_weights_reach_the_engine_as_the_adapter_did(async_roles):
+    """sync.lora: merged (engines without LoRA): the base with the adapter merged in, under the base model's names,
+    gathered bucket by bucket and loaded through vLLM's reload_weights. The engine's base then samples what it
+    sampled with the synced adapter. (Last: the engine's base weights change.)"""
+    _, roles, _ = async_roles
+    prompts = [[5, 6, 7], [8, 9, 10, 11], [12]]
+    with_adapter = roles.rollout.call("sample_with", prompts, None, 7, timeout_s=120)[0]
+    roles.sync.replan(0.25, "merged")
+    assert "model.layers.0.self_attn.q_proj.weight" in roles.sync.names and not any("lora" in n for n in roles.sync.names)
+    roles.sync_weights(8, verify=True)
+    merged = roles.rollout.call("sample_with", prompts, None, -1, timeout_s=120)[0]  # no adapter: the new base weights
+    assert [[t for t, _ in s] for s in merged] == [[t for t, _ in s] for s in with_adapter]
+    assert max(abs(a - b) for x, y in zip(merged, with_adapter) for (_, a), (_, b) in zip(x, y)) < 1e-4
