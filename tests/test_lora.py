@@ -210,3 +210,35 @@ def test_plan_counts_the_adapter_and_drops_the_reference():
     assert "LoRA reference: the policy with its adapter off, no reference role" in format_plan(got)
     seventy = plan(load_config("configs/llama70b_lora_2node.yaml"))
     assert seventy["fits"] and all(pl["headroom"] >= 0.1 for pl in seventy["pools"].values())
+
+
+def test_zero_stages_0_to_2_train_the_adapter_alike(tiny_model, tmp_path):
+    """The same adapter updates under ZeRO 0, 1 and 2 (ZeRO-3 runs in tests/test_lora_integration.py, in its own
+    processes: transformers keeps one ZeRO-3 setting per process)."""
+    from rlhf_dist.learner.workers import PolicyWorker
+    from rlhf_dist.trainers.rl_roles import learner_spec
+
+    batch = build_batch(PROMPTS, RESPONSES, pad_id=2)
+    after = []
+    for stage in (0, 1, 2):
+        w = started(PolicyWorker, learner_spec(rl_config(tiny_model, tmp_path, f"placement.policy.zero_stage={stage}"), "policy"))
+        train_steps(w, batch, n=2)
+        after.append(w.infer(batch)["logprobs"])
+    assert (after[0] - logprobs_of_base(tiny_model, batch)).abs().max() > 1e-3
+    assert all(torch.allclose(a, after[0], atol=1e-5) for a in after[1:])
+
+
+def logprobs_of_base(model, batch):
+    from transformers import AutoModelForCausalLM
+
+    return logprobs(AutoModelForCausalLM.from_pretrained(model), batch)
+
+
+def test_bench_sync_summary_compares_adapter_and_full():
+    from rlhf_dist.commands.bench import adapter_against_full
+
+    rows = [{"path": f"rlhf_dist sync ({p})", "MB": mb, "seconds": s} for p, mb, s in
+            [("adapter", 6.0, 0.02), ("adapter", 6.0, 0.01), ("adapter", 6.0, 0.03), ("merged", 136.0, 0.7), ("merged", 136.0, 0.5)]]
+    got = adapter_against_full(rows)
+    assert got["adapter"] == {"MB": 6.0, "seconds": 0.02} and got["merged"] == {"MB": 136.0, "seconds": 0.6}
+    assert got["bytes_ratio"] == pytest.approx(136 / 6) and got["seconds_ratio"] == pytest.approx(30)
