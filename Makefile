@@ -2,7 +2,8 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo pipeline test test-fast docs clean
+.PHONY: setup browser demo pipeline collect collect-train test test-fast docs clean
+SESSION ?= runs/collect
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -13,7 +14,18 @@ demo: setup
 pipeline: setup
 	$(BIN)/rlhf-dist pipeline configs/pipeline_cpu
 
-test: setup
+# Human preferences: SFT, candidates from it, the labelling app (Ctrl-C when done); then pairs -> RM -> PPO.
+collect: setup
+	$(BIN)/rlhf-dist collect start configs/collect_cpu --session $(SESSION)
+
+collect-train: setup
+	$(BIN)/rlhf-dist collect train $(SESSION)
+
+# chromium for the labelling app's browser test (installed as root when missing, else named)
+browser:
+	@bash scripts/browser.sh
+
+test: setup browser
 	$(BIN)/python -m pytest -q -ra
 
 test-fast: setup

@@ -10,11 +10,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import shutil
 from pathlib import Path
 
 from rlhf_dist.config import Config, ConfigError
-from rlhf_dist.outputs import owned_dir
+from rlhf_dist.outputs import owned_dir, remove
 
 MARKER = "COMPLETE"
 STEP_NAME = re.compile(r"step_\d+")
@@ -86,8 +85,7 @@ def save(cluster, trainer_state: dict, run_dir: Path, step: int, keep_last: int,
     final = checkpoint_dir(run_dir, step)
     owned_dir(final.parent, run_dir)  # RUN_DIR/checkpoints may not lead elsewhere through a link
     tmp = final.with_name(final.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    remove(tmp)  # a killed save's leftovers (or a link planted there: unlinked, never followed)
     tmp.mkdir(parents=True)
     cluster.save_checkpoint(str(tmp))
     (tmp / "trainer.json").write_text(json.dumps(trainer_state))
@@ -96,11 +94,10 @@ def save(cluster, trainer_state: dict, run_dir: Path, step: int, keep_last: int,
 
         torch.save(tensors, tmp / "tensors.pt")
     (tmp / MARKER).write_text(str(step))
-    if final.exists():
-        shutil.rmtree(final)
+    remove(final)
     tmp.rename(final)
     for old in complete_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(old.path)
+        remove(old.path)
     return final
 
 

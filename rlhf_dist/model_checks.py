@@ -4,6 +4,7 @@ and weights whose safetensors headers are intact."""
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -100,6 +101,8 @@ def check_tokenizer(field: str, path: Path) -> None:
 
 
 def check_model_dir(field: str, path: Path, needs_tokenizer: bool) -> None:
+    if not os.path.lexists(path):
+        raise ConfigError(f"{field}: {str(path)!r} does not exist")
     if not path.is_dir() or not (path / "config.json").is_file():
         raise ConfigError(f"{field}: {str(path)!r} is not a HuggingFace model directory (no config.json there)")
     check_architecture(field, path, read_config_json(field, path))

@@ -56,6 +56,20 @@ def atomic_dir(path: str | Path, field: str, force: bool = False):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    swap_in(tmp, out)
+
+
+def remove(path: Path) -> None:
+    """Remove a run's own file or directory; a link there is unlinked, never followed."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+def swap_in(tmp: Path, out: Path) -> None:
+    """`tmp` takes `out`'s place; the old `out` (if any) is renamed aside first, then removed (its links
+    unlinked, never followed)."""
     old = None
     if out.exists():
         old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
@@ -63,6 +77,25 @@ def atomic_dir(path: str | Path, field: str, force: bool = False):
     tmp.rename(out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def fresh_owned_dir(path: str | Path, owner: Path):
+    """A directory the run writes whole under `owner` (final/): filled in a new temporary sibling that then
+    replaces it, so nothing is written through a link planted in the old one (a library's save_pretrained
+    opens files by name and would follow it). On failure the old directory is left as it was."""
+    path = Path(path)
+    if path.is_symlink():
+        raise ConfigError(f"{path}: is a symbolic link; refusing to write into it (remove the link)")
+    inside(path.parent, owner, str(path))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would hide the saved model from the user's other accounts
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    swap_in(tmp, path)
 
 
 # --- files: the one rule for every file the project writes ---

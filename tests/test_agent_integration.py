@@ -90,3 +90,42 @@ def test_multi_turn_ids_are_the_engines_ids_under_both_templates(ray_session, tm
             assert batch["input_ids"][row, P : P + n].tolist() == t.response_ids
             assert batch["mask"][row, :n].tolist() == [float(m) for m in t.loss_mask]
             assert engine_lp[row, :n].tolist() == pytest.approx(t.logprobs)
+
+
+@pytest.mark.slow
+def test_an_agent_config_trains_and_evaluates_end_to_end(ray_session, tmp_path):
+    """configs/agent_cpu.yaml, shrunk: two GRPO steps of two-turn episodes on real engines and learners, an
+    eval section scoring episodes with pass@k on the environment's part, and `rlhf-dist eval` on the result."""
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    from rlhf_dist.commands.evaluate import evaluate_saved_policy
+    from rlhf_dist.config import load_config
+    from rlhf_dist.metrics import read_metrics
+    from rlhf_dist.trainers.ppo import train
+
+    root = Path(__file__).resolve().parents[1]
+    d = yaml.safe_load((root / "configs/agent_cpu.yaml").read_text())
+    d["run"].update(steps=2, output_dir=str(tmp_path / "run"), progress_bar=False)
+    d["model"]["policy"] = str(tmp_path / "chat-model")
+    d["data"]["prompts"] = str(root / d["data"]["prompts"])
+    d["rollout"]["n_samples_per_prompt"] = 4
+    d["ppo"].update(rollout_batch_size=4, mini_batch_size=16, micro_batch_size=8)
+    (tmp_path / "e.jsonl").write_text("".join(json.dumps({"prompt": f"{a}+{b}=", "answer": str(a + b)}) + "\n"
+                                              for a, b in [(1, 2), (3, 4), (2, 2)]))
+    d["eval"] = {"prompts": str(tmp_path / "e.jsonl"), "label_key": "answer", "n_samples": 2, "k": [1, 2], "pass_function": "correct"}
+    run_dir = train(load_config(None, base=d), log=lambda _: None)
+    rows = read_metrics(run_dir)
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    for r in rows[1:]:
+        assert r["rollout/turns_mean"] == 2 and r["rollout/tool_errors"] == 0 and "rollout/template_mismatches" in r
+        assert "correct" in " ".join(r) and r["policy/loss"] == r["policy/loss"]  # the environment's part; a finite loss
+    for r in (rows[0], rows[-1]):
+        assert r["eval/greedy/turns_mean"] == 2 and 0 <= r["eval/sampled/pass@1"] <= r["eval/sampled/pass@2"] <= 1
+    d["model"].update(policy=str(run_dir / "final"), make_tiny=False)
+    d["run"]["output_dir"] = str(tmp_path / "alone")
+    out = evaluate_saved_policy(load_config(None, base=d), log=lambda _: None)
+    metrics = json.loads((out / "eval.json").read_text())
+    assert metrics["eval/greedy/turns_mean"] == 2 and "eval/sampled/pass@2" in metrics

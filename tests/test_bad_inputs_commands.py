@@ -35,6 +35,19 @@ LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num
 HUGE = json.dumps({"prompt": "the sun " * 100000, "response": " is hot"})
 RM = stage("rm", "data.train={tmp}/d.jsonl", "data.margin_key=m")
 CKPT = "{ckpts}/%s/checkpoints/step_00000001"
+EVAL = ["eval", "{tmp}/ppo.yaml", "eval={prompts: '{tmp}/e.jsonl'}"]
+CANDS = "configs/collect_cpu/candidates.yaml"
+
+
+def serve(*extra: str) -> list[str]:
+    return ["collect", "serve", "{tmp}/c.jsonl", "--store", "{tmp}/v.sqlite", *extra]
+
+
+def candidates(*extra: str) -> list[str]:
+    return ["collect", "candidates", CANDS, "model.policy={model}", "run.output_dir={tmp}/run", *extra]
+
+
+GOOD_ITEM = '{"id": "a", "prompt": "p", "responses": ["x", "y"]}\n'
 
 # (id, argv, files written under {tmp} first, expected message part)
 CASES = [
@@ -96,6 +109,21 @@ CASES = [
     ("export-out-empty-string", ["export", CKPT % "no-critic", ""], {}, "out_dir: empty path"),
     ("export-adapter-without-lora", ["export", CKPT % "no-critic", "{tmp}/out", "--lora", "adapter"], {},
      "--lora: adapter, but this run's policy trained all its weights (no model.lora)"),
+    # --- eval ---
+    ("eval-no-section", ["eval", "{tmp}/ppo.yaml"], {}, "eval: the config has no eval section"),
+    ("eval-prompts-missing", EVAL + ["eval.prompts={tmp}/nope.jsonl"], {}, "eval.prompts: '{tmp}/nope.jsonl' does not exist"),
+    ("eval-prompts-malformed", EVAL, {"e.jsonl": '{"prompt": "a"}\n{nope\n'}, "e.jsonl:2: malformed JSON"),
+    ("eval-prompts-not-utf8", EVAL, {"e.jsonl": b'{"prompt": "caf\xe9"}\n'}, "e.jsonl:1: not UTF-8 (invalid continuation byte at byte 15)\n"),
+    ("eval-prompts-lone-surrogate", EVAL, {"e.jsonl": '{"prompt": "\\ud800"}\n'}, "e.jsonl:1: holds text that is not valid Unicode"),
+    ("eval-prompt-key-absent", EVAL + ["eval.prompt_key=question"], {"e.jsonl": '{"prompt": "a"}\n'}, "e.jsonl:1: missing field 'question' (eval.prompt_key)\n"),
+    ("eval-k-beyond-samples", EVAL + ["eval.n_samples=2", "eval.k=[1, 4]"], {}, "eval.k: 4 must be between 1 and eval.n_samples (2)"),
+    ("eval-nothing-to-run", EVAL + ["eval.greedy=false", "eval.n_samples=0"], {}, "eval: set greedy: true and/or n_samples > 0"),
+    ("eval-unknown-pass-function", EVAL + ["eval.pass_function=nope"], {"e.jsonl": '{"prompt": "a"}\n'},
+     "eval.pass_function: 'nope' is not one of reward.functions"),
+    ("eval-policy-masked-lm", EVAL + ["model.policy={models}/masked-lm"], {"e.jsonl": '{"prompt": "a"}\n'}, "model.policy: {models}/masked-lm is a BertForMaskedLM"),
+    ("eval-policy-missing", EVAL + ["model.policy={tmp}/gone", "model.make_tiny=false"], {"e.jsonl": '{"prompt": "a"}\n'}, "model.policy: '{tmp}/gone' does not exist"),
+    ("eval-output-under-file", EVAL + ["run.output_dir={tmp}/x.txt/run"], {"x.txt": "x"}, "run.output_dir: '{tmp}/x.txt' is a file, so"),
+    ("eval-nan-temperature", EVAL + ["rollout.temperature=.nan"], {}, "rollout.temperature: Input should be a finite number"),
     # --- make-tiny-model ---
     ("tiny-negative-hidden", ["make-tiny-model", "{tmp}/m", "--hidden-size", "-8"], {}, "--hidden-size: -8 must be at least 8"),
     ("tiny-zero-layers", ["make-tiny-model", "{tmp}/m", "--layers", "0"], {}, "--layers: 0 must be at least 1"),
@@ -148,6 +176,10 @@ CASES = [
     ("bench-negative-prompt-len", ["bench", "rollout", "{tmp}/ppo.yaml", "--prompt-len", "-3"], {}, "argument --prompt-len: -3 must be at least 1"),
     ("bench-prompt-longer-than-context", ["bench", "rollout", "{tmp}/ppo.yaml", "--prompt-len", "200"], {},
      "bench --prompt-len: 200 is more than data.max_prompt_tokens="),
+    ("bench-nan-tool-latency", ["bench", "rollout", "{tmp}/ppo.yaml", "--tool-latency-s", "nan"], {},
+     "argument --tool-latency-s: nan must be a number of seconds from 0 to 600"),
+    ("bench-tool-latency-words", ["bench", "rollout", "{tmp}/ppo.yaml", "--tool-latency-s", "slow"], {},
+     "argument --tool-latency-s: invalid number: 'slow'"),
     ("bench-zero-steps", ["bench", "step", "{tmp}/ppo.yaml", "--steps", "0"], {}, "argument --steps: 0 must be at least 1"),
     ("bench-nan-bucket", ["bench", "sync", "{tmp}/ppo.yaml", "--bucket-mb", "1,nan"], {}, "bench --bucket-mb: '1,nan': every size must be"),
     ("bench-bucket-words", ["bench", "sync", "{tmp}/ppo.yaml", "--bucket-mb", "big"], {}, "bench --bucket-mb: 'big' is not a comma-separated"),
@@ -177,6 +209,10 @@ CASES = [
      "cluster.cpu_cores.main: core(s) [4096] do not exist here"),
     ("cores-not-a-list", ["plan", "{tmp}/ppo.yaml", "cluster.cpu_cores={main: 'first'}"], {}, "cluster.cpu_cores.main: 'first' is not a list of cores"),
     ("cores-huge-range", ["plan", "{tmp}/ppo.yaml", "cluster.cpu_cores={main: '0-999999999999'}"], {}, "is not a list of cores"),
+    ("more-nodes-than-a-local-cluster", ["train", "{tmp}/ppo.yaml", "placement.pools.main.nodes=2"], {},
+     "placement.pools.main.nodes: 2 nodes, but without cluster.address the job starts a local Ray cluster of one node"),
+    ("eval-more-nodes-than-local", EVAL + ["placement.pools.main.nodes=3"], {"e.jsonl": '{"prompt": "a"}\n'},
+     "placement.pools.main.nodes: 3 nodes"),
     ("wandb-without-login", ["train", "{tmp}/ppo.yaml", "run.loggers=[wandb]"], {}, "run.loggers: 'wandb' has no login here"),
     ("train-bad-eval-prompts", ["train", "{tmp}/ppo.yaml", "eval.prompts={tmp}/e.jsonl", "run.output_dir={tmp}/run"], {"e.jsonl": "{nope\n"},
      "e.jsonl:1: malformed JSON"),
@@ -188,6 +224,44 @@ CASES = [
     ("sft-unknown-role", stage("sft", "data.train={tmp}/d.jsonl", "data.messages_key=messages"),
      {"d.jsonl": json.dumps({"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "yo"}]}) + "\n"},
      "message 0 of 'messages' has role 'robot'; roles are system, user, assistant, tool"),
+    # --- collect ---
+    ("collect-serve-candidates-missing", serve(), {}, "candidates: '{tmp}/c.jsonl' does not exist"),
+    ("collect-serve-malformed-line", serve(), {"c.jsonl": GOOD_ITEM + '{"id": "b", "prompt": \n'}, "c.jsonl:2: malformed JSON"),
+    ("collect-serve-one-response", serve(), {"c.jsonl": '{"prompt": "p", "responses": ["x"]}\n'},
+     "c.jsonl:1: field 'responses' holds 1 responses; people compare 2 to 8"),
+    ("collect-serve-nine-responses", serve(), {"c.jsonl": json.dumps({"prompt": "p", "responses": ["x"] * 9}) + "\n"},
+     "holds 9 responses"),
+    ("collect-serve-response-not-text", serve(), {"c.jsonl": '{"prompt": "p", "responses": ["x", {"a": 1}]}\n'},
+     "c.jsonl:1: response 1 of 'responses' is not a string"),
+    ("collect-serve-duplicate-id", serve(), {"c.jsonl": GOOD_ITEM * 2}, "c.jsonl:2: id 'a' was already given at"),
+    ("collect-serve-empty-file", serve(), {"c.jsonl": ""}, "holds no items"),
+    ("collect-serve-not-jsonl", ["collect", "serve", "{tmp}/c.csv"], {"c.csv": "a,b\n"}, "is neither .jsonl nor .parquet"),
+    ("collect-serve-bad-annotator", serve("--annotator", "a b"), {"c.jsonl": GOOD_ITEM}, "--annotator: 'a b' must be 1-40 letters"),
+    ("collect-serve-annotator-twice", serve("--annotator", "x", "--annotator", "x"), {"c.jsonl": GOOD_ITEM}, "--annotator: a name is given twice"),
+    ("collect-serve-host-name", serve("--host", "example.com"), {"c.jsonl": GOOD_ITEM}, "--host: 'example.com' is not an IP address"),
+    ("collect-serve-port-range", serve("--port", "70000"), {"c.jsonl": GOOD_ITEM}, "--port: Input should be less than or equal to 65535"),
+    ("collect-serve-overlap-zero", serve("--overlap", "0"), {"c.jsonl": GOOD_ITEM}, "--overlap: Input should be greater than or equal to 1"),
+    ("collect-serve-store-is-directory", ["collect", "serve", "{tmp}/c.jsonl", "--store", "{tmp}"], {"c.jsonl": GOOD_ITEM},
+     "--store: '{tmp}' is a directory, not a file"),
+    ("collect-serve-store-not-sqlite", serve(), {"c.jsonl": GOOD_ITEM, "v.sqlite": "my notes\n" * 100}, "is not a vote store"),
+    ("collect-serve-store-is-link", serve(), {"c.jsonl": GOOD_ITEM, "mine": "x", "v.sqlite": LINK("mine")}, "--store: '{tmp}/v.sqlite' is a symbolic link"),
+    ("collect-export-store-missing", ["collect", "export", "{tmp}/nope.sqlite", "{tmp}/p.jsonl"], {}, "STORE: '{tmp}/nope.sqlite' does not exist"),
+    ("collect-export-not-a-store", ["collect", "export", "{tmp}/v.sqlite", "{tmp}/p.jsonl"], {"v.sqlite": "my notes\n" * 100}, "is not a vote store"),
+    ("collect-export-out-exists", ["collect", "export", "{tmp}/v.sqlite", "{tmp}/p.jsonl"], {"p.jsonl": "mine"},
+     "OUT: '{tmp}/p.jsonl' already exists (a file); pass --force"),
+    ("collect-candidates-one-sample", candidates("rollout.n_samples_per_prompt=1"), {}, "people compare 2 to 8 responses of a prompt, not 1"),
+    ("collect-candidates-nine-samples", candidates("rollout.n_samples_per_prompt=9"), {}, "not 9"),
+    ("collect-candidates-policy-seq-cls", candidates("model.policy={models}/seq-cls"), {}, "model.policy: {models}/seq-cls is a LlamaForSequenceClassification"),
+    ("collect-candidates-checkpoint-crafted", candidates("model.policy=" + CKPT % "crafted"), {}, "refused to unpickle"),
+    ("collect-candidates-prompts-missing", candidates("data.prompts={tmp}/nope.jsonl"), {}, "data.prompts: '{tmp}/nope.jsonl' does not exist"),
+    ("collect-start-missing-files", ["collect", "start", "{tmp}"], {}, "must hold sft.yaml, candidates.yaml, rm.yaml, ppo.yaml; missing"),
+    ("collect-start-override-without-step", ["collect", "start", "configs/collect_cpu", "run.steps=1"], {},
+     "collect override 'run.steps=1' must look like STEP:dotted.key=value"),
+    ("collect-start-bad-port", ["collect", "start", "configs/collect_cpu", "--port", "-1"], {}, "Input should be greater than or equal to 0"),
+    ("collect-train-not-a-session", ["collect", "train", "{tmp}"], {}, "collect train: '{tmp}/session.json' does not exist"),
+    ("cli-collect-without-verb", ["collect"], {}, "the following arguments are required: verb"),
+    ("bench-collect-zero-annotators", ["bench", "collect", "--annotators", "0"], {}, "argument --annotators: 0 must be at least 1"),
+    ("bench-rollout-without-config", ["bench", "rollout"], {}, "bench rollout: needs CONFIG"),
     ("prompts-lone-surrogate", ["train", "{tmp}/ppo.yaml", "data.prompts={tmp}/p.jsonl"], {"p.jsonl": '{"prompt": "\\udfff"}\n'},
      "p.jsonl:1: holds text that is not valid Unicode"),
 ]

@@ -1,4 +1,4 @@
-"""The three benchmarks run end to end on CPU and write their tables' rows as JSON. No timing is asserted:
+"""The benchmarks run end to end on CPU and write their tables' rows as JSON. No timing is asserted:
 speed figures belong in benchmarks/README.md, not in tests."""
 import json
 from pathlib import Path
@@ -34,6 +34,30 @@ def test_bench_rollout_compares_with_vllm_direct(ray_session, config, tmp_path, 
     assert result["rows"][0]["tokens"] == result["rows"][1]["tokens"] > 0
     assert {s["path"] for s in result["summary"]} == {"rlhf_dist engines", "vLLM direct"}
     assert "median_tokens_per_s" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bench_rollout_on_an_agent_config_compares_per_sample_with_per_turn_and_single_turn(ray_session, tmp_path):
+    """Same seeds for both multi-turn rows; the single-turn row generates exactly the tokens the episodes sampled."""
+    import yaml
+
+    d = yaml.safe_load((ROOT / "configs/agent_cpu.yaml").read_text())
+    d["model"]["policy"] = str(tmp_path / "chat-model")
+    d["data"]["prompts"] = str(ROOT / d["data"]["prompts"])
+    d["run"]["output_dir"] = str(tmp_path / "run")
+    d["placement"]["policy"]["num_gpus"] = d["placement"]["reference"]["num_gpus"] = 1
+    (tmp_path / "agent.yaml").write_text(yaml.safe_dump(d))
+    out = tmp_path / "agent.json"
+    assert main(["bench", "rollout", str(tmp_path / "agent.yaml"), "--prompts", "8", "--repeats", "1", "--tool-latency-s", "0.05",
+                 "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    per_sample, per_turn, single = result["rows"]
+    assert [per_sample["path"], per_turn["path"], single["path"]] == ["per-sample advancement", "per-turn batches",
+                                                                      "single-turn, same tokens"]
+    assert per_sample["episodes"] == per_turn["episodes"] == 8 and per_sample["turns_mean"] == per_turn["turns_mean"] == 2
+    assert single["tokens"] == per_sample["tokens"] > 0  # equal work: the episodes' sampled tokens, generated in one turn
+    # Every episode's step slept its latency (0.025 to 0.1 s, one step per turn): the environment's seconds show it.
+    assert per_sample["env_s"] >= 8 * 2 * 0.025
 
 
 @pytest.mark.slow
@@ -91,3 +115,14 @@ def test_overlap_efficiency_against_the_ideal():
     rows = [{"generate": 9.0, "train": 1.0, "step_s": 10.0, **overlap(9.0, 1.0, 10.0)}] + [
         {"generate": 2.0, "train": 1.0, "step_s": s, **overlap(2.0, 1.0, s)} for s in (2.0, 2.5, 3.0)]
     assert overlap_summary(rows)["step_s"] == 2.5  # the first step is left out
+
+
+def test_bench_collect_counts_every_vote(tmp_path, capsys):
+    out = tmp_path / "collect.json"
+    assert main(["bench", "collect", "--annotators", "4", "--votes", "24", "--repeats", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    (row,) = result["rows"]
+    assert row["votes"] == 24 and row["annotators"] == 4
+    assert (row["lost"], row["duplicated"], row["unacknowledged"], row["shared_items"], row["errors"]) == (0, 0, 0, 0, [])
+    assert row["p50_ms"] <= row["p99_ms"] and result["ok"] is True
+    assert "votes_per_s" in capsys.readouterr().out

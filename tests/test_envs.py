@@ -163,6 +163,26 @@ def test_a_turn_that_a_full_render_would_tokenize_differently_is_counted(qwen):
         run(qwen, env_tools.Countdown, [["x", "y"], ["x", "y"]], lim=limits(max_turns=2, check_template="error"), ids={(1, 0): chars})
 
 
+def test_check_template_restart_samples_a_differing_trajectory_again(qwen):
+    """check_template=restart: a trajectory whose ids differ from a full render is sampled again with the
+    restart's seeds (seed + r x RESTART_SEED_OFFSET); one still differing after two restarts is kept, counted."""
+    from rlhf_dist.rollout.multiturn import RESTART_SEED_OFFSET, TEMPLATE_RESTARTS
+
+    chars = [qwen.convert_tokens_to_ids(c) for c in "hello"] + [qwen.eos_token_id]
+    r = RESTART_SEED_OFFSET // TURN_SEED_OFFSET  # a restart's turn t arrives at the scripted engine as r + t
+    replies = [{t + a * r: text for a in range(3) for t, text in enumerate(["x", "y"])} for _ in range(2)]
+    lim = limits(max_turns=2, check_template="restart")
+    trajs, metrics, engines = run(qwen, env_tools.Countdown, replies, lim=lim, ids={(1, 0): chars})
+    assert metrics["rollout/template_restarts"] == 1 and metrics["rollout/template_mismatches"] == 0
+    assert trajs[1].response_ids[: len(chars)] != chars and [t.prompt_index for t in trajs] == [0, 1]
+    assert [turns for turns, _ in engines.calls][-2:] == [[(1, r)], [(1, r + 1)]]  # only sample 1 again, new seeds
+    # Differing every time: kept after TEMPLATE_RESTARTS restarts, and reported.
+    always = {(1, a * r): chars for a in range(3)}
+    trajs, metrics, _ = run(qwen, env_tools.Countdown, replies, lim=lim, ids=always)
+    assert metrics["rollout/template_restarts"] == TEMPLATE_RESTARTS and metrics["rollout/template_mismatches"] == 1
+    assert trajs[1].response_ids[: len(chars)] == chars
+
+
 def test_budgets_end_episodes_with_length(qwen):
     long = "a b c d e f g h i j k l m n o p"
     trajs, metrics, _ = run(qwen, env_tools.Countdown, [[long] * 4, ["x"] * 4],
@@ -319,3 +339,51 @@ def test_the_user_environment_in_the_docs_loads_and_runs(qwen, tmp_path, monkeyp
     assert "<|im_start|>tool\n7<|im_end|>" in qwen.decode(t.response_ids)  # the tool ran in its own interpreter
     assert t.finish_reason == "stop" and t.env_rewards == {"wrong": -0.1, "env": 1.0}
     assert metrics["rollout/tool_calls_mean"] == 1 and metrics["rollout/turns_mean"] == 3
+
+
+def test_an_agent_config_is_evaluated_episode_by_episode_with_pass_at_k(qwen, tmp_path):
+    """eval with an env: each prompt is an episode (greedy: every turn at temperature 0), scored by the
+    functions and the environment's parts; pass@k counts the environment's `correct`."""
+    from rlhf_dist.config import load_config
+    from rlhf_dist.rewards.functions import RuleRewards
+    from rlhf_dist.rollout.evaluation import Evaluator, mean_pass_at_k
+    from rlhf_dist.rollout.requests import generation_seed
+    from tests.conftest import demo_config_dict
+
+    (tmp_path / "e.jsonl").write_text("".join(json.dumps({"prompt": f"{j}+3=", "answer": "7"}) + "\n" for j in range(3)))
+    d = demo_config_dict(str(tmp_path / "m"), str(tmp_path / "e.jsonl"), str(tmp_path / "o"))
+    d["data"].update(apply_chat_template=True, label_key="answer", max_prompt_tokens=64)
+    d["rollout"]["max_new_tokens"] = 200
+    d["reward"]["functions"] = [{"name": "rlhf_dist.rewards.math:starts_with_number"}]
+    d["env"] = {"name": "arith_feedback", "max_turns": 2, "max_total_new_tokens": 100}
+    d["eval"] = {"prompts": str(tmp_path / "e.jsonl"), "label_key": "answer", "greedy": True, "n_samples": 2, "k": [1, 2],
+                 "pass_function": "correct"}
+    cfg = load_config(None, base=d)
+    spec = EnvSpec(ArithFeedbackEnv, {"turns": 2}, limits(), "arith_feedback")
+    rules = RuleRewards(cfg.reward.functions, has_labels=True)
+    evaluator = Evaluator(cfg, qwen, rules, log=lambda _: None, env=spec)
+    # Request j of a round answers right on both turns when j % 3 == 1 (and its first turn only when j % 3 == 2).
+    replies = {j: [["1", "1"], ["7", "7"], ["7", "2"]][j % 3] for j in range(6)}
+    sent = []  # the sampling settings of every request, call by call
+    engines = Scripted(qwen, replies, base=generation_seed(cfg.run.seed, 0, 0), on_call=lambda turns: None)
+    engines.reward = None
+    submit = engines.submit_generate
+    engines.submit_generate = lambda prompts, seed, sampling=None: (sent.append(sampling), submit(prompts, seed, sampling))[1]
+    metrics = evaluator.run(engines)
+    # Greedy: one episode per prompt (requests 0, 1, 2); sampled: 2 per prompt (requests 0-5, prompt j // 2).
+    assert metrics["eval/greedy/turns_mean"] == 2 and metrics["eval/sampled/turns_mean"] == 2
+    assert metrics["eval/greedy/pass@1"] == pytest.approx(1 / 3)
+    assert metrics["eval/greedy/correct"] == pytest.approx((0 + 1 + 0.5) / 3)
+    per_prompt = [sum(replies[j] == ["7", "7"] for j in (2 * i, 2 * i + 1)) for i in range(3)]
+    for k in (1, 2):
+        assert metrics[f"eval/sampled/pass@{k}"] == pytest.approx(mean_pass_at_k(per_prompt, 2, k))
+    # The greedy round's two calls (one per turn) are sent at temperature 0; the sampled round's keep the rollout's.
+    assert [len(c) for c in sent] == [3, 3, 6, 6]
+    assert all(o["temperature"] == 0.0 for c in sent[:2] for o in c) and all("temperature" not in o for c in sent[2:] for o in c)
+    assert metrics["eval/greedy/starts_with_number"] == 1.0
+
+    # A pass function that is neither a reward function nor a part the environment declares: refused up front.
+    bad = load_config(None, base={**d, "eval": {**d["eval"], "pass_function": "nope"}})
+    with pytest.raises(ConfigError, match=r"eval.pass_function: 'nope' is not one of reward.functions or the environment's "
+                                          r"reward parts \(starts_with_number, correct\)"):
+        Evaluator(bad, qwen, rules, log=lambda _: None, env=spec)

@@ -67,7 +67,7 @@ def test_eval_section_errors(tiny_model, tmp_path):
     with pytest.raises(ConfigError, match="eval.pass_function: 'nope' is not one of reward.functions"):
         Evaluator(cfg, tok, RuleRewards(cfg.reward.functions, has_labels=True), log=lambda _: None)
     cfg = grpo_eval_config(tiny_model, str(tmp_path / "o"), "eval.pass_function=null")
-    assert Evaluator(cfg, tok, RuleRewards(cfg.reward.functions, has_labels=True), log=lambda _: None).pass_index is None
+    assert Evaluator(cfg, tok, RuleRewards(cfg.reward.functions, has_labels=True), log=lambda _: None).pass_name is None
     cfg = grpo_eval_config(tiny_model, str(tmp_path / "o"), "eval.label_key=null")
     with pytest.raises(ConfigError, match="eval.label_key: reward function 'rlhf_dist.rewards.math:math_verify_reward' needs a label"):
         Evaluator(cfg, tok, RuleRewards(cfg.reward.functions, has_labels=True), log=lambda _: None)

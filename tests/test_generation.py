@@ -43,6 +43,36 @@ def test_sampling_settings_reach_vllm(tmp_path):
     assert greedy.temperature == 0.0 and greedy.stop == [] and greedy.max_tokens == 12
 
 
+@pytest.mark.parametrize("field,value", [("temperature", 0.01), ("temperature", 2.0), ("temperature", 2.5), ("temperature", 0.001),
+                                         ("top_p", 1e-6), ("top_p", 1.0), ("top_k", 0), ("top_k", 1), ("min_p", 0.0),
+                                         ("min_p", 1.0), ("max_new_tokens", 1)])
+def test_the_config_accepts_exactly_what_vllm_accepts(tmp_path, field, value):
+    """The rollout section's sampling bounds are vLLM's own: a value the config accepts builds SamplingParams
+    unchanged, and one it refuses vLLM refuses or would silently change (so no engine refuses it after the
+    actors start)."""
+    import warnings
+
+    from vllm import SamplingParams
+
+    from rlhf_dist.config import ConfigError
+
+    d = demo_config_dict(str(tmp_path / "m"), "p.jsonl", str(tmp_path / "o"))
+    d["rollout"][field] = value
+    vllm_name = {"max_new_tokens": "max_tokens"}.get(field, field)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            vllm_ok = getattr(SamplingParams(**{vllm_name: value}), vllm_name) == value
+    except Exception:  # noqa: BLE001 - vLLM refuses (VLLMValidationError, or ValueError for some fields)
+        vllm_ok = False
+    try:
+        load_config(None, base=d)
+        ours_ok = True
+    except ConfigError:
+        ours_ok = False
+    assert ours_ok == vllm_ok, (field, value, ours_ok, vllm_ok)
+
+
 @pytest.mark.slow
 def test_stop_string_and_stop_token_end_generation_where_asked(ray_session, tiny_model, tmp_path):
     from transformers import AutoTokenizer

@@ -46,7 +46,16 @@ def test_resumed_run_matches_uninterrupted_run(ray_session, tiny_model, tmp_path
     assert lrs[0] < lrs[1] and lrs[1] > lrs[2] > lrs[3], lrs  # warmup, then decay
     first = train(config(tiny_model, str(tmp_path / "split"), SCHEDULE, steps=2))
     assert sorted(p.name for p in (first / "checkpoints").iterdir()) == ["step_00000002"]
+    # Links planted where the resumed run writes whole files: replaced, and the user's file left as it was.
+    mine = tmp_path / "users-file.txt"
+    mine.write_text("the user's own file\n")
+    (first / "final").mkdir(exist_ok=True)
+    for planted in (first / "final" / "config.json", first / "final" / "tokenizer.json", first / "config.resume-step2.yaml"):
+        planted.unlink(missing_ok=True)
+        planted.symlink_to(mine)
     resumed_dir = train(config(tiny_model, str(tmp_path / "split"), SCHEDULE, "resume=auto"))
+    assert mine.read_text() == "the user's own file\n"
+    assert not any(p.is_symlink() for p in [*(first / "final").iterdir(), first / "config.resume-step2.yaml"])
     assert resumed_dir == first  # the same run continues
     resumed = read_metrics(resumed_dir)
     assert [r["step"] for r in resumed] == [1, 2, 3, 4]

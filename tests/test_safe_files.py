@@ -175,7 +175,7 @@ def test_run_directories_that_lead_elsewhere_are_refused(tmp_path, name):
     from rlhf_dist import checkpoint
     from rlhf_dist.config import ConfigError, RunConfig
     from rlhf_dist.metrics import MetricsWriter
-    from rlhf_dist.outputs import owned_dir
+    from rlhf_dist.outputs import fresh_owned_dir
 
     run, elsewhere = tmp_path / "run", tmp_path / "users-dir"
     run.mkdir()
@@ -187,8 +187,50 @@ def test_run_directories_that_lead_elsewhere_are_refused(tmp_path, name):
         elif name == "tensorboard":
             MetricsWriter(run, RunConfig(loggers=["tensorboard"]))
         else:
-            owned_dir(run / name, run)
+            with fresh_owned_dir(run / name, run):
+                pass
     assert list(elsewhere.iterdir()) == []
+
+
+def test_a_saved_model_directory_is_written_fresh_so_links_planted_in_the_old_one_are_never_followed(tmp_path):
+    """final/ is saved again on resume by save_pretrained, which opens files by name: it is filled in a new
+    directory that replaces the old one, so a link planted in final/ (or a leftover of the old save) is
+    dropped and the user's file it points at is left as it was."""
+    from rlhf_dist.outputs import fresh_owned_dir
+
+    run, mine, before = planted(tmp_path, "unused")
+    (run / "final").mkdir()
+    (run / "final" / "config.json").symlink_to(mine)
+    (run / "final" / "stale.bin").write_bytes(b"old")
+    with fresh_owned_dir(run / "final", run) as final:
+        (final / "config.json").write_text("{}")  # what save_pretrained does: open(path, "w")
+    assert mine.read_bytes() == before
+    assert sorted(p.name for p in (run / "final").iterdir()) == ["config.json"]
+    assert (run / "final" / "config.json").read_text() == "{}" and oct((run / "final").stat().st_mode & 0o777) == "0o755"
+    assert sorted(p.name for p in run.iterdir()) == ["final", "unused"]  # no temporary directory left behind
+    # A save that fails leaves the old directory as it was.
+    with pytest.raises(RuntimeError), fresh_owned_dir(run / "final", run) as final:
+        (final / "half").write_text("x")
+        raise RuntimeError("the save failed")
+    assert sorted(p.name for p in (run / "final").iterdir()) == ["config.json"] and sorted(p.name for p in run.iterdir()) == ["final", "unused"]
+
+
+def test_a_checkpoint_save_unlinks_links_planted_where_it_writes(tmp_path):
+    from rlhf_dist import checkpoint
+
+    class Saves:  # the cluster's part of a save: every rank writes its files into the directory it is given
+        def save_checkpoint(self, path):
+            Path(path, "model.pt").write_bytes(b"weights")
+
+    run, elsewhere = tmp_path / "run", tmp_path / "users-dir"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("mine")
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "step_00000002.tmp").symlink_to(elsewhere, target_is_directory=True)
+    (run / "checkpoints" / "step_00000002").symlink_to(elsewhere, target_is_directory=True)
+    path = checkpoint.save(Saves(), {"step": 2}, run, 2, keep_last=1)
+    assert not path.is_symlink() and (path / "model.pt").read_bytes() == b"weights"
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["keep.txt"] and (elsewhere / "keep.txt").read_text() == "mine"
 
 
 def test_report_replaces_its_own_default_output_but_never_a_user_file(tmp_path, capsys):

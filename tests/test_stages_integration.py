@@ -201,7 +201,13 @@ def test_dpo_resumed_from_a_checkpoint_equals_an_uninterrupted_run(ray_session, 
     full = run_stage("dpo", dpo_config(tiny_model, tmp_path / "full", "train.max_steps=4", *common))
     part = run_stage("dpo", dpo_config(tiny_model, tmp_path / "part", "train.max_steps=2", "checkpoint.every_n_steps=2", *common))
     assert (part / "checkpoints" / "step_00000002" / "COMPLETE").is_file()
+    mine = tmp_path / "users-file.txt"  # links planted in the saved model's directory are replaced, never followed
+    mine.write_text("the user's own file\n")
+    for planted in (part / "final" / "config.json", part / "final" / "model.safetensors"):
+        planted.unlink()
+        planted.symlink_to(mine)
     resumed = run_stage("dpo", dpo_config(tiny_model, tmp_path / "part", "train.max_steps=4", "resume=auto", *common))
+    assert mine.read_text() == "the user's own file\n" and not any(p.is_symlink() for p in (part / "final").iterdir())
     assert resumed == part
     want, got = read_metrics(full), read_metrics(resumed)
     assert [r["step"] for r in got] == [r["step"] for r in want] == [0, 1, 2, 3, 4]

@@ -207,7 +207,7 @@ def test_a_batch_that_is_never_generated_is_an_error_within_its_deadline():
 def test_evaluation_and_labelling_draw_typed_groups_through_the_same_requests():
     engines = Engines()
     prompts = PromptSet(["x", "y", "z"], [[0], [1], [2]], None, [])
-    samples, seconds = generate(engines, prompts, [2, 0, 1], 3, seed=11)
+    samples, seconds, _ = generate(engines, prompts, [2, 0, 1], 3, seed=11)
     assert [s.prompt_index for s in samples] == [2, 2, 2, 0, 0, 0, 1, 1, 1]
     assert [s.group for s in samples] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     assert all(isinstance(s, Trajectory) for s in samples) and seconds == 0.01

@@ -69,6 +69,11 @@ def _pipeline(args) -> int:
     return 0
 
 
+def _collect(args) -> int:
+    log = (lambda m: print(m, flush=True)) if args.verb in ("serve", "export") else echo
+    return args.collect(args, log)
+
+
 def _plan(args) -> int:
     from rlhf_dist.config import load_config
     from rlhf_dist.commands.plan import format_plan, plan, plan_json
@@ -93,18 +98,37 @@ def _bench(args) -> int:
 
     if args.out is not None:  # before anything runs: a user's file is never replaced unless forced
         check_new_file(args.out, "bench --out", args.force)
+    if args.what == "collect":
+        from rlhf_dist.commands import collect
+
+        result = collect.bench(args)
+        print(bench.table(result["rows"], ["repeat", "annotators", "votes", "seconds", "votes_per_s", "p50_ms", "p99_ms", "lost",
+                                           "duplicated", "unacknowledged", "shared_items"]))
+        result["summary"] = bench.medians(result["rows"], "votes_per_s", ("annotators",))
+        print(f"written to {bench.write(args.out, 'collect', result)}")
+        if not result["ok"]:
+            print("rlhf-dist bench collect: votes lost, duplicated or refused (see the table and 'errors' in the JSON)", file=sys.stderr)
+            return 1
+        return 0
+    if args.config is None:
+        raise ConfigError(f"bench {args.what}: needs CONFIG, a PPO config file")
     buckets = bucket_sizes(args.bucket_mb)
     overrides = list(args.overrides)
     if args.what == "step":
         overrides += [f"run.steps={args.steps}", "run.save_final=false", "run.progress_bar=false",
                       f"run.output_dir={args.run_dir}"]
     cfg = checked(load_config(args.config, overrides))
-    if args.what == "rollout" and args.prompt_len > cfg.data.max_prompt_tokens:
+    if args.what == "rollout" and cfg.env is None and args.prompt_len > cfg.data.max_prompt_tokens:
         # The engines' context is sized from the config (max_prompt_tokens + max_new_tokens): vLLM refused
         # longer prompts only once the actors were up.
         raise ConfigError(f"bench --prompt-len: {args.prompt_len} is more than data.max_prompt_tokens={cfg.data.max_prompt_tokens}, "
                           "which sizes the engines' context; raise it with data.max_prompt_tokens=N")
-    if args.what == "rollout":
+    if args.what == "rollout" and cfg.env is not None:  # an agent config: multi-turn rows (bench_agents.py)
+        from rlhf_dist.commands.bench_agents import bench_agent_rollout
+
+        result = bench_agent_rollout(cfg, args.prompts, args.repeats, args.tool_latency_s)
+        columns = ["path", "repeat", "episodes", "tokens", "seconds", "tokens_per_s", "engine_s", "turns_mean", "env_s"]
+    elif args.what == "rollout":
         result = bench.bench_rollout(cfg, args.prompts, args.prompt_len, args.repeats)
         columns = ["path", "engines", "repeat", "prompts", "tokens", "seconds", "tokens_per_s", "requests_per_s", "tokens_per_s_per_engine"]
     elif args.what == "sync":
@@ -176,6 +200,17 @@ def at_least(low: int):
     return parse
 
 
+def seconds_arg(text: str) -> float:
+    """An argparse type: a finite number of seconds, 0 to 600."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not 0 <= value <= 600:  # NaN fails both comparisons
+        raise argparse.ArgumentTypeError(f"{text} must be a number of seconds from 0 to 600")
+    return value
+
+
 def bucket_sizes(text: str) -> list[float]:
     """--bucket-mb: comma-separated sizes in MiB, each finite and above 0."""
     import math
@@ -233,19 +268,28 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=_plan)
 
     p = sub.add_parser("bench", help="benchmarks: rollout throughput, weight-sync bandwidth, step phase breakdown")
-    p.add_argument("what", choices=["rollout", "sync", "step"])
-    p.add_argument("config")
+    p.add_argument("what", choices=["rollout", "sync", "step", "collect"])
+    p.add_argument("config", nargs="?", help="the PPO config (every benchmark but collect)")
     p.add_argument("overrides", nargs="*")
     p.add_argument("--out", help="JSON output path (default benchmarks/results/WHAT.json)")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument("--prompts", type=at_least(1), default=64, help="rollout: number of prompts")
-    p.add_argument("--prompt-len", type=at_least(1), default=16, help="rollout: prompt tokens")
+    p.add_argument("--prompt-len", type=at_least(1), default=16, help="rollout: prompt tokens (agent configs use data.prompts)")
+    p.add_argument("--tool-latency-s", type=seconds_arg, default=0.1,
+                   help="rollout on an agent config: the mean time each environment step takes (0.5x to 2x over the episodes)")
     p.add_argument("--repeats", type=at_least(1), default=3, help="rollout, sync: timed repeats")
     p.add_argument("--bucket-mb", default="0.25,1,16", help="sync: comma-separated bucket sizes in MiB")
     p.add_argument("--steps", type=at_least(1), default=5, help="step: steps to run")
     p.add_argument("--run-dir", default="runs/bench-step", help="step: where the run writes")
     p.add_argument("--limit-repeats", type=at_least(0), default=3, help="step: timed repeats of each limit (0: none)")
+    p.add_argument("--annotators", type=at_least(1), default=20, help="collect: scripted annotators voting at once")
+    p.add_argument("--votes", type=at_least(1), default=400, help="collect: votes cast in each repeat, across annotators")
     p.set_defaults(fn=_bench)
+
+    from rlhf_dist.commands.collect import add_parsers
+
+    add_parsers(sub, job, at_least)
+    sub.choices["collect"].set_defaults(fn=_collect)
 
     p = sub.add_parser("export", help="write a checkpoint's policy (or critic) as a HuggingFace model directory")
     p.add_argument("checkpoint", help="a checkpoint directory, e.g. runs/demo/checkpoints/step_00000010")

@@ -22,7 +22,13 @@ def evaluate_saved_policy(cfg: Config, log=print) -> Path:
     derived = derive(cfg)
     tokenizer = prepare_model(cfg, log)
     rules = RuleRewards(cfg.reward.functions, has_labels=cfg.eval.label_key is not None)
-    evaluator = Evaluator(cfg, tokenizer, rules, log)  # reads and checks the prompts before anything is written
+    env = None
+    if cfg.env is not None:  # an agent config: each prompt is an episode
+        from rlhf_dist.data.prompts import load_prompts
+        from rlhf_dist.trainers.ppo import env_spec
+
+        env = env_spec(cfg, tokenizer, load_prompts(cfg.data, tokenizer))
+    evaluator = Evaluator(cfg, tokenizer, rules, log, env)  # reads and checks the prompts before anything is written
     run_dir = fresh_run_dir(f"{cfg.run.output_dir}-eval")
     log = RunLog(run_dir, log)
     write_config(run_dir, cfg, None)

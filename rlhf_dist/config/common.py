@@ -117,8 +117,9 @@ class EvalConfig(Strict):
     k: list[int] = Field(default_factory=lambda: [1], description="pass@k reported for each k <= n_samples")
     pass_function: str | None = Field(
         None,
-        description="a verifiable reward: a response is correct when this reward function (its name after the colon) "
-        "gives at least pass_threshold; without it there is no pass@k, only mean rewards",
+        description="a verifiable reward: a response is correct when this reward function (its name after the colon), "
+        "or with an `env` this part of the environment's reward, gives at least pass_threshold; without it there is "
+        "no pass@k, only mean rewards",
     )
     pass_threshold: float = Field(1.0, description="the pass_function value that counts as correct")
 

@@ -13,6 +13,7 @@ import annotated_types
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from rlhf_dist.config.collect import CandidatesConfig
 from rlhf_dist.config.common import PathKind, ResumableJob
 from rlhf_dist.config.rl import Config
 from rlhf_dist.config.stages import STAGES
@@ -23,10 +24,11 @@ REGENERATE = "make docs (python -m rlhf_dist.config.reference docs/config.md)"
 ROOTS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("train", Config),
     *STAGES.items(),
+    ("collect candidates", CandidatesConfig),
 )
 # Other commands and files that read a root's config.
 ALSO = {"train": "`rlhf-dist eval`, `plan`, `bench` and the pipeline's `ppo.yaml`", "sft": "the pipeline's `sft.yaml`",
-        "rm": "the pipeline's `rm.yaml`"}
+        "rm": "the pipeline's `rm.yaml`", "collect candidates": "`collect start`'s `candidates.yaml`"}
 # Sections every job shares: listed after a root's own sections, which say more about the command.
 SHARED = set(ResumableJob.model_fields)
 BOUNDS = {annotated_types.Ge: ("ge", ">="), annotated_types.Gt: ("gt", ">"), annotated_types.Le: ("le", "<="),

@@ -62,7 +62,9 @@ class DataConfig(Strict):
 
 class RolloutConfig(Strict):
     max_new_tokens: int = Field(32, ge=1, description="a response is cut here (finish reason `length`)")
-    temperature: float = Field(1.0, gt=0, description="sampling temperature")
+    # vLLM's own range, so an engine never refuses it after the actors start (tests/test_generation.py checks
+    # the bounds against vLLM): it raises a value below 0.01 to 0.01 without failing, and refuses one above 2.
+    temperature: float = Field(1.0, ge=0.01, le=2, description="sampling temperature (vLLM's range, 0.01 to 2)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
     top_k: int = Field(0, ge=0, description="0: off")
     min_p: float = Field(0.0, ge=0, le=1, description="0: off")
@@ -153,10 +155,11 @@ class EnvConfig(Strict):
         120, gt=0, description="a trajectory not done by then ends with finish reason `timeout` (tools included)"
     )
     concurrency: int = Field(16, ge=1, description="environment steps and tool calls running at once")
-    check_template: Literal["report", "error", "off"] = Field(
+    check_template: Literal["report", "error", "restart", "off"] = Field(
         "report",
         description="compare each trajectory's ids with a full render of its conversation: count differences "
-        "(`rollout/template_mismatches`), stop the run at the first, or skip the check",
+        "(`rollout/template_mismatches`), stop the run at the first, sample a differing trajectory again (up to 2 "
+        "times, `rollout/template_restarts`), or skip the check",
     )
 
 
@@ -335,8 +338,6 @@ class Config(ResumableJob):
         if self.env.max_total_new_tokens > self.rollout.max_new_tokens:
             raise ValueError(f"env.max_total_new_tokens: {self.env.max_total_new_tokens} exceeds rollout.max_new_tokens="
                              f"{self.rollout.max_new_tokens} (which bounds everything after the prompt)")
-        if self.eval is not None:
-            raise ValueError("eval: evaluation of an environment's episodes is not supported yet; remove the eval section")
         return self
 
     @model_validator(mode="after")

@@ -72,10 +72,18 @@ def check_loggers(cfg: BaseModel) -> None:
 
 
 def check_local_device(cfg: BaseModel) -> None:
-    """A local cluster's workers run on this machine: `cluster.device: cuda` without a CUDA device here is
-    refused before anything starts (a GPU cluster elsewhere is named by cluster.address)."""
+    """A local cluster's workers run on this machine: `cluster.device: cuda` without a CUDA device here, or a
+    pool of more than one node, is refused before anything starts (a cluster elsewhere is named by
+    cluster.address)."""
     cluster = getattr(cfg, "cluster", None)
-    if cluster is None or cluster.device != "cuda" or cluster.address:
+    if cluster is None or cluster.address:
+        return
+    pools = getattr(getattr(cfg, "placement", None), "pools", None) or {}
+    for name, pool in pools.items():
+        if pool.nodes > 1:
+            raise ConfigError(f"placement.pools.{name}.nodes: {pool.nodes} nodes, but without cluster.address the job starts "
+                              "a local Ray cluster of one node (this machine); set cluster.address to a cluster with the nodes")
+    if cluster.device != "cuda":
         return
     import torch
 

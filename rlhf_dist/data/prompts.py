@@ -20,24 +20,26 @@ class PromptSet:
     skipped: list[str]  # "file:line: reason" for each skipped line
 
 
-def _records(cfg: DataConfig):
+def _records(cfg: DataConfig, section: str):
     """Yield (where, record or None, problem or None) for each row."""
-    for where, obj, problem in read_records(cfg.prompts, "data.prompts"):
+    for where, obj, problem in read_records(cfg.prompts, f"{section}.prompts"):
         if problem is None:
-            problem = text_field(obj, cfg.prompt_key, "data.prompt_key")
+            problem = text_field(obj, cfg.prompt_key, f"{section}.prompt_key")
         if problem is None and cfg.label_key is not None and cfg.label_key not in obj:
-            problem = f"missing field {cfg.label_key!r} (data.label_key)"
+            problem = f"missing field {cfg.label_key!r} ({section}.label_key)"
         yield where, (obj if problem is None else None), problem
 
 
-def load_prompts(cfg: DataConfig, tokenizer) -> PromptSet:
+def load_prompts(cfg: DataConfig, tokenizer, section: str = "data") -> PromptSet:
     """Read, check and tokenize every line. The first bad line is an error naming file and line, unless
-    data.skip_bad_lines is set, in which case bad lines are skipped and listed in `skipped`."""
+    data.skip_bad_lines is set, in which case bad lines are skipped and listed in `skipped`. `section`: the
+    config section the prompts file and keys come from (`eval` for held-out prompts), named in errors."""
     path = Path(cfg.prompts)
     if cfg.apply_chat_template:
         require_template(tokenizer)
     out = PromptSet([], [], [] if cfg.label_key is not None else None, [])
-    for where, obj, problem in _records(cfg):
+    hint = " (set data.skip_bad_lines=true to skip and count such lines)" if section == "data" else ""
+    for where, obj, problem in _records(cfg, section):
         if obj is not None:
             problem = surely_too_long(obj[cfg.prompt_key], tokenizer, cfg.max_prompt_tokens, "data.max_prompt_tokens")
         if problem is None and obj is not None:
@@ -46,7 +48,7 @@ def load_prompts(cfg: DataConfig, tokenizer) -> PromptSet:
                 problem = f"prompt has {len(ids)} tokens, more than data.max_prompt_tokens={cfg.max_prompt_tokens}"
         if problem is not None:
             if not cfg.skip_bad_lines:
-                raise DataError(f"{where}: {problem} (set data.skip_bad_lines=true to skip and count such lines)")
+                raise DataError(f"{where}: {problem}{hint}")
             out.skipped.append(f"{where}: {problem}")
             continue
         out.texts.append(obj[cfg.prompt_key])
@@ -54,7 +56,7 @@ def load_prompts(cfg: DataConfig, tokenizer) -> PromptSet:
         if out.labels is not None:
             out.labels.append(obj[cfg.label_key])
     if not out.texts:
-        raise DataError(f"data.prompts: {path} has no usable prompts" + (f" ({len(out.skipped)} skipped)" if out.skipped else ""))
+        raise DataError(f"{section}.prompts: {path} has no usable prompts" + (f" ({len(out.skipped)} skipped)" if out.skipped else ""))
     return out
 
 

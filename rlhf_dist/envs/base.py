@@ -109,6 +109,9 @@ class Environment:
     """Subclass and override `reset` and `step`; `tools` and `parse_tool_call` are optional."""
 
     tools: tuple = ()
+    # The reward parts `step` may give (optional): an `eval.pass_function` naming one is then checked before
+    # anything starts; without it, at the first evaluation.
+    reward_names: tuple[str, ...] = ()
 
     def reset(self, row: dict) -> str | list[dict]:
         """`row`: the dataset line's prompt (`row['prompt']`) and label (`row['label']`, None without

@@ -73,6 +73,8 @@ class AnswerEnv(Environment):
     """A question from the data (`row['prompt']`) answered with a number equal to `row['label']`; the tools help.
     Reward: `correct` 1.0 for a right final answer (the first turn without a tool call), else 0."""
 
+    reward_names = ("correct",)
+
     def reset(self, row: dict):
         self.label = row["label"]
         return [{"role": "system", "content": self.tool_prompt()}, {"role": "user", "content": row["prompt"]}]
@@ -93,6 +95,8 @@ class ArithFeedbackEnv(Environment):
     """The CPU demo's task: answer `row['prompt']` (e.g. '3+4='), told after each turn whether the answer was
     right, for `turns` turns (always all of them: the environment answers every turn but the last, so an
     episode has exactly `turns` turns). Reward per turn: `correct` 1/turns for a right answer, summed."""
+
+    reward_names = ("correct",)
 
     def __init__(self, turns: int = 2):
         if not isinstance(turns, int) or turns < 1:

@@ -33,7 +33,7 @@ class EpisodeLimits:
     max_prompt_tokens: int = 512
     trajectory_timeout_s: float = 120.0
     tool: Limits = Limits()
-    check_template: str = "report"  # report | error | off
+    check_template: str = "report"  # report | error | restart | off
 
 
 class TemplateMismatch(RuntimeError):

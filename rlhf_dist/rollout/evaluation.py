@@ -11,7 +11,8 @@ import torch
 from rlhf_dist.config import Config, ConfigError, DataConfig
 from rlhf_dist.rewards.scorer import Scorer
 from rlhf_dist.rollout.requests import generation_seed
-from rlhf_dist.rollout.source import generate, score_samples
+from rlhf_dist.rollout.multiturn import EnvSpec
+from rlhf_dist.rollout.source import EnvRound, generate, score_samples
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -29,22 +30,31 @@ def mean_pass_at_k(correct_per_prompt: list[int], n: int, k: int) -> float:
 
 
 class Evaluator:
-    def __init__(self, cfg: Config, tokenizer, rules, log=print):
+    def __init__(self, cfg: Config, tokenizer, rules, log=print, env: EnvSpec | None = None):
+        """`env`: an agent config's environment; each evaluation prompt is then an episode (greedy: every turn
+        at temperature 0), scored by the functions and the environment's reward parts."""
         from rlhf_dist.data.prompts import load_prompts
 
         e = cfg.eval
         self.cfg, self.e, self.tokenizer, self.rules = cfg, e, tokenizer, rules
+        self.env = None
+        if env is not None:
+            limit = cfg.timeouts.call_s * (env.limits.max_turns + 1) + env.limits.trajectory_timeout_s
+            self.env = EnvRound(env, tokenizer, limit)
         data = DataConfig(
             prompts=e.prompts, prompt_key=e.prompt_key, label_key=e.label_key,
             apply_chat_template=cfg.data.apply_chat_template, max_prompt_tokens=cfg.data.max_prompt_tokens,
         )
-        self.prompts = load_prompts(data, tokenizer)
-        names = rules.names if rules else []
-        self.pass_index = None  # pass@k only for a verifiable reward, named by eval.pass_function
-        if e.pass_function is not None:
-            if e.pass_function not in names:
-                raise ConfigError(f"eval.pass_function: {e.pass_function!r} is not one of reward.functions ({', '.join(names) or 'none'})")
-            self.pass_index = names.index(e.pass_function)
+        self.prompts = load_prompts(data, tokenizer, section="eval")
+        names = list(rules.names if rules else [])
+        declared = env.env_class.reward_names if env is not None else ()
+        # pass@k only for a verifiable reward, named by eval.pass_function: a function's, or an environment's part
+        # (checked at the first evaluation when the environment does not declare its reward_names).
+        self.pass_name = e.pass_function
+        if e.pass_function is not None and e.pass_function not in names + list(declared) and (env is None or declared):
+            known = ", ".join(names + list(declared)) or "none"
+            what = "reward.functions or the environment's reward parts" if env is not None else "reward.functions"
+            raise ConfigError(f"eval.pass_function: {e.pass_function!r} is not one of {what} ({known})")
         if self.prompts.labels is None and rules:
             from rlhf_dist.rewards.functions import label_use
 
@@ -85,7 +95,8 @@ class Evaluator:
     def _one(self, roles, mode: str, n: int, sampling: dict | None, rows: list) -> dict:
         p = self.prompts
         # The same seed at every evaluation (rlhf_dist.rollout.requests): the curve moves only with the weights.
-        samples, _ = generate(roles, p, list(range(len(p.ids))), n, generation_seed(self.cfg.run.seed, 0, 0), sampling)
+        samples, _, episodes = generate(roles, p, list(range(len(p.ids))), n, generation_seed(self.cfg.run.seed, 0, 0), sampling,
+                                        self.env)
         # Metrics only, nothing trained on: the functions' values as they returned them (float64).
         scorer = Scorer(self.rules, roles.reward_scores if roles.reward is not None else None, dtype=torch.float64)
         texts = score_samples(scorer, samples, self.tokenizer, p)
@@ -93,11 +104,17 @@ class Evaluator:
             f"eval/{mode}/response_length": sum(len(s.response_ids) for s in samples) / len(samples),
             f"eval/{mode}/truncated_fraction": sum(s.truncated for s in samples) / len(samples),
         }
+        for key in ("rollout/turns_mean", "rollout/tool_calls_mean"):  # an environment's episodes
+            if key in episodes:
+                out[f"eval/{mode}/{key.removeprefix('rollout/')}"] = episodes[key]
         columns = {name: [s.reward_parts[name] for s in samples] for name in samples[0].reward_parts}
         for name, values in columns.items():
             out[f"eval/{mode}/{name}"] = sum(values) / len(values)
-        if self.pass_index is not None:
-            correct = [v >= self.e.pass_threshold for v in columns[self.rules.names[self.pass_index]]]
+        if self.pass_name is not None:
+            if self.pass_name not in columns:
+                raise ConfigError(f"eval.pass_function: {self.pass_name!r} is not one of the reward parts the evaluation "
+                                  f"gave ({', '.join(columns) or 'none'})")
+            correct = [v >= self.e.pass_threshold for v in columns[self.pass_name]]
             per_prompt = [sum(correct[i * n : (i + 1) * n]) for i in range(len(p.ids))]
             for k in ([1] if mode == "greedy" else self.e.k):
                 out[f"eval/{mode}/pass@{k}"] = mean_pass_at_k(per_prompt, n, k)

@@ -75,12 +75,30 @@ def score_samples(scorer, samples: list[Trajectory], tokenizer, prompts: PromptS
     return texts
 
 
-def generate(engines, prompts: PromptSet, indices: list[int], group_size: int, seed: int, sampling: dict | None = None) -> tuple[list[Trajectory], float]:
-    """group_size samples of each prompt in `indices`, now: (trajectories, engine seconds)."""
+def env_rows(prompts: PromptSet, idx: list[int]) -> list[dict]:
+    """What an environment's reset receives for each request: the prompt's text and label."""
+    return [{"prompt": prompts.texts[i], "label": None if prompts.labels is None else prompts.labels[i]} for i in idx]
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvRound:
+    """What a multi-turn draw outside the source needs: the environment, the tokenizer, the round's deadline."""
+    spec: EnvSpec
+    tokenizer: object
+    limit_s: float
+
+
+def generate(engines, prompts: PromptSet, indices: list[int], group_size: int, seed: int, sampling: dict | None = None,
+             env: EnvRound | None = None) -> tuple[list[Trajectory], float, dict]:
+    """group_size samples of each prompt in `indices`, now, single-turn or (with `env`) episodes:
+    (trajectories, engine seconds, round metrics)."""
     idx = groups_of(indices, group_size)
+    groups = group_ids(len(idx), group_size)
+    if env is not None:
+        return run_round(engines, env.spec, env.tokenizer, env_rows(prompts, idx), idx, groups, seed, env.limit_s, sampling)
     handle = engines.submit_generate([prompts.ids[i] for i in idx], seed, sampling)
     gen = engines.gather_generate(handle)
-    return trajectories(gen, prompts.ids, idx, group_ids(len(idx), group_size), engines.version), max(gen["engine_seconds"])
+    return trajectories(gen, prompts.ids, idx, groups, engines.version), max(gen["engine_seconds"]), {}
 
 
 @dataclasses.dataclass
@@ -175,9 +193,8 @@ class RolloutSource:
                 gen = self.engines.gather_generate(handle)
                 done = trajectories(gen, self.prompts.ids, idx, groups, rnd.version), max(gen["engine_seconds"]), {}
             else:
-                labels = self.prompts.labels
-                rows = [{"prompt": self.prompts.texts[i], "label": None if labels is None else labels[i]} for i in idx]
-                done = run_round(self.engines, self.spec.env, self.tokenizer, rows, idx, groups, seed, self.spec.generate_limit())
+                done = run_round(self.engines, self.spec.env, self.tokenizer, env_rows(self.prompts, idx), idx, groups, seed,
+                                 self.spec.generate_limit())
         except BaseException as e:  # noqa: BLE001 - raised again by the waiter
             rnd.generated.set_exception(e)
             rnd.scored.set_exception(e)

@@ -91,7 +91,7 @@ def _label(cfg: LabelConfig, specs, prompts, tokenizer, rules, judge_tok, run_di
             for b, start in enumerate(range(0, len(prompts.texts), cfg.batch_size)):
                 idx = list(range(start, min(start + cfg.batch_size, len(prompts.texts))))
                 texts = [prompts.texts[i] for i in idx]
-                samples, _ = generate(roles, prompts, idx, n, generation_seed(cfg.run.seed, b + 1, 1))
+                samples, _, _ = generate(roles, prompts, idx, n, generation_seed(cfg.run.seed, b + 1, 1))
                 decoded = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
                 responses = [decoded[k * n : (k + 1) * n] for k in range(len(idx))]
                 for prompt, resp, scores in zip(texts, responses, judge(texts, responses)):

@@ -20,7 +20,7 @@ from rlhf_dist.data.prompts import PromptLoader, PromptSet, load_prompts
 from rlhf_dist.rollout.evaluation import Evaluator
 from rlhf_dist.config.passes import step_passes
 from rlhf_dist.metrics import MetricsWriter, set_aside_metrics_after
-from rlhf_dist.outputs import owned_dir
+from rlhf_dist.outputs import fresh_owned_dir
 from rlhf_dist.preflight import prepare_model
 from rlhf_dist.rewards.functions import RuleRewards
 from rlhf_dist.rewards.scorer import Overlong, Scorer
@@ -42,9 +42,9 @@ def train(cfg: Config, log=print) -> Path:
     tokenizer = prepare_model(cfg, log)
     prompts = load_prompts(cfg.data, tokenizer)
     rules = RuleRewards(cfg.reward.functions, has_labels=prompts.labels is not None)
-    # The evaluation prompts are read and checked before the run directory exists.
-    evaluator = Evaluator(cfg, tokenizer, rules, log) if cfg.eval is not None else None
     env = env_spec(cfg, tokenizer, prompts) if cfg.env is not None else None
+    # The evaluation prompts are read and checked before the run directory exists.
+    evaluator = Evaluator(cfg, tokenizer, rules, log, env) if cfg.eval is not None else None
     run = open_run(cfg, log, table=derived.table())
     run_dir, log, resume = run.dir, run.log, run.resume
     log(f"run directory: {run_dir}\nderived values:\n{derived.table()}")
@@ -114,9 +114,9 @@ def run_session(cfg: Config, derived, run_dir: Path, resume: Checkpoint | None, 
         progress.close()
         if cfg.run.save_final:
             t0 = time.perf_counter()
-            final = owned_dir(run_dir / "final", run_dir)
-            roles.save_policy(str(final))
-            state.tokenizer.save_pretrained(str(final))
+            with fresh_owned_dir(run_dir / "final", run_dir) as final:
+                roles.save_policy(str(final))
+                state.tokenizer.save_pretrained(str(final))
             log(f"saved HuggingFace policy to {run_dir / 'final'} in {time.perf_counter() - t0:.1f} s")
     finally:
         if writer is not None:

@@ -22,7 +22,7 @@ from rlhf_dist.checkpoint import load_tensors, load_trainer_state
 from rlhf_dist.config.layout import pool_layout
 from rlhf_dist.learner.stage_workers import DPOWorker, RewardTrainWorker, SFTWorker
 from rlhf_dist.metrics import MetricsWriter, set_aside_metrics_after
-from rlhf_dist.outputs import owned_dir, write_file
+from rlhf_dist.outputs import fresh_owned_dir, write_file
 from rlhf_dist.preflight import prepare_stage_model
 from rlhf_dist.runtime.roles import Roles, RoleSpec, role_gpus
 from rlhf_dist.runtime.scaffold import log_skipped, open_run, ray_session
@@ -119,15 +119,15 @@ def _run(kind, cfg: StageConfig, role: RoleSpec, nums, data, tokenizer, run_dir:
         writer = MetricsWriter(run_dir, cfg.run, {**cfg.model_dump(mode="json"), "derived_table": nums.table()})
         loop(kind, cfg, nums, learners, (train_set, eval_set), tokenizer.pad_token_id, writer, log, run_dir, resume)
         t0 = time.perf_counter()
-        final = owned_dir(run_dir / "final", run_dir)
-        learners.save_hf(str(final))
-        tokenizer.save_pretrained(str(final))
-        if kind == "rm":
-            stats = reward_stats(learners, eval_set if eval_set is not None and nums.eval_samples else train_set, tokenizer.pad_token_id, nums.ranks)
-            stats["apply_chat_template"] = cfg.data.apply_chat_template  # the format it scores (data/chat.py)
-            write_file(final / "reward_stats.json", json.dumps(stats, indent=1), owner=run_dir)
-            log(f"reward scores mean {stats['mean']:.4f} std {stats['std']:.4f} over {stats['n']} responses (reward_stats.json)")
-        log(f"saved the trained model to {final} in {time.perf_counter() - t0:.1f} s")
+        with fresh_owned_dir(run_dir / "final", run_dir) as final:
+            learners.save_hf(str(final))
+            tokenizer.save_pretrained(str(final))
+            if kind == "rm":
+                stats = reward_stats(learners, eval_set if eval_set is not None and nums.eval_samples else train_set, tokenizer.pad_token_id, nums.ranks)
+                stats["apply_chat_template"] = cfg.data.apply_chat_template  # the format it scores (data/chat.py)
+                write_file(final / "reward_stats.json", json.dumps(stats, indent=1), owner=run_dir)
+                log(f"reward scores mean {stats['mean']:.4f} std {stats['std']:.4f} over {stats['n']} responses (reward_stats.json)")
+        log(f"saved the trained model to {run_dir / 'final'} in {time.perf_counter() - t0:.1f} s")
     finally:
         if writer is not None:
             writer.close()
