@@ -97,7 +97,7 @@ class WeightReceiver:
         """The lean CPU reload or vLLM's reload_weights, keeping what vLLM's own load_weights reports: the engine
         parameters it wrote (fused and sharded names). Returns the parameters it did not write, which vLLM itself
         would only log. An adapter stream becomes a LoRA adapter; its report: the tensors it did not take."""
-        if self._rlhf_payload == "adapter":
+        if getattr(self, "_rlhf_payload", "full") == "adapter":
             return self._rlhf_adapters.load(self._rlhf_incoming, weights, [n for b in self._rlhf_buckets for n in b.names])
         model = self.model_runner.get_model()
         # LoRA-enabled engines wrap each layer (`qkv_proj.base_layer.weight`); load_weights reports the plain names.
