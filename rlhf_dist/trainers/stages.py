@@ -205,7 +205,8 @@ class StageLearners:
         self.cfg = cfg
         self.roles = Roles([role], cfg.placement.pools, cfg.run.name, cfg.cluster, cfg.timeouts, log)
         self.group = self.roles["learner"]
-        log(f"learner: {len(self.group)} ranks, {self.roles.setup_info['learner'][0]['params'] / 1e6:.2f}M parameters")
+        info = self.roles.setup_info["learner"][0]
+        log(f"learner: {len(self.group)} ranks, {info['params'] / 1e6:.2f}M parameters ({info['trainable'] / 1e6:.2f}M trained)")
 
     def _all(self, method: str, per_rank, what: str):
         return self.roles.wait([self.group.submit(method, per_rank=per_rank)], what)
