@@ -69,6 +69,24 @@ def model_shape(path: str, field: str = "model.policy") -> ModelShape:
     )
 
 
+def linear_layers(path: str, field: str = "model.policy") -> dict[str, tuple[int, int]]:
+    """name -> (in, out features) of the model's linear layers, its output head excepted: the layers a LoRA adapter
+    may target (the model built on the meta device from config.json)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    hf = _hf_config(path, field)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(hf)
+    head = model.get_output_embeddings()
+    return {n: (m.in_features, m.out_features) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head}
+
+
+def lora_params(path: str, targets, rank: int, field: str = "model.policy") -> int:
+    """Parameters of a rank-`rank` adapter on the layers named `targets` (A: r x in, B: out x r per layer)."""
+    return sum(rank * (i + o) for n, (i, o) in linear_layers(path, field).items() if n.rsplit(".", 1)[-1] in set(targets))
+
+
 def tp_problem(tp: int, heads: int, kv_heads: int) -> str | None:
     """Why `tp` cannot split these heads, or None. Query heads must divide evenly; key/value heads must divide
     evenly too, or be fewer than `tp` and divide it (vLLM then replicates each KV head on tp / kv_heads ranks)."""

@@ -41,7 +41,25 @@ def make_model_variants(root: Path, model: str) -> Path:
         {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
     (_variant(root, model, "bad-index") / "model.safetensors.index.json").write_text("{}")
     (root / "empty-dir").mkdir()
+    make_adapters(root)
     return root
+
+
+def make_adapters(root: Path) -> None:
+    """root/adapter: a peft-format adapter (rank 8, alpha 16, q_proj and v_proj) for the tiny model; root/adapter-*:
+    the same with one thing wrong."""
+    from safetensors.torch import save_file
+
+    config = {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"], "bias": "none"}
+    for name in ("adapter", "adapter-truncated", "adapter-bad-json"):
+        (root / name).mkdir()
+        (root / name / "adapter_config.json").write_text(json.dumps(config))
+        tensors = {f"base_model.model.model.layers.0.self_attn.{m}.lora_{ab}.weight": torch.zeros(8, 64) if ab == "A" else torch.zeros(64, 8)
+                   for m in ("q_proj", "v_proj") for ab in "AB"}
+        save_file(tensors, str(root / name / "adapter_model.safetensors"))
+    weights = root / "adapter-truncated" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    (root / "adapter-bad-json" / "adapter_config.json").write_text('{"r": 8,,}')
 
 
 class Payload:

@@ -94,6 +94,9 @@ CASES = [
     ("dpo-reference-masked-lm", stage("dpo", "model.reference={models}/masked-lm"), {}, "model.reference: {models}/masked-lm is a BertForMaskedLM"),
     ("dpo-resume-crafted", stage("dpo", "resume=" + CKPT % "crafted"), {}, "refused to unpickle (it calls io.open"),
     ("dpo-resume-no-config", stage("dpo", "resume=" + CKPT % "no-config"), {}, "no-config/config.yaml' does not exist"),
+    ("sft-lora-target", stage("sft", "model.lora={target_modules: [q_proj, nope]}"), {}, "model.lora.target_modules: ['nope'] name no linear layer of"),
+    ("dpo-lora-rank", stage("dpo", "model.lora={rank: 0}"), {}, "model.lora.rank: Input should be greater than or equal to 1"),
+    ("rm-lora-path", stage("rm", "model.lora={path: '{tmp}/none'}"), {}, "model.lora.path: '{tmp}/none/adapter_config.json' cannot be read"),
     # --- label ---
     ("label-judge-signature", label("judge.function={name: 'tests.helpers:prompt_only'}"), {}, "cannot be called as prompt_only(prompt, response)"),
     ("label-judge-import-fails", label("judge.function={name: 'tests.broken_reward_module:f'}"), {}, "importing 'tests.broken_reward_module' failed"),
@@ -112,6 +115,8 @@ CASES = [
     ("export-role-absent", ["export", CKPT % "no-critic", "{tmp}/out", "--role", "critic"], {}, "--role: '{ckpts}/no-critic/checkpoints/step_00000001/critic' does not exist"),
     ("export-stage-run", ["export", CKPT % "stage-run", "{tmp}/out"], {}, "stage-run/config.yaml: not a PPO run config"),
     ("export-out-empty-string", ["export", CKPT % "no-critic", ""], {}, "out_dir: empty path"),
+    ("export-adapter-without-lora", ["export", CKPT % "no-critic", "{tmp}/out", "--lora", "adapter"], {},
+     "--lora: adapter, but this run's policy trained all its weights (no model.lora)"),
     # --- eval ---
     ("eval-no-section", ["eval", "{tmp}/ppo.yaml"], {}, "eval: the config has no eval section"),
     ("eval-prompts-missing", EVAL + ["eval.prompts={tmp}/nope.jsonl"], {}, "eval.prompts: '{tmp}/nope.jsonl' does not exist"),
@@ -136,10 +141,13 @@ CASES = [
     ("tiny-out-is-file", ["make-tiny-model", "{tmp}/m"], {"m": "mine"}, "out_dir: '{tmp}/m' is a file, not a directory"),
     ("tiny-parent-is-file", ["make-tiny-model", "{tmp}/x.txt/m"], {"x.txt": "x"}, "out_dir: '{tmp}/x.txt' is a file, so"),
     ("tiny-empty-path", ["make-tiny-model", ""], {}, "out_dir: empty path"),
+    ("tiny-init-std-zero", ["make-tiny-model", "{tmp}/m", "--init-std", "0"], {}, "--init-std: 0.0 must be above 0 and at most 1"),
+    ("tiny-init-std-nan", ["make-tiny-model", "{tmp}/m", "--init-std", "nan"], {}, "--init-std: nan must be above 0 and at most 1"),
     # --- the command line ---
     ("cli-unknown-command", ["frobnicate"], {}, "invalid choice: 'frobnicate'"),
     ("cli-train-without-config", ["train"], {}, "the following arguments are required: config"),
     ("cli-export-bad-role", ["export", "a", "b", "--role", "reward"], {}, "argument --role: invalid choice: 'reward'"),
+    ("cli-export-bad-lora", ["export", "a", "b", "--lora", "delta"], {}, "argument --lora: invalid choice: 'delta'"),
     ("cli-bench-bad-what", ["bench", "speed", "{tmp}/ppo.yaml"], {}, "invalid choice: 'speed'"),
     ("cli-unknown-flag", ["train", "{tmp}/ppo.yaml", "--fast"], {}, "unrecognized arguments: --fast"),
     ("cli-tiny-layers-not-int", ["make-tiny-model", "{tmp}/m", "--layers", "two"], {}, "argument --layers: invalid int value: 'two'"),

@@ -122,7 +122,7 @@ def test_reward_worker_scores_the_conversation(tmp_path, chat_model, tok):
     from transformers import AutoModelForSequenceClassification
 
     from rlhf_dist.data.tiny import make_tiny_reward_model
-    from rlhf_dist.learner.workers import RewardModelWorker
+    from rlhf_dist.learner.frozen import RewardModelWorker
     from rlhf_dist.trainers.rl_roles import reward_spec
 
     rm = str(make_tiny_reward_model(tmp_path / "rm", chat_model[1]))

@@ -64,7 +64,7 @@ def test_roles_sharing_processes_count_once_and_share_threads():
 
 def test_worker_applies_its_share(tiny_model, tmp_path):
     from rlhf_dist.config import load_config
-    from rlhf_dist.learner.workers import ReferenceWorker
+    from rlhf_dist.learner.frozen import ReferenceWorker
     from rlhf_dist.trainers.rl_roles import reference_spec
     from tests.conftest import demo_config_dict
 

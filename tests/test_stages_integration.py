@@ -71,7 +71,7 @@ def test_ppo_reward_role_scores_as_training_did(pipeline):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from rlhf_dist.config import load_config
-    from rlhf_dist.learner.workers import RewardModelWorker
+    from rlhf_dist.learner.frozen import RewardModelWorker
     from rlhf_dist.trainers.rl_roles import reward_spec
 
     cfg = load_config(pipeline["ppo"] / "config.yaml")

@@ -27,7 +27,7 @@ def config(tiny_model, tmp_path, **reward):
 def test_reward_model_scores_at_last_token(tiny_model, reward_model, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from rlhf_dist.learner.workers import RewardModelWorker
+    from rlhf_dist.learner.frozen import RewardModelWorker
 
     worker = RewardModelWorker(reward_spec(config(tiny_model, tmp_path, model=reward_model)), rank=0, world_size=1)
     worker.setup()
@@ -46,7 +46,7 @@ def test_reward_model_scores_at_last_token(tiny_model, reward_model, tmp_path):
 def test_reference_logprobs_match_transformers(tiny_model, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from rlhf_dist.learner.workers import ReferenceWorker
+    from rlhf_dist.learner.frozen import ReferenceWorker
 
     worker = ReferenceWorker(reference_spec(config(tiny_model, tmp_path, model=None)), rank=0, world_size=1)
     worker.setup()
@@ -100,7 +100,7 @@ def test_evaluation_scores_with_the_reward_model_as_training_does(tiny_model, re
 
     from rlhf_dist.data.batch import shards
     from rlhf_dist.rollout.evaluation import Evaluator
-    from rlhf_dist.learner.workers import RewardModelWorker
+    from rlhf_dist.learner.frozen import RewardModelWorker
 
     prompts = tmp_path / "eval.jsonl"
     prompts.write_text('{"prompt": "the red cat"}\n{"prompt": "a big dog"}\n{"prompt": "the sun"}\n')

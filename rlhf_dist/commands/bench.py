@@ -189,26 +189,31 @@ def bench_sync(cfg: Config, bucket_mbs: list[float], repeats: int, log=print) ->
     rows, verified = [], []
     cluster = None
     raw_pools: dict = {}
+    # A LoRA policy synced adapter-only is measured against the full sync of the same model (its merged weights,
+    # which the same LoRA-enabled engines load through vLLM's reload_weights), in this one run.
+    payloads = ["adapter", "merged"] if cfg.model.lora is not None and cfg.sync.lora == "adapter" else [None]
     with ray_session(cfg, derived, log):
         try:
             cluster = RLRoles(cfg, log)
             total = 0
             version = 0
             for mb in bucket_mbs:
-                cluster.sync.replan(mb)
-                for rep in range(repeats + 1):  # the first sync of each size is a warm-up
-                    version += 2
-                    # The same sync with verification (checksums on both sides), alternating, for its cost.
-                    checked = cluster.sync_weights(version - 1, verify=True)
-                    m = cluster.sync_weights(version, verify=False)
-                    if rep:
-                        verified.append({"bucket_mb": mb, "repeat": rep, "verified_s": checked["sync/seconds"],
-                                         "unverified_s": m["sync/seconds"]})
-                        total = m["sync/bytes"]
-                        rows.append({"path": "rlhf_dist sync", "bucket_mb": mb, "buckets": len(cluster.sync.buckets), "repeat": rep,
-                                     "MB": total / 1e6, "seconds": m["sync/seconds"], "GB_per_s": total / m["sync/seconds"] / 1e9,
-                                     "gather_pack_s": m["sync/learner_gather_pack_s"], "broadcast_s": m["sync/learner_broadcast_s"],
-                                     "engine_load_s": m["sync/engine_load_s"]})
+                for payload in payloads:
+                    cluster.sync.replan(mb, payload)
+                    path = "rlhf_dist sync" + (f" ({payload})" if payload else "")
+                    for rep in range(repeats + 1):  # the first sync of each size is a warm-up
+                        version += 2
+                        # The same sync with verification (checksums on both sides), alternating, for its cost.
+                        checked = cluster.sync_weights(version - 1, verify=True)
+                        m = cluster.sync_weights(version, verify=False)
+                        if rep:
+                            verified.append({"path": path, "bucket_mb": mb, "repeat": rep, "verified_s": checked["sync/seconds"],
+                                             "unverified_s": m["sync/seconds"]})
+                            total = m["sync/bytes"]  # the last payload's: the full weights, with LoRA
+                            rows.append({"path": path, "bucket_mb": mb, "buckets": len(cluster.sync.buckets), "repeat": rep,
+                                         "MB": total / 1e6, "seconds": m["sync/seconds"], "GB_per_s": total / m["sync/seconds"] / 1e9,
+                                         "gather_pack_s": m["sync/learner_gather_pack_s"], "broadcast_s": m["sync/learner_broadcast_s"],
+                                         "engine_load_s": m["sync/engine_load_s"]})
             backend = cluster.sync.backend  # the raw side uses the transport the framework's sync used
             world = 1 + derived.rollout_gpus
             slots = role_slots(cfg, derived)
@@ -231,7 +236,17 @@ def bench_sync(cfg: Config, bucket_mbs: list[float], repeats: int, log=print) ->
             if cluster is not None:
                 cluster.shutdown()
             remove_pools(raw_pools)
-    return {"ranks": 1 + derived.rollout_gpus, "rows": rows, "verification": verification_cost(verified)}
+    out = {"ranks": 1 + derived.rollout_gpus, "rows": rows, "verification": verification_cost(verified)}
+    if payloads[0] is not None:
+        out["lora"] = adapter_against_full(rows)
+    return out
+
+
+def adapter_against_full(rows: list[dict]) -> dict:
+    """Median bytes and seconds per sync of the adapter and of the full (merged) weights, and their ratios."""
+    med = {p: {k: statistics.median(r[k] for r in rows if r["path"] == f"rlhf_dist sync ({p})") for k in ("MB", "seconds")}
+           for p in ("adapter", "merged")}
+    return {**med, "bytes_ratio": med["merged"]["MB"] / med["adapter"]["MB"], "seconds_ratio": med["merged"]["seconds"] / med["adapter"]["seconds"]}
 
 
 def verification_cost(rows: list[dict]) -> dict:

@@ -163,6 +163,11 @@ def _bench(args) -> int:
         print(f"step / limit: {lim['ratio']:.2f}x (median of {lim['steps_in_median']} steps after the first)")
     if "speedup" in result:
         print("\n" + bench.table(result["speedup"], ["pass", "way", "median_tokens_per_s", "padding_fraction", "vs_padded"]))
+    if "lora" in result:
+        lo = result["lora"]
+        print(f"LoRA: adapter {lo['adapter']['MB']:.3f} MB in {lo['adapter']['seconds']:.4f} s per sync, full (merged) weights "
+              f"{lo['merged']['MB']:.3f} MB in {lo['merged']['seconds']:.4f} s: {lo['bytes_ratio']:.0f}x the bytes, "
+              f"{lo['seconds_ratio']:.1f}x the time (medians)")
     if "verification" in result:
         c = result["verification"]
         print(f"verification: median sync {c['median_verified_s']:.4f} s verified, {c['median_unverified_s']:.4f} s not "
@@ -174,8 +179,8 @@ def _bench(args) -> int:
 def _export(args) -> int:
     from rlhf_dist.commands.export import export
 
-    out = export(args.checkpoint, args.out_dir, role=args.role, force=args.force)
-    print(f"{args.role} from {args.checkpoint} written to {out} (HuggingFace format)")
+    out = export(args.checkpoint, args.out_dir, role=args.role, force=args.force, lora=args.lora)
+    print(f"{args.role} from {args.checkpoint} written to {out} ({'a peft adapter' if args.lora == 'adapter' else 'HuggingFace format'})")
     return 0
 
 
@@ -183,7 +188,7 @@ def _make_tiny(args) -> int:
     from rlhf_dist.data.tiny import make_tiny_model
 
     out = make_tiny_model(args.out_dir, hidden_size=args.hidden_size, num_layers=args.layers, seed=args.seed, force=args.force,
-                          arch=args.arch)
+                          arch=args.arch, init_std=args.init_std)
     print(f"tiny model and tokenizer written to {out}")
     return 0
 
@@ -298,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("checkpoint", help="a checkpoint directory, e.g. runs/demo/checkpoints/step_00000010")
     p.add_argument("out_dir")
     p.add_argument("--role", choices=["policy", "critic"], default="policy")
+    p.add_argument("--lora", choices=["merged", "adapter"], default="merged",
+                   help="a run with model.lora: the base with the adapter merged in, or the adapter alone (peft format)")
     p.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists and is not empty")
     p.set_defaults(fn=_export)
 
@@ -314,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists and is not empty")
     p.add_argument("--arch", choices=["llama", "qwen2"], default="llama")
+    p.add_argument("--init-std", type=float, default=0.02,
+                   help="initial weight std (0.02: nearly uniform outputs; LoRA demos use 0.2, see docs/lora.md)")
     p.set_defaults(fn=_make_tiny)
 
     args = parser.parse_args(argv)

@@ -10,6 +10,9 @@ a = attention heads, n = layers, V = vocabulary):
     stage 0: nothing partitioned; 1: optimizer / N; 2: optimizer and grads / N; 3: all three / N
     stage 3 also holds about one gathered layer (dtype bytes * P / n) during forward and backward
     offload: optimizer states (and, at stage 3, parameters) live in host memory instead
+    LoRA (model.lora, model.critic_lora) with T adapter parameters (rank * (in + out) per targeted layer, plus a
+    critic's value head): params (P + T) * param bytes, but gradients and optimizer states for T only; the
+    reference role is dropped (the policy with its adapter off serves it)
   activations per micro-batch (Korthikanti et al. 2022, no sequence parallelism):
     without checkpointing: n * L*b*h * (34 + 5*a*L/h) * (dtype bytes / 2)
     with checkpointing:    n * 2*L*b*h (layer inputs) + one layer without checkpointing
@@ -38,7 +41,7 @@ from pathlib import Path
 
 from rlhf_dist.config import Config, derive, role_gpus
 from rlhf_dist.config.derive import infer_budget
-from rlhf_dist.model_shape import ModelShape, check_tp_heads, model_shape  # noqa: F401 - ModelShape re-exported
+from rlhf_dist.model_shape import ModelShape, check_tp_heads, lora_params, model_shape  # noqa: F401 - ModelShape re-exported
 
 GiB = 2**30
 CUDA_CONTEXT_GIB = 0.5  # CUDA context, cuBLAS workspace and allocator slack of one torch process on one GPU
@@ -47,9 +50,11 @@ HOST_PER_PROCESS_GIB = 2.0  # Python, torch, CUDA runtime and Ray worker of one 
 WARN_HEADROOM = 0.10
 
 
-def training_state_bytes(P: int, dtype: str, stage: int, n: int, offload: bool) -> dict[str, float]:
+def training_state_bytes(P: int, dtype: str, stage: int, n: int, offload: bool, adapter: int = 0) -> dict[str, float]:
+    """`adapter`: parameters of a LoRA adapter (0: all P train); only they have gradients and optimizer states."""
     p, g, o = (4, 4, 8) if dtype == "float32" else (2, 2, 12)
-    params, grads, optim = p * P, g * P, o * P
+    trained = adapter or P
+    params, grads, optim = p * (P + adapter), g * trained, o * trained
     if stage >= 1:
         optim /= n
     if stage >= 2:
@@ -63,10 +68,10 @@ def training_state_bytes(P: int, dtype: str, stage: int, n: int, offload: bool) 
     return {"params": params, "grads": grads, "optimizer": optim}
 
 
-def offloaded_bytes(P: int, dtype: str, stage: int, n: int, offload: bool) -> float:
+def offloaded_bytes(P: int, dtype: str, stage: int, n: int, offload: bool, adapter: int = 0) -> float:
     """Host bytes per rank that offload moves out of GPU memory."""
-    on_gpu = training_state_bytes(P, dtype, stage, n, offload)
-    full = training_state_bytes(P, dtype, stage, n, False)
+    on_gpu = training_state_bytes(P, dtype, stage, n, offload, adapter)
+    full = training_state_bytes(P, dtype, stage, n, False, adapter)
     return sum(full.values()) - sum(on_gpu.values())
 
 
@@ -87,6 +92,16 @@ def micro_rows(cfg: Config, L: int, budget: int | None) -> float:
     return cfg.ppo.micro_batch_size if budget is None else budget / L
 
 
+def adapter_params(cfg: Config, role: str, shape: ModelShape) -> int:
+    """The role's LoRA adapter parameters (0: no adapter); a critic's value head (hidden x 1) trains with it."""
+    m = cfg.model
+    lora = m.lora if role == "policy" else m.critic_lora
+    if lora is None:
+        return 0
+    path = m.policy if role == "policy" else (m.critic or m.policy)
+    return lora_params(path, lora.target_modules, lora.rank) + (shape.hidden + 1 if role == "critic" else 0)
+
+
 def _learner_roles(cfg: Config, shape: ModelShape, dtype_bytes: int, L: int, logits: float) -> dict[str, dict]:
     p, b, used = cfg.placement, micro_rows(cfg, L, cfg.ppo.micro_batch_tokens), role_gpus(cfg)
     roles: dict[str, dict] = {}
@@ -94,16 +109,18 @@ def _learner_roles(cfg: Config, shape: ModelShape, dtype_bytes: int, L: int, log
         if role not in used:
             continue
         r = getattr(p, role)
-        parts = training_state_bytes(shape.params, cfg.model.dtype, r.zero_stage, r.num_gpus, r.offload)
+        adapter = adapter_params(cfg, role, shape)
+        parts = training_state_bytes(shape.params, cfg.model.dtype, r.zero_stage, r.num_gpus, r.offload, adapter)
         if r.zero_stage == 3 and r.num_gpus > 1:
             parts["gathered_layer"] = dtype_bytes * shape.params / shape.layers
         parts["activations"] = activation_bytes(shape, b, L, dtype_bytes, cfg.model.gradient_checkpointing)
         parts["logits"] = logits if role == "policy" else b * L * 4
-        host = offloaded_bytes(shape.params, cfg.model.dtype, r.zero_stage, r.num_gpus, r.offload)
+        host = offloaded_bytes(shape.params, cfg.model.dtype, r.zero_stage, r.num_gpus, r.offload, adapter)
         roles[role] = {"pool": r.pool, "gpus": r.num_gpus, "zero_stage": r.zero_stage, "bytes": parts,
-                       "host_per_rank": host, "full_copy": dtype_bytes * shape.params if r.zero_stage == 3 else 0.0}
-    ref_shards = p.reference.num_gpus if p.reference.zero_stage == 3 else 1
+                       "host_per_rank": host, "full_copy": dtype_bytes * shape.params if r.zero_stage == 3 else 0.0,
+                       "trainable_params": adapter or shape.params}
     if "reference" in used:
+        ref_shards = p.reference.num_gpus if p.reference.zero_stage == 3 else 1
         roles["reference"] = {
             "pool": p.reference.pool, "gpus": p.reference.num_gpus, "zero_stage": p.reference.zero_stage,
             # ZeRO-3: a partition per GPU, plus the largest layer gathered during the forward pass (~P / n).
@@ -188,10 +205,33 @@ def plan(cfg: Config) -> dict:
         "model": dataclasses.asdict(shape), "sequence_tokens": L, "samples_per_step": derived.samples_per_step,
         "micro_batch": derived.micro_batch, "infer_micro_batch": derived.infer_micro_batch,
         "micro_batch_tokens": cfg.ppo.micro_batch_tokens, "infer_micro_batch_tokens": infer_budget(cfg),
-        "total_gpus": derived.total_gpus, "roles": roles, "pools": pools,
+        "total_gpus": derived.total_gpus, "roles": roles, "pools": pools, "lora": _lora_summary(cfg, roles, shape),
         "fits": all(pl["fits"] for pl in pools.values()),
         "warnings": _warnings(roles, pools),
     }
+
+
+def _lora_summary(cfg: Config, roles: dict, shape: ModelShape) -> dict | None:
+    """What the adapters change: trainable parameters, the gradients and optimizer states of full fine-tuning
+    they avoid, and the reference role they drop (the GiB per GPU it would take)."""
+    m = cfg.model
+    if m.lora is None and m.critic_lora is None:
+        return None
+    out: dict = {}
+    for role, lora in (("policy", m.lora), ("critic", m.critic_lora)):
+        if lora is None or role not in roles:
+            continue
+        r = roles[role]
+        full = training_state_bytes(shape.params, cfg.model.dtype, r["zero_stage"], r["gpus"], False)
+        now = training_state_bytes(shape.params, cfg.model.dtype, r["zero_stage"], r["gpus"], False, r["trainable_params"])
+        out[role] = {"rank": lora.rank, "target_modules": list(lora.target_modules), "trainable_params": r["trainable_params"],
+                     "saved_gib_per_gpu": (sum(full.values()) - sum(now.values())) / GiB}
+    if m.lora is not None:
+        from rlhf_dist.config.passes import uses_reference
+
+        # The reference's weights, not loaded anywhere (a reference role would hold them, replicated or sharded).
+        out["reference_dropped_gib"] = (4 if cfg.model.dtype == "float32" else 2) * shape.params / GiB if uses_reference(cfg) else 0.0
+    return out
 
 
 def _shared_processes(cfg: Config, derived, roles: dict) -> dict[str, tuple[float, float]]:
@@ -252,8 +292,24 @@ def format_plan(result: dict) -> str:
             f"of {pl['gpu_memory_gib']:g} ({pl['headroom']:.0%} headroom) -> {verdict}; host {pl['host_per_node_gib']:.0f} GiB per node"
             + (f" (shared processes: {pl['shared_process_saving_gib']:.2f} GiB less per GPU)" if pl["shared_process_saving_gib"] else "")
         )
+    lines += _lora_lines(result)
     lines += [f"warning: {w}" for w in result["warnings"]]
     return "\n".join(lines)
+
+
+def _lora_lines(result: dict) -> list[str]:
+    lo = result.get("lora")
+    if not lo:
+        return []
+    P = result["model"]["params"]
+    lines = [f"LoRA {role}: rank {a['rank']} on {', '.join(a['target_modules'])}: {a['trainable_params'] / 1e6:.2f} M trainable "
+             f"parameters ({a['trainable_params'] / P:.2%}); gradients and optimizer states for those only, "
+             f"{a['saved_gib_per_gpu']:.2f} GiB per GPU less than full fine-tuning" for role, a in lo.items() if isinstance(a, dict)]
+    if "reference_dropped_gib" in lo:
+        saved = lo["reference_dropped_gib"]
+        lines.append("LoRA reference: the policy with its adapter off, no reference role"
+                     + (f" ({saved:.2f} GiB of reference weights not loaded)" if saved else " (no KL term needs one)"))
+    return lines
 
 
 def plan_json(result: dict) -> str:

@@ -37,6 +37,32 @@ ChatTemplate = Annotated[bool, Field(description="render each prompt as a user t
 TokenBudget = Annotated[int | None, Field(ge=1, description="tokens per forward/backward on one rank")]
 
 
+# The projections of the Llama and Qwen2 families (and most decoders after them): attention and MLP.
+DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class LoraConfig(Strict):
+    """A LoRA adapter (peft) trained in place of the model's weights, which stay frozen (docs/lora.md)."""
+
+    rank: int = Field(16, ge=1, le=512, description="the adapter's rank r (vLLM serves ranks up to 512)")
+    alpha: float = Field(32.0, gt=0, description="the adapter's update is scaled by alpha / rank")
+    dropout: float = Field(
+        0.0, ge=0, lt=1,
+        description="dropout on the adapter's input while training; above 0 the learners recompute old log-probs "
+        "without it (a single on-policy update cannot take them from its own forward)",
+    )
+    target_modules: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = Field(
+        default_factory=lambda: list(DEFAULT_LORA_TARGETS), min_length=1,
+        description="names of the linear layers that get an adapter (the last part of their module names), checked "
+        "against the model before anything starts",
+    )
+    path: str | None = Field(
+        None,
+        description="an adapter to start from: a peft directory (adapter_config.json, adapter_model.safetensors) whose "
+        "rank, alpha and target modules are these; none: a fresh adapter (B = 0, so training starts at the model)",
+    )
+
+
 class RunOutput(Strict):
     """What every command's `run` section shares: where and how a run records itself."""
 

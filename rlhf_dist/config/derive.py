@@ -8,7 +8,7 @@ from pathlib import Path
 from rlhf_dist.algorithms.registry import ADVANTAGE_ESTIMATORS
 from rlhf_dist.config.io import read_config_data, validate
 from rlhf_dist.config.layout import PoolLayout, pool_layout
-from rlhf_dist.config.passes import uses_reference
+from rlhf_dist.config.passes import reference_role
 from rlhf_dist.config.rl import Config
 from rlhf_dist.errors import ConfigError
 
@@ -88,7 +88,10 @@ def role_gpus(cfg: Config) -> dict[str, tuple[str, int]]:
                 "critic role needs a pool"
             )
         out["critic"] = (p.critic.pool, p.critic.num_gpus)
-    if uses_reference(cfg):
+    if reference_role(cfg):  # with model.lora the policy's ranks are the reference
+        if p.reference is None:
+            raise ConfigError("placement.reference: a KL term (or ppo.log_kl) needs the reference model, so the reference "
+                              "role needs a pool")
         out["reference"] = (p.reference.pool, p.reference.num_gpus)
     out["rollout"] = (p.rollout.pool, p.rollout.num_engines * p.rollout.tensor_parallel_size)
     if cfg.reward.model is not None:
@@ -126,12 +129,13 @@ def derive(cfg: Config) -> Derived:
         return ppo.mini_batch_size // per_update
 
     check_algorithm(cfg)
+    check_lora(cfg)
     if p.reward is not None and p.reward.zero_stage != 0:
         raise ConfigError("placement.reward.zero_stage: only 0 (a full replica per rank) is supported for the reward model")
     ga_policy = batch_check("policy", p.policy.num_gpus)
     critic_ranks = p.critic.num_gpus if "critic" in roles else 0
     ga_critic = batch_check("critic", critic_ranks) if critic_ranks else 0
-    for role, ranks in (("reference", p.reference.num_gpus), ("rollout", p.rollout.num_engines)):
+    for role, ranks in (("reference", p.reference.num_gpus if "reference" in roles else 1), ("rollout", p.rollout.num_engines)):
         if role in roles and samples % ranks:
             raise ConfigError(f"placement.{role}: {samples} samples per step do not split evenly over {ranks} ranks")
     update_mb, infer_mb = micro_batch_budgets(cfg)
@@ -221,6 +225,31 @@ def check_algorithm(cfg: Config) -> None:
             "ppo.old_logprobs: 'engine' cannot be combined with rollout.max_staleness > 0 or ppo.is_correction: the "
             "off-policy correction weighs the learner's log-probs against the engine's; use 'learner'"
         )
+
+
+def check_lora(cfg: Config) -> None:
+    """model.lora and model.critic_lora against the rest of the config (their modules against the model: preflight)."""
+    m = cfg.model
+    if m.critic_lora is not None and not uses_critic(cfg):
+        raise ConfigError(f"model.critic_lora: advantage estimator {cfg.ppo.advantage_estimator!r} trains no critic; remove it")
+    if m.lora is None:
+        if cfg.sync.lora != "adapter":
+            raise ConfigError(f"sync.lora: {cfg.sync.lora!r} applies only with model.lora (the policy trains all its weights)")
+        return
+    if m.reference is not None and m.reference != m.policy:
+        raise ConfigError(
+            f"model.reference: with model.lora the reference is the policy with its adapter off ({m.policy!r}); "
+            f"a separate reference {m.reference!r} is not supported, remove it"
+        )
+    if cfg.rollout.max_staleness + 1 > MAX_ENGINE_ADAPTERS and cfg.sync.lora == "adapter":
+        raise ConfigError(
+            f"rollout.max_staleness: {cfg.rollout.max_staleness} would keep {cfg.rollout.max_staleness + 1} adapters "
+            f"in each engine (one per weights version in flight), more than {MAX_ENGINE_ADAPTERS}; use sync.lora: merged"
+        )
+
+
+# Adapters one engine keeps loaded at most (rollout.max_staleness + 1): each takes a slot of LoRA buffers.
+MAX_ENGINE_ADAPTERS = 16
 
 
 def check_cores(cluster) -> None:

@@ -8,8 +8,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from rlhf_dist.algorithms.registry import ADVANTAGE_ESTIMATORS, AGGREGATIONS, CORRECTIONS, KL_ESTIMATORS, POLICY_LOSSES, names
-from rlhf_dist.config.common import (AttnImplementation, ChatTemplate, DType, EvalConfig, GradientCheckpointing, InputFile, LRSchedule,
-                                     MAX_WAIT_S, ResumableJob, RunOutput, Strict, TokenBudget)
+from rlhf_dist.config.common import (AttnImplementation, ChatTemplate, DType, EvalConfig, GradientCheckpointing, InputFile, LoraConfig,
+                                     LRSchedule, MAX_WAIT_S, ResumableJob, RunOutput, Strict, TokenBudget)
 
 
 class RunConfig(RunOutput):
@@ -24,11 +24,25 @@ class ModelConfig(Strict):
         description="create a tiny random model + tokenizer at `policy` if the directory is missing; `qwen2` or "
         "`llama3`: a chat model with that family's chat template (rlhf_dist/data/tiny_chat.py)",
     )
+    tiny_init_std: float = Field(
+        0.02, gt=0, le=1,
+        description="make_tiny: the tiny model's initial weight std; 0.02 (transformers' default) makes outputs nearly "
+        "uniform, with logits the frozen head keeps too small for a LoRA adapter to move (configs/grpo_lora_cpu.yaml "
+        "uses 0.2)",
+    )
     critic: str | None = Field(None, description="default: the policy weights (value head freshly initialised)")
     reference: str | None = Field(None, description="default: the policy weights")
     dtype: DType = "float32"
     attn_implementation: AttnImplementation = "sdpa"
     gradient_checkpointing: GradientCheckpointing = False
+    lora: LoraConfig | None = Field(
+        None,
+        description="train a LoRA adapter on the policy instead of its weights; the reference is then the policy with "
+        "the adapter off (no reference role), and syncs send the adapter alone (`sync.lora`); none: full fine-tuning",
+    )
+    critic_lora: LoraConfig | None = Field(
+        None, description="a LoRA adapter for the critic (its value head trains whole); none: the critic trains all its weights"
+    )
 
 
 class DataConfig(Strict):
@@ -267,7 +281,9 @@ class PlacementConfig(Strict):
     pools: dict[str, PoolConfig] = Field(description="name -> pool; each pool is one Ray placement group")
     policy: LearnerRole = Field(description="the policy's learner ranks")
     critic: LearnerRole | None = Field(None, description="needed only by estimators with a critic (gae)")
-    reference: InferenceRole = Field(description="the reference model's ranks (started only when a KL needs it)")
+    reference: InferenceRole | None = Field(
+        None, description="the reference model's ranks (started only when a KL needs it, and never with model.lora)"
+    )
     reward: InferenceRole | None = Field(None, description="needed only when reward.model is set")
     rollout: RolloutRole = Field(description="the vLLM engines")
     share_processes: bool = Field(
@@ -291,6 +307,14 @@ class SyncConfig(Strict):
         description="how engines load synced weights. auto: unquantized eager Llama/Qwen2 CPU models through "
         "rlhf_dist/sync/cpu_reload.py (vLLM's general reload bookkeeping skipped, same engine outputs), everything "
         "else through vLLM's reload_weights; vllm_reload: always vLLM's (what GPU engines run; CPU tests run it too)",
+    )
+
+
+    lora: Literal["adapter", "merged"] = Field(
+        "adapter",
+        description="with model.lora: adapter sends only the adapter's tensors, which vLLM engines load as a LoRA "
+        "adapter (one slot per weights version in flight); merged sends the base weights with the adapter merged "
+        "in, for engines without LoRA support (the full sync, gathered bucket by bucket)",
     )
 
 

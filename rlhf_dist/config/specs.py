@@ -36,6 +36,25 @@ class ModelSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoraSpec:
+    """A LoRA adapter on a learner (model.lora, model.critic_lora); `heads`: modules outside the adapter that train
+    whole (a value or reward head)."""
+
+    rank: int
+    alpha: float
+    dropout: float
+    target_modules: tuple[str, ...]
+    path: str | None = None
+    heads: tuple[str, ...] = ()
+
+
+def lora_spec(lora, heads: tuple[str, ...] = ()) -> LoraSpec | None:
+    if lora is None:
+        return None
+    return LoraSpec(lora.rank, lora.alpha, lora.dropout, tuple(lora.target_modules), lora.path, heads)
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainSpec:
     """What a learner rank needs to know to train, whatever the stage (PPO, SFT, reward model, DPO)."""
 
@@ -65,6 +84,8 @@ class LearnerSpec:
     train: TrainSpec
     temperature: float = 1.0  # policy: log-probs of the distribution the engines sampled from
     reference: ModelSpec | None = None  # DPO: a separate frozen reference (None: the model before training)
+    lora: LoraSpec | None = None  # train an adapter; the base weights stay frozen
+    sync_payload: str = "full"  # policy: what weight sync sends ("full", "adapter" or "merged"; sync.lora)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,3 +132,4 @@ class EngineSpec:
     worker_extension: str | None = None  # the weight receiver, for engines that take synced weights
     warmup: tuple[int, int] = (0, 0)  # (requests, prompt tokens) generated once at set-up; (0, 0): none
     engine_load: str = "auto"  # sync.engine_load: how the receiver loads synced weights
+    lora: dict | None = None  # adapter sync: {"rank", "alpha", "target_modules", "slots"}; requests use the newest

@@ -10,8 +10,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from rlhf_dist.config.common import (AttnImplementation, ChatTemplate, DType, GradientCheckpointing, InputFile, Job, LRSchedule,
-                                     ResumableJob, RunDir, RunName, RunOutput, Strict, TokenBudget)
+from rlhf_dist.config.common import (AttnImplementation, ChatTemplate, DType, GradientCheckpointing, InputFile, Job, LoraConfig,
+                                     LRSchedule, ResumableJob, RunDir, RunName, RunOutput, Strict, TokenBudget)
 from rlhf_dist.config.io import read_config_data, validate
 from rlhf_dist.config.rl import DataConfig, InferenceRole, LearnerRole, PoolConfig, RewardFunction, RolloutConfig, RolloutRole
 from rlhf_dist.errors import ConfigError
@@ -36,6 +36,11 @@ class StageModel(Strict):
     dtype: DType = "float32"
     attn_implementation: AttnImplementation = "sdpa"
     gradient_checkpointing: GradientCheckpointing = False
+    lora: LoraConfig | None = Field(
+        None,
+        description="train a LoRA adapter instead of the model's weights (a reward model's score head trains whole); "
+        "RUN_DIR/final holds the merged model and final/adapter the adapter; none: full fine-tuning",
+    )
 
 
 class StageData(Strict):

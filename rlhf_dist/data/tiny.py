@@ -75,13 +75,17 @@ def make_tiny_model(
     force: bool = False,
     field: str = "out_dir",
     arch: str = "llama",
+    init_std: float = 0.02,
 ) -> Path:
     """Write a randomly initialised causal LM (`arch`: "llama", or "qwen2": biased q/k/v projections) and its
     tokenizer to `out_dir` (HF format): into a temporary directory renamed at the end; a non-empty `out_dir` is
-    replaced only when `force`."""
+    replaced only when `force`. `init_std`: the weights' initial std (transformers' default 0.02 gives nearly
+    uniform outputs, which a LoRA adapter on the inner layers cannot move: the frozen head bounds the logits)."""
     check_tiny_sizes(hidden_size, num_layers, num_heads)
+    if not 0 < init_std <= 1:  # NaN too
+        raise ConfigError(f"--init-std: {init_std} must be above 0 and at most 1")
     with atomic_dir(out_dir, field, force) as tmp:
-        _write_tiny_model(tmp, hidden_size, num_layers, num_heads, vocab_size, max_positions, seed, arch)
+        _write_tiny_model(tmp, hidden_size, num_layers, num_heads, vocab_size, max_positions, seed, arch, init_std)
     return Path(out_dir)
 
 
@@ -97,7 +101,7 @@ def check_tiny_sizes(hidden_size: int, num_layers: int, num_heads: int = 2) -> N
         raise ConfigError(f"--hidden-size/--layers: {hidden_size} x {num_layers} is not a tiny model (at most 8192 x 64)")
 
 
-def _write_tiny_model(out: Path, hidden_size, num_layers, num_heads, vocab_size, max_positions, seed, arch) -> None:
+def _write_tiny_model(out: Path, hidden_size, num_layers, num_heads, vocab_size, max_positions, seed, arch, init_std=0.02) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
@@ -121,6 +125,7 @@ def _write_tiny_model(out: Path, hidden_size, num_layers, num_heads, vocab_size,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         torch_dtype="float32",
+        initializer_range=init_std,
     )
     torch.manual_seed(seed)
     model = Model(config)

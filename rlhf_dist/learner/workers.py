@@ -14,10 +14,10 @@ import torch
 from rlhf_dist import dist as D
 from rlhf_dist.data.batch import from_wire
 from rlhf_dist.errors import WaitTimeout, phase
-from rlhf_dist.learner import micro, models
-from rlhf_dist.learner.packed import last_token_scores, response_logprobs, response_outputs
-from rlhf_dist.learner.deepspeed_setup import ds_config, inference_ds_config, init_distributed, make_engine, skip_shm_comm
-from rlhf_dist.config.specs import LearnerSpec, ReferenceSpec, RewardSpec
+from rlhf_dist.learner import lora, micro, models
+from rlhf_dist.learner.packed import response_logprobs, response_outputs
+from rlhf_dist.learner.deepspeed_setup import ds_config, init_distributed, make_engine, skip_shm_comm
+from rlhf_dist.config.specs import LearnerSpec
 from rlhf_dist.sync.buckets import Bucket, plan_buckets
 from rlhf_dist.sync.sender import WeightSender
 
@@ -123,10 +123,13 @@ class LearnerWorker(_Base):
             model = self.load_model()
         if self.settings.model.gradient_checkpointing:
             model.gradient_checkpointing_enable()
+        if self.settings.lora is not None:
+            model = lora.wrap(model, self.settings.lora, self.settings.process.seed, self.settings.model.gradient_checkpointing)
         with phase("DeepSpeed engine set-up"):
             self.engine = make_engine(model, self.spec)
         self.zero3 = self.spec.role.zero_stage == 3
-        return {"rank": self.rank, "seconds": time.perf_counter() - t0, "params": self.num_params()}
+        return {"rank": self.rank, "seconds": time.perf_counter() - t0, "params": self.num_params(),
+                "trainable": lora.trainable(self.engine.module)}
 
     # --- what subclasses provide ---
     def load_model(self):
@@ -198,23 +201,26 @@ class LearnerWorker(_Base):
             return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
         return contextlib.nullcontext()
 
-    def named_full_params(self):
-        return [(n, tuple(getattr(p, "ds_shape", p.shape)), p.dtype) for n, p in self.engine.module.named_parameters()]
+    def named_full_params(self, pieces: dict[str, lora.Piece], dtype: torch.dtype | None = None):
+        params = dict(self.engine.module.named_parameters())
+        return [(p.name, p.shape, dtype or params[p.params[0]].dtype) for p in pieces.values()]
 
-    def iter_full_buckets(self, buckets: list[Bucket]):
+    def iter_full_buckets(self, buckets: list[Bucket], pieces: dict[str, lora.Piece]):
         """Yield (bucket, [full tensors]) with each bucket gathered in turn (all ranks must iterate together)."""
         params = dict(self.engine.module.named_parameters())
         for bucket in buckets:
-            ps = [params[n] for n in bucket.names]
+            parts = [pieces[n] for n in bucket.names]
+            ps = list({n: params[n] for part in parts for n in part.params}.values())
             with self._gathered(ps):
-                yield bucket, [p.data for p in ps]
+                yield bucket, [lora.materialize(part, params) for part in parts]
 
     # --- checkpoints: DeepSpeed writes each rank's partitions; RNG states are saved per rank ---
     def save_checkpoint(self, path: str) -> bool:
         import os
         import random
 
-        self.engine.save_checkpoint(path, tag="state")
+        # With an adapter the frozen base is left out: resume loads it from the model directory again.
+        self.engine.save_checkpoint(path, tag="state", exclude_frozen_parameters=self.settings.lora is not None)
         rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
         torch.save(rng, os.path.join(path, f"rng_rank{self.rank}.pt"))
         return True
@@ -226,7 +232,8 @@ class LearnerWorker(_Base):
         from rlhf_dist import safe_load
 
         with safe_load.weights_only_loads(f"{self.role} rank {self.rank}: checkpoint {path}"):
-            load_path, _ = self.engine.load_checkpoint(path, tag="state", load_optimizer_states=True, load_lr_scheduler_states=True)
+            load_path, _ = self.engine.load_checkpoint(path, tag="state", load_optimizer_states=True, load_lr_scheduler_states=True,
+                                                       load_module_strict=self.settings.lora is None)
         if load_path is None:
             raise FileNotFoundError(f"{self.role} rank {self.rank}: no DeepSpeed checkpoint under {path}")
         rng = safe_load.load(os.path.join(path, f"rng_rank{self.rank}.pt"))
@@ -254,17 +261,27 @@ class LearnerWorker(_Base):
             n += size
         return {k: v / max(n, 1) for k, v in sums.items()}
 
-    def save_hf(self, path: str, bucket_mb: float) -> str | None:
-        """Gather the full weights bucket by bucket (`sync.bucket_mb`) and write a HuggingFace directory (rank 0 writes)."""
-        buckets = plan_buckets(self.named_full_params(), int(bucket_mb * 2**20))
+    def _gather_state(self, payload: str, bucket_mb: float) -> dict[str, torch.Tensor]:
+        """The payload's tensors on rank 0's host, gathered bucket by bucket (empty on the other ranks)."""
+        pieces = lora.pieces(self.engine.module, payload)
+        buckets = plan_buckets(self.named_full_params(pieces), int(bucket_mb * 2**20))
         state = {}
-        for bucket, tensors in self.iter_full_buckets(buckets):
+        for bucket, tensors in self.iter_full_buckets(buckets, pieces):
             if self.rank == 0:
                 for name, t in zip(bucket.names, tensors):
                     state[name] = t.detach().to("cpu", copy=True)
+        return state
+
+    def save_hf(self, path: str, bucket_mb: float) -> str | None:
+        """Gather the full weights bucket by bucket (`sync.bucket_mb`) and write a HuggingFace directory (rank 0 writes).
+        With an adapter: the base with the adapter merged in, and (causal LMs) the adapter alone in path/adapter."""
+        state = self._gather_state("merged", bucket_mb)
+        adapter = self._gather_state("adapter", bucket_mb) if self.settings.lora is not None and not self.settings.lora.heads else None
         if self.rank != 0:
             return None
-        self.engine.module.save_pretrained(path, state_dict=state, safe_serialization=True)
+        lora.base_model(self.engine.module).save_pretrained(path, state_dict=state, safe_serialization=True)
+        if adapter is not None:
+            lora.write_adapter(f"{path}/adapter", self.engine.module, adapter)
         return path
 
 
@@ -279,10 +296,19 @@ class PolicyWorker(LearnerWorker):
         logprobs, entropy = self._token_logprobs(self.engine, batch, self.settings.temperature, with_entropy)
         return {"logprobs": logprobs, **({"entropy": entropy} if with_entropy else {})}
 
+    @torch.no_grad()
+    def infer_reference(self, batch: dict[str, torch.Tensor], plan=None) -> dict[str, torch.Tensor]:
+        """The reference's log-probs from this model with its adapter off (model.lora): its base weights."""
+        with lora.reference_weights(self.engine.module):
+            return self.infer(batch, plan)
+
     # --- weight sync (rlhf_dist.sync.sender: rank 0 broadcasts; every rank joins the ZeRO-3 gathers) ---
-    def sync_plan(self, bucket_mb: float) -> list[Bucket]:
+    def sync_plan(self, bucket_mb: float, payload: str | None = None) -> list[Bucket]:
+        """The bucket plan of `payload` (default: the run's, sync.lora), in the engines' dtype: the tensors are cast
+        to it as they are packed."""
         self._sender = getattr(self, "_sender", None) or WeightSender(self.rank)
-        return self._sender.plan(self.named_full_params(), bucket_mb)
+        self._pieces = lora.pieces(self.engine.module, payload or self.settings.sync_payload)
+        return self._sender.plan(self.named_full_params(self._pieces, models.DTYPES[self.settings.model.dtype]), bucket_mb)
 
     def init_weight_sync(self, master_addr: str, port: int, world_size: int, backend: str) -> bool:
         p = self.settings.process
@@ -290,7 +316,7 @@ class PolicyWorker(LearnerWorker):
         return True
 
     def broadcast_weights(self, verify: bool) -> dict:
-        return self._sender.send(self.iter_full_buckets(self._sender.buckets), verify)
+        return self._sender.send(self.iter_full_buckets(self._sender.buckets, self._pieces), verify)
 
 
 class CriticWorker(LearnerWorker):
@@ -302,93 +328,3 @@ class CriticWorker(LearnerWorker):
 
     def outputs(self, batch, with_entropy):
         return {"values": self._response(self.engine, batch)[..., 0].float()}
-
-
-class ReferenceWorker(_Base):
-    """Frozen reference policy: log-probs of the sampled tokens. A full replica per rank, or (zero_stage 3)
-    one partition per rank, with all ranks running each forward pass together."""
-
-    role = "reference"
-    settings: ReferenceSpec
-
-    @property
-    def sharded(self) -> bool:
-        return self.settings.zero_stage == 3
-
-    def setup(self, master_addr: str | None = None, port: int | None = None) -> dict:
-        m = self.settings.model
-        path = m.path
-        if not self.sharded:
-            self.model = models.load_causal_lm(path, m.dtype, m.attn_implementation).to(self.device)
-            self.model.eval().requires_grad_(False)
-            return {"rank": self.rank}
-        import deepspeed
-        from transformers.integrations import HfDeepSpeedConfig
-
-        self._rendezvous(master_addr, port)
-        ds = inference_ds_config(self.settings.micro_batch_size, m.dtype, self.world_size)
-        self._hf_ds = HfDeepSpeedConfig(ds)  # from_pretrained then loads the weights already partitioned
-        model = models.load_causal_lm(path, m.dtype, m.attn_implementation).requires_grad_(False)
-        self.model, *_ = deepspeed.initialize(model=model, config=ds)
-        self.model.eval()
-        return {"rank": self.rank}
-
-    @torch.no_grad()
-    def infer(self, batch: dict[str, torch.Tensor], plan=None) -> dict[str, torch.Tensor]:
-        if plan is not None:
-            with micro.layout(self, plan):
-                return micro.infer(self._to_device(batch), plan, lambda mb: {"logprobs": self._logprobs(mb)})
-        out = []
-        for mb in _micro_batches(self._to_device(batch), self.settings.micro_batch_size):
-            out.append(self._logprobs(mb).cpu())
-        return {"logprobs": torch.cat(out)}
-
-    def _logprobs(self, mb: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self._token_logprobs(self.model, mb, self.settings.temperature)[0]
-
-
-class RewardModelWorker(_Base):
-    """Sequence-classification reward model (or labelling judge), scored at the last token; tokenizes text with
-    its own tokenizer."""
-
-    role = "reward"
-    settings: RewardSpec
-
-    def setup(self) -> dict:
-        from transformers import AutoTokenizer
-
-        m = self.settings.model
-        path = m.path
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        if self.tokenizer.pad_token_id is None:  # Llama-3 has none; reward-model training pads with EOS too
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = models.load_reward_model(path, m.dtype, m.attn_implementation).to(self.device).eval()
-        if self.model.config.pad_token_id is None:
-            self.model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.shift, self.scale = 0.0, 1.0
-        if self.settings.normalize:
-            import json
-            import os
-
-            with open(os.path.join(path, "reward_stats.json")) as f:
-                stats = json.load(f)
-            self.shift, self.scale = stats["mean"], stats["std"]
-        return {"rank": self.rank}
-
-    @torch.no_grad()
-    def score(self, pairs: list[tuple[str, str]]) -> list[float]:
-        """Scores (prompt, response) pairs in the conversation format reward-model training used (data/chat.py)."""
-        from rlhf_dist.data.chat import conversation_ids, right_padded
-
-        s = self.settings
-        from rlhf_dist.data.packing import sequence_groups
-
-        rows = [conversation_ids(self.tokenizer, p, r, s.chat_template) for p, r in pairs]
-        pad = self.tokenizer.pad_token_id
-        out = [0.0] * len(rows)
-        for g in sequence_groups([len(r) for r in rows], s.batch_size, s.micro_batch_tokens, s.packing):
-            enc = {k: v.to(self.device) for k, v in right_padded([rows[i] for i in g], pad).items()}
-            scores, _ = last_token_scores(self.model, enc, s.packing, s.model.attn_implementation, self.model.config.pad_token_id)
-            for i, v in zip(g, ((scores.cpu() - self.shift) / self.scale).tolist()):
-                out[i] = v
-        return out

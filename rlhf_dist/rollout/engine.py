@@ -55,10 +55,31 @@ def scheduler_kwargs(device: str, max_model_len: int) -> dict:
     return dict(enable_chunked_prefill=False, max_num_batched_tokens=max(CPU_STEP_TOKENS, max_model_len))
 
 
+# The ranks vLLM sizes its LoRA buffers for (vllm.config.lora.MaxLoRARanks); an adapter's rank fits under one.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def lora_engine(cfg) -> dict | None:
+    """The adapter the engines serve with adapter-only sync (model.lora, sync.lora: adapter); None: plain weights.
+    `slots`: adapters kept at once, one per weights version in flight (rollout.max_staleness + 1)."""
+    lora = getattr(cfg.model, "lora", None)
+    if lora is None or not hasattr(cfg, "sync") or cfg.sync.lora != "adapter":
+        return None
+    return {"rank": lora.rank, "alpha": lora.alpha, "target_modules": list(lora.target_modules),
+            "slots": cfg.rollout.max_staleness + 1}
+
+
 def llm_kwargs(cfg) -> dict:
     """The vLLM settings every engine uses (the rollout benchmark's direct vLLM too, so both sides match).
     `cfg`: a PPO or labelling config (both have these sections)."""
     max_model_len = cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens
+    lora = lora_engine(cfg)
+    if lora is not None:
+        slots = lora["slots"]
+        lora_kwargs = dict(enable_lora=True, max_lora_rank=min(r for r in VLLM_LORA_RANKS if r >= lora["rank"]),
+                           max_loras=slots, max_cpu_loras=slots)
+    else:
+        lora_kwargs = {}
     return dict(
         model=cfg.model.policy,
         # vLLM would silently downcast an fp32 checkpoint to bf16 unless the dtype is explicit.
@@ -69,6 +90,7 @@ def llm_kwargs(cfg) -> dict:
         # Log-probs after temperature, i.e. of the distribution the tokens were sampled from.
         logprobs_mode="processed_logprobs",
         **scheduler_kwargs(cfg.cluster.device, max_model_len),
+        **lora_kwargs,
     )
 
 
@@ -81,7 +103,7 @@ def engine_spec(cfg) -> EngineSpec:
     sampling = SamplingSpec(r.max_new_tokens, r.temperature, r.top_p, r.top_k, r.min_p, tuple(r.stop), tuple(r.stop_token_ids))
     engine_load = cfg.sync.engine_load if hasattr(cfg, "sync") else "auto"  # labelling engines take no synced weights
     return EngineSpec(process_spec(cfg), llm_kwargs(cfg), cfg.placement.rollout.tensor_parallel_size, sampling, RECEIVER, warmup,
-                      engine_load)
+                      engine_load, lora_engine(cfg))
 
 
 def sampling_params(r: SamplingSpec, n: int, seed: int | list[int], overrides: dict | list[dict] | None = None) -> list:
@@ -182,14 +204,14 @@ class RolloutEngine:
         'stop' (EOS, a stop string or stop token) or 'length' (cut at max_new_tokens)."""
         from vllm.inputs import TokensPrompt
 
-        if version is not None:
-            held = self.llm.collective_rpc("rlhf_version")
-            if any(v != version for v in held):
-                raise WeightSyncError(f"engine workers hold weights {held}, but version {version} was synced: refusing stale weights")
+        held = self.llm.collective_rpc("rlhf_version") if version is not None or self.settings.lora else None
+        if version is not None and any(v != version for v in held):
+            raise WeightSyncError(f"engine workers hold weights {held}, but version {version} was synced: refusing stale weights")
 
         params = sampling_params(self.settings.sampling, len(prompts), seed, sampling)
         t0 = time.perf_counter()
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False,
+                                 lora_request=self._adapter(held[0] if held else -1))
         seconds = time.perf_counter() - t0
         responses, logprobs, finish = [], [], []
         for o in outs:
@@ -200,17 +222,29 @@ class RolloutEngine:
             finish.append(c.finish_reason)
         return {"responses": responses, "logprobs": logprobs, "finish_reasons": finish, "seconds": seconds}
 
+    def _adapter(self, version: int):
+        """Adapter-only sync: the request for the adapter of `version` (rlhf_dist.sync.adapters); None before any
+        sync (the warm-up samples the base) or with plain weights."""
+        if not self.settings.lora or version < 0:
+            return None
+        from vllm.lora.request import LoRARequest
+
+        from rlhf_dist.sync.adapters import IN_MEMORY, lora_id
+
+        return LoRARequest(f"rlhf_dist-v{version}", lora_id(version), IN_MEMORY)
+
     def init_weight_sync(self, master_addr: str, port: int, first_rank: int, world_size: int, backend: str, buckets) -> list[dict]:
         """Join the sync group; `buckets` is the plan agreed once, used by every later receive. Per worker: its
         sync rank and how it loads the weights it receives."""
         p = self.settings.process
         return self.llm.collective_rpc(
             "rlhf_init_sync",
-            args=(master_addr, port, first_rank, world_size, backend, p.rendezvous_s, p.collective_s, buckets, self.settings.engine_load),
+            args=(master_addr, port, first_rank, world_size, backend, p.rendezvous_s, p.collective_s, buckets, self.settings.engine_load,
+                  self.settings.lora),
         )
 
-    def set_sync_plan(self, buckets) -> list[bool]:
-        return self.llm.collective_rpc("rlhf_set_plan", args=(buckets,))
+    def set_sync_plan(self, buckets, payload: str | None = None) -> list[bool]:
+        return self.llm.collective_rpc("rlhf_set_plan", args=(buckets, payload))
 
     def receive_weights(self, version: int, verify: bool) -> list[dict]:
         out = self.llm.collective_rpc("rlhf_receive", args=(version, verify))

@@ -8,8 +8,9 @@ from rlhf_dist.errors import WeightSyncError
 
 
 class WeightSync:
-    def __init__(self, roles, device: str, same_pool: bool, tp: int, bucket_mb: float, timeouts, log=print):
-        self.roles, self.timeouts, self.tp = roles, timeouts, tp
+    def __init__(self, roles, device: str, same_pool: bool, tp: int, bucket_mb: float, timeouts, log=print, payload: str = "full"):
+        """`payload`: what the policy sends (rlhf_dist.learner.lora: "full", "adapter" or "merged")."""
+        self.roles, self.timeouts, self.tp, self.payload = roles, timeouts, tp, payload
         self.policy, self.rollout = roles["policy"], roles["rollout"]
         self.version = None  # weights version last synced to the engines
         backend = "nccl" if device.startswith("cuda") else "gloo"
@@ -33,13 +34,15 @@ class WeightSync:
         # How the engines' workers load what they receive (rlhf_dist.sync.receiver), said once.
         self.engine_load = sorted({w["engine_load"] for workers in joined[len(self.policy) :] for w in workers})
         total = sum(b.nbytes for b in self.buckets)
-        log(f"weight sync: {len(self.buckets)} buckets, {total / 2**20:.1f} MiB, {world} ranks over {backend}; "
-            f"engines load through {' / '.join(self.engine_load)}")
+        log(f"weight sync: {len(self.buckets)} buckets, {total / 2**20:.1f} MiB ({payload} weights), {world} ranks over "
+            f"{backend}; engines load through {' / '.join(self.engine_load)}")
 
-    def replan(self, bucket_mb: float) -> None:
-        """Another bucket size for learner and engines alike (the sync benchmark compares sizes)."""
-        self.buckets = self.policy.call("sync_plan", bucket_mb, timeout_s=self.timeouts.call_s)[0]
-        self.rollout.call("set_sync_plan", self.buckets, timeout_s=self.timeouts.call_s)
+    def replan(self, bucket_mb: float, payload: str | None = None) -> None:
+        """Another bucket size (or payload) for learner and engines alike (the sync benchmark compares them)."""
+        self.payload = payload or self.payload
+        self.buckets = self.policy.call("sync_plan", bucket_mb, self.payload, timeout_s=self.timeouts.call_s)[0]
+        self.names = [n for b in self.buckets for n in b.names]
+        self.rollout.call("set_sync_plan", self.buckets, self.payload, timeout_s=self.timeouts.call_s)
 
     def sync(self, version: int, verify: bool) -> dict:
         """Policy -> every engine; with `verify`, each engine worker's checksums must equal the learner's."""
@@ -57,7 +60,8 @@ class WeightSync:
                     raise WeightSyncError(
                         f"weight sync v{version}: rollout engine {e} worker {w}: vLLM's loader took {got['consumed']} of "
                         f"the policy's {len(self.names)} tensors" + _named("; left in the stream", got["left_in_stream"])
-                        + _named("; engine parameters it did not write", got["not_written"])
+                        + _named("; adapter tensors it did not load" if self.payload == "adapter"
+                                 else "; engine parameters it did not write", got["not_written"])
                     )
                 if verify and got["checksums"] != sent["checksums"]:
                     bad = next(i for i, (a, b) in enumerate(zip(sent["checksums"], got["checksums"])) if a != b)

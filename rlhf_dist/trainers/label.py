@@ -14,7 +14,7 @@ from rlhf_dist.data.chat import prompt_ids, require_template
 from rlhf_dist.data.prompts import load_prompts
 from rlhf_dist.dist import cpu_workers
 from rlhf_dist.config.layout import pool_layout
-from rlhf_dist.learner.workers import RewardModelWorker
+from rlhf_dist.learner.frozen import RewardModelWorker
 from rlhf_dist.model_shape import check_tp_heads
 from rlhf_dist.outputs import open_append
 from rlhf_dist.preflight import check_model_path, check_stop_tokens, prepare_tokenizer

@@ -21,10 +21,12 @@ class PassOutputs:
 def run_passes(roles, passes: StepPasses, batch: dict, engine_logprobs: torch.Tensor, timing: dict) -> PassOutputs:
     jobs = {}
     t0 = time.perf_counter()
-    roles.threads.phase(roles.reference if passes.reference else None, roles.policy if passes.policy_infer else None,
-                        roles.critic)
+    on_policy = passes.reference_on_policy  # model.lora: the policy's ranks, their adapter off
+    roles.threads.phase(roles.reference if passes.reference and not on_policy else None,
+                        roles.policy if passes.policy_infer or on_policy else None, roles.critic)
     if passes.reference:
-        jobs["reference"] = roles.submit_infer(roles.reference, batch)
+        jobs["reference"] = (roles.submit_infer(roles.policy, batch, "infer_reference") if on_policy
+                             else roles.submit_infer(roles.reference, batch))
     if passes.policy_infer:
         jobs["policy"] = roles.submit_infer(roles.policy, batch)
     if roles.critic is not None:

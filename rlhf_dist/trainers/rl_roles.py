@@ -4,16 +4,12 @@ from __future__ import annotations
 
 from rlhf_dist.config import Config, Derived, derive, uses_critic
 from rlhf_dist.config.derive import infer_budget
-from rlhf_dist.config.passes import uses_reference
+from rlhf_dist.config.passes import reference_role
 from rlhf_dist.data.batch import concat, split
 from rlhf_dist.data.packing import gather_rows, plan_infer, plan_update, rank_shards
 from rlhf_dist.dist import cpu_workers
-from rlhf_dist.learner.workers import (
-    CriticWorker,
-    PolicyWorker,
-    ReferenceWorker,
-    RewardModelWorker,
-)
+from rlhf_dist.learner.frozen import ReferenceWorker, RewardModelWorker
+from rlhf_dist.learner.workers import CriticWorker, PolicyWorker
 from rlhf_dist.rollout.engine import RolloutEngine, engine_env, engine_spec
 from rlhf_dist.rollout.requests import merged, submit_generate
 from rlhf_dist.data.batch import shards
@@ -26,6 +22,7 @@ from rlhf_dist.config.specs import (
     ReferenceSpec,
     RewardSpec,
     TrainSpec,
+    lora_spec,
     process_spec,
 )
 from rlhf_dist.sync.weights import WeightSync
@@ -45,7 +42,10 @@ def learner_spec(cfg: Config, role: str) -> LearnerSpec:
                       # The LR schedule counts PPO steps; the learners step it once per optimizer step.
                       schedule=p.lr_schedule, total_steps=cfg.run.steps,
                       optimizer_steps_per_step=derive(cfg).optimizer_steps_per_step)
-    return LearnerSpec(process_spec(cfg), _model(cfg, path), train, temperature=cfg.rollout.temperature)
+    adapter = lora_spec(m.lora) if role == "policy" else lora_spec(m.critic_lora, heads=("score",))
+    payload = "full" if role != "policy" or m.lora is None else cfg.sync.lora
+    return LearnerSpec(process_spec(cfg), _model(cfg, path), train, temperature=cfg.rollout.temperature, lora=adapter,
+                       sync_payload=payload)
 
 
 def reference_spec(cfg: Config) -> ReferenceSpec:
@@ -60,7 +60,7 @@ def reward_spec(cfg: Config) -> RewardSpec:
 
 def role_specs(cfg: Config) -> list[RoleSpec]:
     """Only the roles this job uses: no critic for critic-free estimators, no reference without a KL term or the KL
-    metric, no reward model without reward.model."""
+    metric (nor with model.lora: the policy's ranks serve it), no reward model without reward.model."""
     p = cfg.placement
 
     def shares(role) -> bool:  # transformers keeps one ZeRO-3 setting per process: ZeRO-3 roles keep their own
@@ -71,7 +71,7 @@ def role_specs(cfg: Config) -> list[RoleSpec]:
     if uses_critic(cfg):
         specs.append(RoleSpec("critic", CriticWorker, p.critic.pool, p.critic.num_gpus, learner_spec(cfg, "critic"), rendezvous=True,
                               yields_cpu=True, hostable=shares(p.critic)))
-    if uses_reference(cfg):
+    if reference_role(cfg):
         specs.append(RoleSpec("reference", ReferenceWorker, p.reference.pool, p.reference.num_gpus, reference_spec(cfg),
                               rendezvous=p.reference.zero_stage == 3, yields_cpu=True, hostable=shares(p.reference)))
     if cfg.reward.model is not None:
@@ -103,7 +103,8 @@ class RLRoles:
             self.reference, self.rollout, self.reward = self.roles.get("reference"), self.roles["rollout"], self.roles.get("reward")
             pl = cfg.placement
             self.sync = WeightSync(self.roles, self.roles.device, pl.rollout.pool == pl.policy.pool,
-                                   pl.rollout.tensor_parallel_size, cfg.sync.bucket_mb, t, log)
+                                   pl.rollout.tensor_parallel_size, cfg.sync.bucket_mb, t, log,
+                                   "full" if cfg.model.lora is None else cfg.sync.lora)
             on = phase_threads_on(cfg.cluster, pl.rollout.tensor_parallel_size)
             self.threads = PhaseThreads(self.roles, on, cfg.cluster.phase_cores)
         except BaseException:
@@ -127,13 +128,14 @@ class RLRoles:
         """The weights version the engines were last synced to."""
         return self.sync.version
 
-    def submit_infer(self, group, batch: dict):
-        """A pass over `batch` on the group's ranks: by count, or by the controller's plan (token budget, packing)."""
+    def submit_infer(self, group, batch: dict, method: str = "infer"):
+        """A pass over `batch` on the group's ranks: by count, or by the controller's plan (token budget, packing).
+        `method`: the workers' pass (`infer_reference`: the policy with its LoRA adapter off)."""
         p = self.cfg.ppo
         plans = plan_infer(batch, len(group), p.micro_batch_size, infer_budget(self.cfg), p.packing)
         if plans is None:
-            return group.submit("infer", per_rank=[(s,) for s in split(batch, len(group))]), None
-        return group.submit("infer", per_rank=list(zip(rank_shards(batch, plans), plans))), (plans, len(batch["input_ids"]))
+            return group.submit(method, per_rank=[(s,) for s in split(batch, len(group))]), None
+        return group.submit(method, per_rank=list(zip(rank_shards(batch, plans), plans))), (plans, len(batch["input_ids"]))
 
     def gather_infer(self, submitted, what: str) -> dict:
         job, plans = submitted

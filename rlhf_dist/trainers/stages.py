@@ -27,7 +27,7 @@ from rlhf_dist.outputs import fresh_owned_dir, write_file
 from rlhf_dist.preflight import prepare_stage_model
 from rlhf_dist.runtime.roles import Roles, RoleSpec, role_gpus
 from rlhf_dist.runtime.scaffold import log_skipped, open_run, ray_session
-from rlhf_dist.config.specs import LearnerSpec, ModelSpec, TrainSpec, process_spec
+from rlhf_dist.config.specs import LearnerSpec, ModelSpec, TrainSpec, lora_spec, process_spec
 from rlhf_dist.config.stages import ConfigError, StageConfig
 from rlhf_dist.sync.buckets import GATHER_BUCKET_MB
 
@@ -91,6 +91,7 @@ def learner_role(kind: str, cfg: StageConfig, total_steps: int) -> RoleSpec:
     spec = LearnerSpec(
         process_spec(cfg), ModelSpec(m.path, m.dtype, m.attn_implementation, m.gradient_checkpointing), train,
         reference=ModelSpec(ref, m.dtype, m.attn_implementation) if ref else None,
+        lora=lora_spec(m.lora, heads=("score",) if kind == "rm" else ()),  # a reward model's head trains whole
     )
     worker = {"sft": SFTWorker, "rm": RewardTrainWorker, "dpo": DPOWorker}[kind]
     return RoleSpec("learner", worker, p.pool, p.num_gpus, spec, rendezvous=True)
@@ -209,7 +210,8 @@ class StageLearners:
         self.cfg = cfg
         self.roles = Roles([role], cfg.placement.pools, cfg.run.name, cfg.cluster, cfg.timeouts, log)
         self.group = self.roles["learner"]
-        log(f"learner: {len(self.group)} ranks, {self.roles.setup_info['learner'][0]['params'] / 1e6:.2f}M parameters")
+        info = self.roles.setup_info["learner"][0]
+        log(f"learner: {len(self.group)} ranks, {info['params'] / 1e6:.2f}M parameters ({info['trainable'] / 1e6:.2f}M trained)")
 
     def _all(self, method: str, per_rank, what: str):
         return self.roles.wait([self.group.submit(method, per_rank=per_rank)], what)
