@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rlhf_dist.algorithms.registry import ADVANTAGE_ESTIMATORS
 from rlhf_dist.config.io import read_config_data, validate
-from rlhf_dist.config.layout import PoolLayout, pool_layout
+from rlhf_dist.config.layout import PoolLayout, check_tp_on_node, place_on_nodes, pool_layout
 from rlhf_dist.config.passes import uses_reference
 from rlhf_dist.config.rl import Config
 from rlhf_dist.errors import ConfigError
@@ -96,11 +96,9 @@ def derive(cfg: Config) -> Derived:
     roles = role_gpus(cfg)
     layout = pool_layout(p.pools, roles)
     tp = p.rollout.tensor_parallel_size
-    if tp > p.pools[p.rollout.pool].gpus_per_node:
-        raise ConfigError(
-            f"placement.rollout.tensor_parallel_size: {tp} exceeds the GPUs per node of pool {p.rollout.pool!r} "
-            f"({p.pools[p.rollout.pool].gpus_per_node}); a tensor-parallel engine must fit on one node"
-        )
+    check_tp_on_node("placement.rollout.tensor_parallel_size", tp, p.pools, p.rollout.pool)
+    if cfg.cluster.node_gpus:
+        place_on_nodes(p.pools, layout, cfg.cluster.node_gpus)
 
     def batch_check(role: str, ranks: int) -> int:
         if samples % ppo.mini_batch_size:
@@ -122,9 +120,14 @@ def derive(cfg: Config) -> Derived:
     ga_policy = batch_check("policy", p.policy.num_gpus)
     critic_ranks = p.critic.num_gpus if "critic" in roles else 0
     ga_critic = batch_check("critic", critic_ranks) if critic_ranks else 0
-    for role, ranks in (("reference", p.reference.num_gpus), ("rollout", p.rollout.num_engines)):
+    # Every role that takes a share of the step's samples gets an equal one (the learners' shares follow from the
+    # batch checks above): a reward model on 3 ranks would otherwise score 16 samples as 6 + 5 + 5.
+    split_over = {"reference": ("num_gpus", p.reference.num_gpus), "rollout": ("num_engines", p.rollout.num_engines),
+                  "reward": ("num_gpus", p.reward.num_gpus if p.reward is not None else 1)}
+    for role, (field, ranks) in split_over.items():
         if role in roles and samples % ranks:
-            raise ConfigError(f"placement.{role}: {samples} samples per step do not split evenly over {ranks} ranks")
+            raise ConfigError(f"placement.{role}.{field}: {samples} samples per step ({ppo.rollout_batch_size} prompts x "
+                              f"{cfg.rollout.n_samples_per_prompt} samples) do not split evenly over {ranks} ranks")
     return Derived(
         samples_per_step=samples,
         policy_ranks=p.policy.num_gpus,

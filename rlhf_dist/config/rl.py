@@ -245,7 +245,7 @@ class RolloutRole(Strict):
 
 
 class PlacementConfig(Strict):
-    pools: dict[str, PoolConfig] = Field(description="name -> pool; each pool is one Ray placement group")
+    pools: dict[str, PoolConfig] = Field(description="name -> pool; a pool is one Ray placement group per node, packed on it")
     policy: LearnerRole = Field(description="the policy's learner ranks")
     critic: LearnerRole | None = Field(None, description="needed only by estimators with a critic (gae)")
     reference: InferenceRole = Field(description="the reference model's ranks (started only when a KL needs it)")

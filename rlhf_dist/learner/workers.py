@@ -51,7 +51,8 @@ class _Base:
     def ready(self) -> dict:
         import os
 
-        return {"role": self.role, "rank": self.rank, "ip": D.node_ip(), "device": str(self.device), "pid": os.getpid()}
+        return {"role": self.role, "rank": self.rank, "ip": D.node_ip(), "node": D.node_id(), "device": str(self.device),
+                "pid": os.getpid()}
 
     def set_threads(self, n: int) -> int:
         """CPU: torch threads for the next calls (rlhf_dist.runtime.threads sets them per phase)."""

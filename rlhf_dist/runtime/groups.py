@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 from rlhf_dist.dist import CORES_ENV, LOCAL_IP_ENV, cpu_workers
 from rlhf_dist.errors import wait_all
-from rlhf_dist.runtime.placement import Slot, remove_pools
+from rlhf_dist.runtime.placement import PoolGroups, Slot, remove_pools
 
 
 def worker_env(device: str, threads: int) -> dict[str, str]:
@@ -69,20 +69,26 @@ class BundleSeat:
     def gpus(self) -> dict:
         import ray
 
-        return {**self.where, "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+        return {**self.where, "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "node": ray.get_runtime_context().get_node_id()}
 
 
-def start_actor(remote_cls, pg, bundle: int, num_gpus: float, env: dict, nice: int, args: tuple):
-    """One actor on a placement group's bundle, with its environment (and niceness, see YIELD_NICE)."""
+def on_bundle(pool: PoolGroups, bundle: int):
+    """The scheduling strategy of an actor on one of the pool's bundles (pool-wide index)."""
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+    pg, index = pool.locate(bundle)
+    return PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index)
+
+
+def start_actor(remote_cls, pool: PoolGroups, bundle: int, num_gpus: float, env: dict, nice: int, args: tuple):
+    """One actor on a pool's bundle, with its environment (and niceness, see YIELD_NICE)."""
     # Ray's documented way to wrap the worker interpreter: the process starts niced, before any import.
     launch = {"py_executable": f"nice -n {nice} {sys.executable}"} if nice else {}
     return remote_cls.options(
         # CPUs are not reserved: on small machines roles share cores (threads are capped instead).
         num_cpus=0,
         num_gpus=num_gpus,
-        scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=bundle),
+        scheduling_strategy=on_bundle(pool, bundle),
         runtime_env={"env_vars": env, **launch},
         max_restarts=0,
     ).remote(*args)
@@ -97,22 +103,24 @@ class ActorGroup:
     def __init__(self, role: str, worker_cls: type, slots: Sequence[Slot], pools: dict, args: tuple, env: dict[str, str],
                  seats: bool = False, nice: int = 0):
         import ray
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self.role = role
         remote_cls = ray.remote(worker_cls)
         self.actors, self.seats = [], []
         for rank, slot in enumerate(slots):
             tp = len(slot.bundles) > 1
+            pool = pools[slot.pool]
+            # RLHF_DIST_BUNDLES names the pool's bundles; vLLM's Ray workers (GPU) take them by their index inside
+            # the node's placement group the engine actor runs in (RLHF_DIST_GROUP_BUNDLES).
             bundles = {"RLHF_DIST_BUNDLES": ",".join(map(str, slot.bundles)), "RLHF_DIST_GPU_SHARE": str(slot.gpu_fraction),
+                       "RLHF_DIST_GROUP_BUNDLES": ",".join(str(pool.locate(b)[1]) for b in slot.bundles),
                        "RLHF_DIST_SEATS": "1" if tp and seats else ""}
-            self.actors.append(start_actor(remote_cls, pools[slot.pool], slot.bundle, 0 if tp else slot.gpu_fraction,
+            self.actors.append(start_actor(remote_cls, pool, slot.bundle, 0 if tp else slot.gpu_fraction,
                                            {**env, **bundles}, nice, (*args, rank, len(slots))))
             if tp and seats:
                 seat = ray.remote(BundleSeat)
                 self.seats += [
-                    seat.options(num_cpus=0, num_gpus=slot.gpu_fraction, max_restarts=0,
-                                 scheduling_strategy=PlacementGroupSchedulingStrategy(pools[slot.pool], placement_group_bundle_index=b))
+                    seat.options(num_cpus=0, num_gpus=slot.gpu_fraction, max_restarts=0, scheduling_strategy=on_bundle(pool, b))
                     .remote(role, rank, b)
                     for b in slot.bundles
                 ]

@@ -107,7 +107,7 @@ class Roles:
         self.device = infos[0].get("device", "cpu")
         i = 0
         for role, g in self.groups.items():
-            where = ", ".join(f"rank {x['rank']} pid {x['pid']} on {x['ip']}" for x in infos[i : i + len(g)])
+            where = ", ".join(self._where(role, x) for x in infos[i : i + len(g)])
             self.log(f"{role}: {where}")
             i += len(g)
         # Roles with a DeepSpeed process group rendezvous; the others load their models meanwhile.
@@ -127,6 +127,24 @@ class Roles:
         for s in specs:
             out[s.name], i = done[i : i + s.ranks], i + s.ranks
         return out
+
+    def _where(self, role: str, info: dict) -> str:
+        """One rank's process and node; a rank owning several bundles (a TP engine) also names theirs."""
+        text = f"rank {info['rank']} pid {info['pid']} on {info['ip']}"
+        if info.get("node"):
+            text += f" node {info['node'][:12]}"
+        slot = self.slots[role][info["rank"]]
+        if len(slot.bundles) > 1:
+            pool = self.pools[slot.pool]
+            nodes = sorted({pool.node_of(b)[:12] for b in slot.bundles})
+            text += f" (bundles {','.join(map(str, slot.bundles))} on node {', '.join(nodes)})"
+        return text
+
+    def placement(self) -> dict[str, list[dict]]:
+        """role -> per rank: its pool's bundles and the node id each is pinned to."""
+        return {role: [{"rank": r, "pool": s.pool, "bundles": list(s.bundles),
+                        "nodes": [self.pools[s.pool].node_of(b) for b in s.bundles]} for r, s in enumerate(slots)]
+                for role, slots in self.slots.items()}
 
     def __getitem__(self, role: str) -> ActorGroup:
         return self.groups[role]
