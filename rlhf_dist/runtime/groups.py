@@ -8,6 +8,7 @@ from typing import Any, Sequence
 from rlhf_dist.dist import CORES_ENV, LOCAL_IP_ENV, cpu_workers
 from rlhf_dist.errors import wait_all
 from rlhf_dist.runtime.placement import PoolGroups, Slot, remove_pools
+from rlhf_dist.runtime.seats import BundleSeat
 
 
 def worker_env(device: str, threads: int) -> dict[str, str]:
@@ -56,20 +57,6 @@ def stop_all(groups, pools: dict) -> None:
         except Exception:  # noqa: BLE001 - best effort at shutdown
             pass
     remove_pools(pools)
-
-
-class BundleSeat:
-    """Holds one tensor-parallel worker's GPU share on its bundle where the engine's TP workers are not Ray
-    actors (the CPU build runs them as child processes of the engine actor): the pool is then reserved exactly
-    as on GPUs, where vLLM's Ray workers take these bundles themselves."""
-
-    def __init__(self, role: str, rank: int, bundle: int):
-        self.where = {"role": role, "rank": rank, "bundle": bundle}
-
-    def gpus(self) -> dict:
-        import ray
-
-        return {**self.where, "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "node": ray.get_runtime_context().get_node_id()}
 
 
 def on_bundle(pool: PoolGroups, bundle: int):

@@ -105,6 +105,10 @@ class Roles:
         early = {s.name: self.groups[s.name].submit("setup") for s in specs if not s.rendezvous}
         infos = self.wait(readies, "actor start", t.actor_start_s)
         self.device = infos[0].get("device", "cpu")
+        # Where each seat (a TP worker's bundle, CPU) really is, as the seat itself reports it.
+        seats = [(role, s) for role, g in self.groups.items() for s in g.seats]
+        where = wait_all([s.gpus.remote() for _, s in seats], [f"{role} seat" for role, _ in seats], "seat start", t.actor_start_s)
+        self.seat_nodes = {(w["role"], w["rank"], w["bundle"]): w["node"] for w in where}
         i = 0
         for role, g in self.groups.items():
             where = ", ".join(self._where(role, x) for x in infos[i : i + len(g)])
@@ -136,7 +140,9 @@ class Roles:
         slot = self.slots[role][info["rank"]]
         if len(slot.bundles) > 1:
             pool = self.pools[slot.pool]
-            nodes = sorted({pool.node_of(b)[:12] for b in slot.bundles})
+            # A seat's own report where there are seats; else the node its bundle's group is pinned to (GPU: vLLM's
+            # workers take the bundles).
+            nodes = sorted({self.seat_nodes.get((role, info["rank"], b), pool.node_of(b))[:12] for b in slot.bundles})
             text += f" (bundles {','.join(map(str, slot.bundles))} on node {', '.join(nodes)})"
         return text
 
