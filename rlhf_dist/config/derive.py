@@ -25,6 +25,7 @@ class Derived:
     grad_accum_critic: int
     optimizer_steps_per_step: int
     rollout_gpus: int
+    logprob_diff_limit: float | None  # sync.max_logprob_diff, "auto" resolved from model.dtype; None: reported only
     layout: PoolLayout  # pools -> roles and reserved GPUs (rlhf_dist.layout, shared with every command)
 
     @property
@@ -47,6 +48,7 @@ class Derived:
             ("grad accumulation (policy / critic)", f"{self.grad_accum_policy} / {self.grad_accum_critic}"),
             ("optimizer steps per PPO step", self.optimizer_steps_per_step),
             ("rollout GPUs (engines x TP)", self.rollout_gpus),
+            ("engine/learner log-prob limit", "reported only" if self.logprob_diff_limit is None else f"{self.logprob_diff_limit:g}"),
         ]
         rows += [
             (f"pool {p}: GPUs reserved / roles", f"{self.gpus_per_pool[p]} / {', '.join(self.roles_per_pool[p])}")
@@ -62,6 +64,18 @@ CRITIC_ESTIMATORS = {n for n, e in ADVANTAGE_ESTIMATORS.items() if e.needs_criti
 GROUP_ESTIMATORS = {n for n, e in ADVANTAGE_ESTIMATORS.items() if e.needs_groups}
 # Estimators whose advantages come from sequence scores alone: a per-token KL reward would be ignored.
 SCORE_ONLY_ESTIMATORS = {n for n, e in ADVANTAGE_ESTIMATORS.items() if not e.uses_kl_reward}
+
+
+# sync.max_logprob_diff: auto, by model.dtype: the largest |engine - learner| log-prob allowed. fp32 engines and
+# learners agree to about 1e-5 on CPU (tests/test_lean_integration.py holds them within 1e-4); bf16 and fp16
+# round in every layer, so there only a gross difference (a wrong or stale tensor) is caught. The 16-bit values
+# are not measured here (no GPU run): bounds for what rounding gives, to be tightened from GPU runs.
+DEFAULT_LOGPROB_LIMITS = {"float32": 1e-3, "float16": 0.25, "bfloat16": 1.0}
+
+
+def logprob_diff_limit(cfg: Config) -> float | None:
+    limit = cfg.sync.max_logprob_diff
+    return DEFAULT_LOGPROB_LIMITS[cfg.model.dtype] if limit == "auto" else limit
 
 
 def uses_critic(cfg: Config) -> bool:
@@ -137,6 +151,7 @@ def derive(cfg: Config) -> Derived:
         grad_accum_critic=ga_critic,
         optimizer_steps_per_step=ppo.epochs * samples // ppo.mini_batch_size,
         rollout_gpus=p.rollout.num_engines * tp,
+        logprob_diff_limit=logprob_diff_limit(cfg),
         layout=layout,
     )
 

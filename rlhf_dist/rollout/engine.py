@@ -176,6 +176,16 @@ class RolloutEngine:
         return {"role": self.role, "rank": self.rank, "ip": node_ip(), "node": node_id(), "pid": os.getpid(),
                 "bundles": os.environ.get("RLHF_DIST_BUNDLES"), "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
 
+    def score(self, seqs: list[list[int]], starts: list[int]) -> list[list[float]]:
+        """The weight probe (rlhf_dist.sync.probe): log-probs of each sequence's tokens from its start on, as vLLM
+        computes prompt log-probs (temperature 1: prompt tokens skip the sampling processors)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(s)) for s in seqs], params, use_tqdm=False)
+        return [[o.prompt_logprobs[i][s[i]].logprob for i in range(start, len(s))] for o, s, start in zip(outs, seqs, starts)]
+
     def generate(self, prompts: list[list[int]], seed: int | list[int], version: int | None = None,
                  sampling: dict | list[dict] | None = None) -> dict:
         """`version`: the weights version the controller last synced; every worker must hold it.
