@@ -85,7 +85,7 @@ class LocalCluster:
         return self.token_path.read_text().strip()
 
     def env(self, **extra) -> dict:
-        return clean_env(RAY_AUTH_TOKEN_PATH=str(self.token_path), **extra)
+        return clean_env(**{"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path), **extra})
 
     def nodes(self) -> list[dict]:
         status, body = request(f"{self.dashboard}/api/v0/nodes?limit=100&detail=1", self.token)
@@ -125,7 +125,7 @@ class LocalCluster:
             assert time.monotonic() < deadline, f"node {name} not alive after {deadline_s} s"
             time.sleep(0.5)
 
-    def stop(self, name: str, sig: int = signal.SIGTERM, deadline_s: float = 30) -> None:
+    def stop(self, name: str, sig: int = signal.SIGTERM, deadline_s: float = 5) -> None:
         """Stop a node: `sig` to its whole process group (the script, `ray start`, the raylet, its workers), then
         SIGKILL to whatever is left after `deadline_s`."""
         p = self.processes.pop(name)

@@ -93,7 +93,7 @@ class ActorGroup:
 
         self.role = role
         remote_cls = ray.remote(worker_cls)
-        self.actors, self.seats = [], []
+        self.actors, self.seats, self.seat_bundles = [], [], []
         for rank, slot in enumerate(slots):
             tp = len(slot.bundles) > 1
             pool = pools[slot.pool]
@@ -111,6 +111,7 @@ class ActorGroup:
                     .remote(role, rank, b)
                     for b in slot.bundles
                 ]
+                self.seat_bundles += [(rank, b) for b in slot.bundles]
         self.processes = [(role, rank) for rank in range(len(self.actors))]
 
     def __len__(self) -> int:
@@ -135,6 +136,11 @@ class ActorGroup:
         refs, labels = self.submit(method, *args, ranks=ranks, per_rank=per_rank)
         return wait_all(refs, labels, f"{self.role}.{method}", timeout_s)
 
+    def probes(self) -> list[tuple[str, object, str]]:
+        """(label, actor, method) to ask each rank and seat whether it is there (rlhf_dist.runtime.nodes)."""
+        ranks = [(f"{self.role} rank {r}", a, "ready") for r, a in enumerate(self.actors)]
+        return ranks + [(f"{self.role} rank {r} seat {b}", s, "gpus") for (r, b), s in zip(self.seat_bundles, self.seats)]
+
     def kill(self) -> None:
         import ray
 
@@ -146,7 +152,10 @@ class HostedGroup(ActorGroup):
     """A role whose ranks live in shared processes (rlhf_dist.runtime.hosts): calls go through RoleHost.call."""
 
     def __init__(self, role: str, hosts: list, processes: list):
-        self.role, self.actors, self.seats, self.processes = role, list(hosts), [], list(processes)
+        self.role, self.actors, self.seats, self.seat_bundles, self.processes = role, list(hosts), [], [], list(processes)
+
+    def probes(self) -> list[tuple[str, object, str]]:
+        return [(f"{self.role} rank {r}", a, "call") for r, a in enumerate(self.actors)]
 
     def _invoke(self, actor, method: str, args: tuple):
         return actor.call.remote(self.role, method, *args)

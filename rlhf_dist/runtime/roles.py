@@ -152,6 +152,15 @@ class Roles:
                         "nodes": [self.pools[s.pool].node_of(b) for b in s.bundles]} for r, s in enumerate(slots)]
                 for role, slots in self.slots.items()}
 
+    def explain(self, error: Exception) -> Exception:
+        """After a failed call: the error, or which rank (and node) is gone (rlhf_dist.runtime.nodes)."""
+        from rlhf_dist.runtime.nodes import explain
+
+        try:
+            return explain(error, self.groups, self.placement(), self.log)
+        except Exception:  # noqa: BLE001 - the diagnosis must never hide the failure it explains
+            return error
+
     def __getitem__(self, role: str) -> ActorGroup:
         return self.groups[role]
 

@@ -16,6 +16,7 @@ from rlhf_dist import checkpoint
 from rlhf_dist.checkpoint import Checkpoint, load_trainer_state
 from rlhf_dist.config import Config, ConfigError, derive
 from rlhf_dist.config.derive import logprob_diff_limit
+from rlhf_dist.errors import WorkerDied, WorkerFailed
 from rlhf_dist.console import StepProgress, step_line
 from rlhf_dist.data.prompts import PromptLoader, PromptSet, load_prompts
 from rlhf_dist.rollout.evaluation import Evaluator
@@ -124,6 +125,14 @@ def run_session(cfg: Config, derived, run_dir: Path, resume: Checkpoint | None, 
             roles.save_policy(str(final))
             state.tokenizer.save_pretrained(str(final))
             log(f"saved HuggingFace policy to {run_dir / 'final'} in {time.perf_counter() - t0:.1f} s")
+    except (WorkerDied, WorkerFailed) as e:
+        # A peer's failed collective may be the first sign of a dead rank or a lost node: say which.
+        if roles is None:
+            raise
+        explained = roles.roles.explain(e)
+        if explained is e:
+            raise
+        raise explained from e
     finally:
         if writer is not None:
             writer.close()
