@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Submit a training job to a Ray cluster through Ray's job API, with this checkout as the working directory:
-#   RAY_ADDRESS=http://HEAD_IP:8265 launch/submit.sh CONFIG.yaml [dotted.key=value ...]
+#   RAY_ADDRESS=http://HEAD_IP:8265 RAY_AUTH_TOKEN_PATH=head_token launch/submit.sh CONFIG.yaml [dotted.key=value ...]
+# The request carries the cluster's token (RAY_AUTH_TOKEN, or the file RAY_AUTH_TOKEN_PATH, default
+# ~/.ray/auth_token): the head refuses jobs without it.
 # The job runs `python -m rlhf_dist train CONFIG ... cluster.address=auto` on the cluster; RLHF_PYTHON
 # names the Python that has rlhf_dist installed on the nodes (default: python). --no-wait returns at once.
 set -euo pipefail
@@ -10,6 +12,7 @@ WAIT=1
 [ $# -ge 1 ] || die "usage: RAY_ADDRESS=http://HEAD_IP:8265 launch/submit.sh [--no-wait] CONFIG.yaml [overrides...]"
 [ -n "${RAY_ADDRESS:-}" ] || die "RAY_ADDRESS is not set: the head's job address, e.g. http://10.0.0.1:8265"
 need_ray
+need_token
 CONFIG=$1; shift
 [ -f "$CONFIG" ] || die "config $CONFIG does not exist (paths are relative to the repository root)"
 cd "$(dirname "$0")/.."

@@ -36,6 +36,13 @@ def torch_device(device: str) -> torch.device:
 LOCAL_IP_ENV = "RLHF_DIST_NODE_IP"
 
 
+def node_id() -> str:
+    """The Ray node this process runs on (several nodes of one machine share an address)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
 def node_ip() -> str:
     if os.environ.get(LOCAL_IP_ENV):
         return os.environ[LOCAL_IP_ENV]

@@ -39,6 +39,10 @@ class WorkerDied(RLHFError):
     pass
 
 
+class NodeLost(WorkerDied):
+    """A node of the job is gone (its raylet stopped): the ranks it held died with it."""
+
+
 class WorkerFailed(RLHFError):
     pass
 

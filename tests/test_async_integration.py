@@ -1,6 +1,11 @@
 """Asynchronous mode (rollout.max_staleness > 0) with real Ray, DeepSpeed and vLLM on CPU: engines on their own
 pool run ahead of the learners; runs are reproducible; resume uses every prompt exactly as often."""
+import os
+import re
 import shutil
+import signal
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -59,3 +64,34 @@ def test_async_runs_are_reproducible_and_resume_uses_every_prompt_exactly_as_oft
     full, split = Counter(full_log.read_text().splitlines()), Counter(split_log.read_text().splitlines())
     assert sum(full.values()) == 4 * 8 * 2  # steps x prompts x samples
     assert split == full
+
+    # A dead engine in asynchronous mode: killed once the step-2 checkpoint is complete (a batch ahead in
+    # flight), the run restarts every group and resumes from that checkpoint, equal to the run resumed above.
+    killed: dict = {}
+    out = tmp_path / "killed"
+    killer = threading.Thread(target=kill_after_checkpoint, args=(out, "rollout", killed), daemon=True)
+    killer.start()
+    restarted = train(config(tiny_model, str(out), "fault_tolerance.max_restarts=1", steps=4))
+    killer.join(timeout=5)
+    assert "pid" in killed, "the test never found the engine to kill"
+    log = (restarted / "train.log").read_text()
+    assert re.search(r"worker died: rollout rank 0 (died|cannot be reached)", log), log[-3000:]
+    assert "restart 1/1: restarting all actor groups, resuming from checkpoint step 2" in log
+    rows = read_metrics(restarted)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # no trained step lost, none twice
+    for ra, rb in zip(read_metrics(tmp_path / "full")[:2] + read_metrics(resumed)[2:], rows, strict=True):
+        for key in COMPARED:
+            assert rb[key] == ra[key], (ra["step"], key)
+
+
+def kill_after_checkpoint(run_dir: Path, role: str, killed: dict) -> None:
+    """SIGKILL `role` rank 0 of this run (its pid is in train.log) once the step-2 checkpoint is complete."""
+    deadline = time.monotonic() + 600
+    done = run_dir / "checkpoints" / "step_00000002" / "COMPLETE"
+    while time.monotonic() < deadline:
+        if done.is_file():
+            match = re.search(rf"{role}: rank 0 pid (\d+)", (run_dir / "train.log").read_text())
+            killed["pid"] = int(match.group(1))
+            os.kill(killed["pid"], signal.SIGKILL)
+            return
+        time.sleep(0.05)

@@ -92,17 +92,26 @@ def test_bench_step_breaks_the_step_into_phases(ray_session, config, tmp_path):
         parts = r["generate"] + r["score"] + r["infer"] + r["update"] + r["sync"] + r["other"]
         assert parts == pytest.approx(r["step_s"], rel=1e-6)
         assert 0 <= r["outside_compute"] < 1
-    # The limits, measured in the same run, and the step's ratio to their sum.
+    # The limits, measured in the same run on the last step's work, and the step's ratio to their sum.
     limits, summary = result["limits"], result["limit_summary"]
     assert all(len(limits["runs"][k]) == 1 and limits[k] > 0 for k in ("generate", "update", "broadcast"))
     assert limits["weight_MB"] > 0
+    # Equal work: the same prompts and response lengths (both sides' tokens), the weights the step started from.
+    assert limits["step"] == 2 and rows[1]["tokens"] > 0
+    assert limits["generate_tokens"] == limits["step_tokens"] == rows[1]["tokens"] and summary["equal_work"] is True
+    samples = d["ppo"]["rollout_batch_size"] * d["rollout"]["n_samples_per_prompt"]
+    assert limits["prompt_tokens"] >= samples
+    weights = Path(limits["weights"])
+    assert weights.parent == tmp_path / "bench-run" and weights.name == "weights_before_step_2"
+    assert (weights / "model.safetensors").is_file() and (weights / "tokenizer.json").is_file()
     # The limit's update goes over the batch as the learner's does: epochs x mini-batches optimizer steps.
     p = d["ppo"]
-    assert limits["optimizer_steps"] == p["epochs"] * -(-p["rollout_batch_size"] * d["rollout"]["n_samples_per_prompt"] // p["mini_batch_size"])
+    assert limits["optimizer_steps"] == p["epochs"] * -(-samples // p["mini_batch_size"])
     assert [r["what"] for r in summary["rows"]] == ["generate", "update", "sync", "step"]
     step_row = summary["rows"][-1]
     assert step_row["limit_s"] == pytest.approx(limits["generate"] + limits["update"] + limits["broadcast"])
-    assert summary["ratio"] == pytest.approx(rows[1]["step_s"] / step_row["limit_s"])
+    assert summary["step"] == 2 and summary["ratio"] == pytest.approx(rows[1]["step_s"] / step_row["limit_s"])
+    assert summary["rows"][0]["step_tokens"] == summary["rows"][0]["limit_tokens"] == rows[1]["tokens"]
 
 
 def test_overlap_efficiency_against_the_ideal():

@@ -171,3 +171,19 @@ def test_shared_processes_pay_one_process_overhead(tiny_model, tmp_path):
     assert alone["shared_process_saving_gib"] == 0 and shared["shared_process_saving_gib"] == pytest.approx(1.5)
     assert alone["per_gpu_gib"] - shared["per_gpu_gib"] == pytest.approx(1.5)
     assert alone["host_per_node_gib"] - shared["host_per_node_gib"] == pytest.approx(6.0)
+
+
+@pytest.mark.parametrize("nodes,message", [
+    ("[8, 8, 8]", "placement.pools.gen: 1 node(s) x 8 GPUs cannot be placed beside pool(s) learn (GPUs per node: 8, 8, 8;"),
+    ("[8, 8, 8, 4, 4]", "placement.pools.gen: 1 node(s) x 8 GPUs cannot be placed beside pool(s) learn (GPUs per node: 8, 8, 8, 4, 4;"),
+    ("[16, 8, 4]", "placement.pools.learn: needs 3 node(s) with 8 GPUs each, but the cluster has 2 such node(s)"),
+])
+def test_plan_refuses_pools_that_cannot_be_placed_per_node(nodes, message, capsys):
+    # 32 GPUs in all would do for the 70B layout, but not as 3 learner nodes and an engine node of 8 each.
+    assert main(["plan", str(ROOT / "configs" / "llama70b_4node.yaml"), f"cluster.node_gpus={nodes}"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_plan_accepts_the_nodes_the_layout_was_made_for(capsys):
+    assert main(["plan", str(ROOT / "configs" / "llama70b_4node.yaml"), "cluster.node_gpus=[8, 8, 8, 8]"]) == 0

@@ -43,6 +43,22 @@ def test_layout_refuses_a_role_bigger_than_its_pool():
         pool_layout(pools, {"policy": ("gpu", 1)})
 
 
+def test_pools_are_placed_per_node_or_refused_naming_the_pool():
+    from rlhf_dist.config.layout import place_on_nodes
+
+    pools = {"learn": PoolConfig(nodes=1, gpus_per_node=2), "gen": PoolConfig(nodes=1, gpus_per_node=4),
+             "crit": PoolConfig(nodes=2, gpus_per_node=1)}
+    layout = pool_layout(pools, {"policy": ("learn", 2), "rollout": ("gen", 4), "critic": ("crit", 2)})
+    # The first node that fits `learn` (node 0) leaves no node for `gen`: the search takes node 1 instead.
+    assert place_on_nodes(pools, layout, [4, 3, 1]) == {"learn": (1,), "gen": (0,), "crit": (1, 2)}
+    with pytest.raises(ConfigError, match=r"^placement.pools.crit: 2 node\(s\) x 1 GPUs cannot be placed beside pool\(s\) learn, gen"):
+        place_on_nodes(pools, layout, [4, 2])  # a pool's nodes are distinct: crit cannot put both on node 1
+    with pytest.raises(ConfigError, match=r"^placement.pools.gen: needs 1 node\(s\) with 4 GPUs each, but the cluster has 0"):
+        place_on_nodes(pools, layout, [3, 3, 3])
+    unused = pool_layout(pools, {"policy": ("learn", 2)})
+    assert place_on_nodes(pools, unused, [2]) == {"learn": (0,)}  # pools no role uses take nothing
+
+
 def test_group_contract_is_checked():
     check_groups([3, 3, 7, 7, 1, 1], 2)
     with pytest.raises(ValueError, match="rows 2..3 mix prompts"):

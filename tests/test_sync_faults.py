@@ -1,6 +1,8 @@
-"""Weight sync proves what the engines hold, with real vLLM: an engine whose loader drops a tensor (takes it
-from the stream, never writes it) fails the sync by name; an engine that loads a corrupted tensor (the bytes on the wire being right) stops the run at the
-log-prob probe (`sync.max_logprob_diff`); a bucket whose bytes change on the wire fails a verified sync."""
+"""Weight sync proves what the engines hold, with real vLLM, in asynchronous mode (engines a step ahead on a
+pool of their own): an engine whose loader drops a tensor (takes it from the stream, never writes it) fails the
+sync by name; an engine that loads a corrupted tensor (the bytes on the wire being right) stops the run at the
+next sync, by the weight probe (`sync.max_logprob_diff`); a bucket whose bytes change on the wire fails a
+verified sync."""
 import dataclasses
 import json
 import re
@@ -71,8 +73,14 @@ def faulty_roles(request, ray_session, tiny_model, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("faults")
     (tmp / "p.jsonl").write_text("".join(json.dumps({"prompt": f"the cat {w} and the dog"}) + "\n" for w in WORDS[:16]))
     d = demo_config_dict(tiny_model, str(tmp / "p.jsonl"), str(tmp / "run"))
-    # Both ways an engine loads (the lean CPU reload, and vLLM's reload_weights that GPU engines run).
-    d["sync"] = {"bucket_mb": 0.05, "max_logprob_diff": 1e-3, "engine_load": request.param}
+    # Asynchronous: the engines on a pool of their own, a step ahead of the learners.
+    d["placement"]["pools"] = {"main": {"nodes": 1, "gpus_per_node": 2}, "gen": {"nodes": 1, "gpus_per_node": 2}}
+    d["placement"]["rollout"]["pool"] = "gen"
+    d["run"]["steps"] = 8
+    d["rollout"]["max_staleness"] = 1
+    # Both ways an engine loads (the lean CPU reload, and vLLM's reload_weights that GPU engines run); the probe's
+    # limit is the default for the model's dtype (fp32: 1e-3).
+    d["sync"] = {"bucket_mb": 0.05, "engine_load": request.param}
     cfg = load_config(None, base=d)
     specs = [dataclasses.replace(s, worker=FaultyEngine) if s.name == "rollout" else s for s in role_specs(cfg)]
     roles = RLRoles(cfg, specs=specs)
@@ -114,15 +122,24 @@ def test_a_corrupted_tensor_in_the_engine_stops_the_run(faulty_roles):
     from rlhf_dist.trainers.ppo import LoopState, rl_step
 
     cfg, roles, _ = faulty_roles
+    assert cfg.rollout.max_staleness == 1
     tokenizer = prepare_model(cfg, print)
     prompts = load_prompts(cfg.data, tokenizer)
     state = LoopState(cfg, prompts.ids, prompts.texts, prompts.labels, tokenizer, RuleRewards(cfg.reward.functions), roles)
-    roles.rollout.call("set_fault", "corrupt", "model.layers.1.mlp.down_proj.weight", timeout_s=60)
-    # The wire is fine (checksums equal, every tensor loaded), but the engine holds other weights.
-    sync = roles.sync_weights(2, verify=True)
-    assert sync["sync/verified"] is True
-    with pytest.raises(WeightSyncError, match=r"step 3: engine and learner log-probs .* more than sync.max_logprob_diff=0.001"):
-        rl_step(cfg, roles, state, 3)
+    roles.rollout.call("set_fault", "none", "", timeout_s=60)  # the earlier tests' faults mended
+    try:
+        healthy = roles.sync_weights(2, verify=True)  # the probe passes on healthy engines
+        assert 0.0 <= healthy["sync/probe_logprob_diff_max"] < 1e-3
+        m = rl_step(cfg, roles, state, 3)  # generation for step 4 starts with these weights, a step ahead
+        assert m["sync/verified"] is True and m["sync/probe_logprob_diff_max"] < 1e-3
+        roles.rollout.call("set_fault", "corrupt", "model.layers.1.mlp.down_proj.weight", timeout_s=60)
+        # The wire is fine (checksums equal, every tensor loaded), but the engine computes with other weights: the
+        # next sync (the end of step 4) stops the run.
+        with pytest.raises(WeightSyncError, match=r"weight sync v4: rollout engine 0 scores the probe set up to \S+ away from "
+                                                  r"the policy's log-probs .* more than sync.max_logprob_diff=0.001"):
+            rl_step(cfg, roles, state, 4)
+    finally:
+        state.source.close()
 
 
 @pytest.mark.slow
@@ -135,7 +152,7 @@ def test_bytes_changed_on_the_wire_fail_a_verified_sync_by_bucket(faulty_roles):
         first = roles.sync.buckets[0].names
         said = f"rollout engine 0 worker 0 received different bytes than the policy sent in bucket 0 ({first[0]} .. {first[-1]})"
         with pytest.raises(WeightSyncError, match=re.escape(said)):
-            roles.sync_weights(4, verify=True)
+            roles.sync_weights(5, verify=True)
     finally:
         roles.rollout.call("set_fault", "none", "", timeout_s=60)
-    roles.sync_weights(5, verify=True)  # the transport mended: verified again
+    roles.sync_weights(6, verify=True)  # the transport mended: verified again

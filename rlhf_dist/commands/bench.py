@@ -256,12 +256,26 @@ def verification_cost(rows: list[dict]) -> dict:
     return {"rows": rows, "median_verified_s": v, "median_unverified_s": u, "share_of_sync": (v - u) / v}
 
 
-def bench_step(cfg: Config, log=print) -> dict:
-    """A few real steps; per-phase seconds from the run's metrics (the limits: rlhf_dist.commands.bench_limits)."""
+def bench_step(cfg: Config, log=print, keep_last: bool = False) -> dict:
+    """A few real steps; per-phase seconds and tokens from the run's metrics (the limits:
+    rlhf_dist.commands.bench_limits). With `keep_last`, the last step's work is kept for the limits (`work`):
+    its prompts and responses, and the policy's weights it started from, written to the run directory before it
+    (in synchronous mode the weights its batch was generated with too)."""
     from rlhf_dist.metrics import read_metrics
+    from rlhf_dist.outputs import owned_dir
     from rlhf_dist.trainers.ppo import train
 
-    run_dir = train(cfg, log=log)
+    work: dict = {}
+
+    def before_step(step: int, roles, state, run_dir: Path) -> None:
+        if keep_last and step == cfg.run.steps:
+            weights = owned_dir(run_dir / f"weights_before_step_{step}", run_dir)
+            roles.save_policy(str(weights))
+            state.tokenizer.save_pretrained(str(weights))
+            work["weights"], work["step"] = str(weights), step
+            state.source = KeptBatch(state.source, work)
+
+    run_dir = train(cfg, log=log, before_step=before_step)
     rows = []
     for m in read_metrics(run_dir):
         if "timing/step" not in m:  # a row without a step: the held-out evaluation before step 1
@@ -271,9 +285,24 @@ def bench_step(cfg: Config, log=print) -> dict:
         compute = t["generate"] + t["infer"] + t["update"]
         rows.append({"step": m["step"], "generate": t["generate"], "score": t["score"], "infer": t["infer"],
                      "update": t["update"], "sync": t["sync"], "other": t["step"] - compute - t["score"] - t["sync"],
-                     "step_s": t["step"], "outside_compute": 1 - compute / t["step"],
+                     "step_s": t["step"], "outside_compute": 1 - compute / t["step"], "tokens": m["rollout/tokens"],
                      "staleness": m.get("rollout/staleness", 0.0), **overlap(t["generate"], t["infer"] + t["update"], t["step"])})
-    return {"run_dir": str(run_dir), "rows": rows, "overlap": overlap_summary(rows)}
+    return {"run_dir": str(run_dir), "rows": rows, "overlap": overlap_summary(rows), **({"work": work} if work else {})}
+
+
+class KeptBatch:
+    """The rollout source, keeping the prompts and responses of the batch it hands out (in `work`)."""
+
+    def __init__(self, source, work: dict):
+        self.source, self.work = source, work
+
+    def take(self, step: int, timing: dict):
+        rollouts = self.source.take(step, timing)
+        self.work.update(prompts=rollouts.prompt_ids, responses=rollouts.response_ids)
+        return rollouts
+
+    def __getattr__(self, name):
+        return getattr(self.source, name)
 
 
 def overlap(generate: float, train: float, step: float) -> dict:

@@ -1,6 +1,8 @@
-"""The compute a step cannot avoid, measured in the same run as `bench step`: vLLM generating the step's batch
-alone, the policy's update alone (the learner's epochs and optimizer steps), and a bare broadcast of the weights, each
-with all of the machine (every core on CPU); the step's ratio to their sum."""
+"""The compute a step cannot avoid, measured in the same run as `bench step`, on the same work as its last step:
+that step's prompts, its responses' lengths (vLLM alone is made to generate exactly as many tokens per response)
+and the policy weights it started from. vLLM generating that batch alone, the policy's update alone on that
+step's very tokens (the learner's epochs and optimizer steps), and a bare broadcast of the weights, each with all
+of the machine (every core on CPU); the step's ratio to their sum."""
 from __future__ import annotations
 
 import statistics
@@ -17,19 +19,19 @@ class VLLMAlone(DirectVLLM):
         _all_cores()
         return super().setup()
 
-    def run(self, prompts: list[list[int]], seed: int) -> dict:
-        # A step never finds its prompts cached: the engines drop the prefix cache at every weight sync.
-        self.llm.reset_prefix_cache()
-        return super().run(prompts, seed)
-
-    def responses(self, prompts: list[list[int]], seed: int) -> list[list[int]]:
+    def run(self, prompts: list[list[int]], seed: int, lengths: list[int]) -> dict:
+        """Each response exactly `lengths[i]` tokens (no end-of-sequence, stop token or stop string before)."""
         from vllm.inputs import TokensPrompt
 
         from rlhf_dist.rollout.engine import sampling_params
 
-        params = sampling_params(self.spec.sampling, len(prompts), seed)
+        # A step never finds its prompts cached: the engines drop the prefix cache at every weight sync.
+        self.llm.reset_prefix_cache()
+        params = sampling_params(self.spec.sampling, len(prompts), seed,
+                                 [{"max_tokens": n, "min_tokens": n, "stop": []} for n in lengths])
+        t0 = time.perf_counter()
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
-        return [list(o.outputs[0].token_ids) for o in outs]
+        return {"seconds": time.perf_counter() - t0, "tokens": sum(len(o.outputs[0].token_ids) for o in outs)}
 
 
 class PolicyAlone:
@@ -93,8 +95,9 @@ def _all_cores() -> None:
     set_threads(node_cores())
 
 
-def measure_limits(cfg: Config, prompts: list[list[int]], repeats: int, log=print) -> dict:
-    """Median seconds of each limit over `repeats` (after a warm-up), one role at a time."""
+def measure_limits(cfg: Config, prompts: list[list[int]], responses: list[list[int]], repeats: int, log=print) -> dict:
+    """Median seconds of each limit over `repeats` (after a warm-up), one role at a time, on the given prompts and
+    responses (generation makes responses of their lengths; the update trains on them) with cfg's policy."""
     import ray
     import torch
 
@@ -112,13 +115,13 @@ def measure_limits(cfg: Config, prompts: list[list[int]], repeats: int, log=prin
         return ray.get(ref, timeout=deadline)
 
     vllm = ray.remote(VLLMAlone).options(**{**opts, "runtime_env": {"env_vars": {**env, **engine_env(cfg)}}}).remote(engine_spec(cfg), 0, 1)
+    lengths = [len(r) for r in responses]
     get(vllm.setup.remote())
-    get(vllm.run.remote(prompts, 0))  # warm-up
-    runs = [get(vllm.run.remote(prompts, 1 + r)) for r in range(repeats)]
+    get(vllm.run.remote(prompts, 0, lengths))  # warm-up
+    runs = [get(vllm.run.remote(prompts, 1 + r, lengths)) for r in range(repeats)]
     gen, gen_tokens = [x["seconds"] for x in runs], [x["tokens"] for x in runs]
-    responses = get(vllm.responses.remote(prompts, 1))
     ray.kill(vllm)
-    log(f"limit: vLLM alone {statistics.median(gen):.3f} s ({statistics.median(gen_tokens):.0f} tokens)")
+    log(f"limit: vLLM alone {statistics.median(gen):.3f} s ({statistics.median(gen_tokens):.0f} tokens, the step's {sum(lengths)})")
 
     batch = build_batch(prompts, responses, pad_id=0)
     batch["advantages"] = torch.randn(batch["mask"].shape) * batch["mask"]
@@ -145,35 +148,39 @@ def measure_limits(cfg: Config, prompts: list[list[int]], repeats: int, log=prin
     log(f"limit: bare broadcast of {total / 1e6:.1f} MB {statistics.median(bc):.3f} s")
     return {"generate": statistics.median(gen), "update": statistics.median(upd), "broadcast": statistics.median(bc),
             "weight_MB": total / 1e6, "generate_tokens": statistics.median(gen_tokens), "optimizer_steps": opt_steps,
+            "prompt_tokens": sum(len(p) for p in prompts), "step_tokens": sum(lengths),
             "runs": {"generate": gen, "generate_tokens": gen_tokens, "update": upd, "broadcast": bc}}
 
 
-def step_limits(cfg: Config, repeats: int, log=print) -> dict:
-    """The limits for the step's batch: its first prompts, each repeated `n_samples_per_prompt` times."""
+def step_limits(cfg: Config, work: dict, repeats: int, log=print) -> dict:
+    """The limits on the work `bench step` kept of its last step (bench.bench_step keep_last): its prompts and
+    responses, and the weights it started from."""
     from rlhf_dist.config import derive
-    from rlhf_dist.data.prompts import load_prompts
-    from rlhf_dist.preflight import prepare_model
     from rlhf_dist.runtime.scaffold import ray_session
 
-    ids = load_prompts(cfg.data, prepare_model(cfg, log)).ids
-    n = cfg.rollout.n_samples_per_prompt
-    prompts = [ids[i % len(ids)] for i in range(cfg.ppo.rollout_batch_size) for _ in range(n)]
+    same = cfg.model_copy(update={"model": cfg.model.model_copy(update={"policy": work["weights"]})})
     with ray_session(cfg, derive(cfg), log):
-        return measure_limits(cfg, prompts, repeats, log)
+        out = measure_limits(same, work["prompts"], work["responses"], repeats, log)
+    return {**out, "weights": work["weights"], "step": work["step"]}
 
 
 def limit_summary(rows: list[dict], limits: dict) -> dict:
-    """Median phases of the steps after the first (warm-up) next to the limits, and the step's ratio to them."""
-    steady = rows[1:] or rows
-    med = {k: statistics.median(r[k] for r in steady) for k in ("generate", "update", "sync", "step_s")}
+    """The last step's phases (the work the limits repeated) next to the limits, with both sides' tokens, and the
+    step's ratio to the limits' sum; the median step after the first, for scale."""
+    last = next(r for r in rows if r["step"] == limits["step"])
     limit = limits["generate"] + limits["update"] + limits["broadcast"]
+    step_tokens, limit_tokens = last["tokens"], limits["generate_tokens"]
     table = [
-        {"what": "generate", "step_median_s": med["generate"], "limit_s": limits["generate"], "limit": "vLLM alone, all cores"},
-        {"what": "update", "step_median_s": med["update"], "limit_s": limits["update"],
-         "limit": f"policy forward/backward/optimizer alone, all cores ({limits.get('optimizer_steps', 1)} optimizer steps)"},
-        {"what": "sync", "step_median_s": med["sync"], "limit_s": limits["broadcast"], "limit": "bare broadcast of the weights"},
-        {"what": "step", "step_median_s": med["step_s"], "limit_s": limit, "limit": "sum of the limits"},
+        {"what": "generate", "step_s": last["generate"], "limit_s": limits["generate"], "step_tokens": step_tokens,
+         "limit_tokens": limit_tokens, "limit": "vLLM alone, all cores, the step's prompts and response lengths"},
+        {"what": "update", "step_s": last["update"], "limit_s": limits["update"], "step_tokens": step_tokens,
+         "limit_tokens": limits["step_tokens"],
+         "limit": f"policy forward/backward/optimizer alone on the step's tokens, all cores ({limits.get('optimizer_steps', 1)} optimizer steps)"},
+        {"what": "sync", "step_s": last["sync"], "limit_s": limits["broadcast"], "limit": "bare broadcast of the weights"},
+        {"what": "step", "step_s": last["step_s"], "limit_s": limit, "limit": "sum of the limits"},
     ]
     for r in table:
-        r["ratio"] = r["step_median_s"] / r["limit_s"] if r["limit_s"] > 0 else None
-    return {"rows": table, "ratio": med["step_s"] / limit, "steps_in_median": len(steady)}
+        r["ratio"] = r["step_s"] / r["limit_s"] if r["limit_s"] > 0 else None
+    steady = [r["step_s"] for r in rows[1:]] or [last["step_s"]]
+    return {"rows": table, "ratio": last["step_s"] / limit, "step": last["step"], "equal_work": step_tokens == limit_tokens,
+            "median_step_s": statistics.median(steady)}

@@ -140,14 +140,14 @@ def _bench(args) -> int:
         result = bench.bench_sync(cfg, buckets, args.repeats)
         columns = ["path", "bucket_mb", "buckets", "repeat", "MB", "seconds", "GB_per_s", "gather_pack_s", "broadcast_s", "engine_load_s"]
     else:
-        result = bench.bench_step(cfg)
-        if args.limit_repeats:  # the limits for the same batch, measured in the same command
+        result = bench.bench_step(cfg, keep_last=args.limit_repeats > 0)
+        if args.limit_repeats:  # the limits for the last step's work, measured in the same command
             from rlhf_dist.commands.bench_limits import limit_summary, step_limits
 
-            result["limits"] = step_limits(cfg, args.limit_repeats)
+            result["limits"] = step_limits(cfg, result.pop("work"), args.limit_repeats)
             result["limit_summary"] = limit_summary(result["rows"], result["limits"])
-        columns = ["step", "generate", "score", "infer", "update", "sync", "other", "step_s", "outside_compute", "staleness",
-                   "train", "overlap_eff", "ideal_eff", "of_ideal"]
+        columns = ["step", "generate", "score", "infer", "update", "sync", "other", "step_s", "tokens", "outside_compute",
+                   "staleness", "train", "overlap_eff", "ideal_eff", "of_ideal"]
     print(bench.table(result["rows"], columns))
     summary_key = {"rollout": ("tokens_per_s", ("path",)), "sync": ("GB_per_s", ("path", "bucket_mb")),
                    "step": ("step_s", ()), "learner": ("tokens_per_s", ("pass", "way"))}[args.what]
@@ -159,8 +159,10 @@ def _bench(args) -> int:
               f"{o['ideal_eff']:.2f} (= (generate + train) / max), {100 * o['of_ideal']:.0f}% of ideal")
     if "limit_summary" in result:
         lim = result["limit_summary"]
-        print("\n" + bench.table(lim["rows"], ["what", "step_median_s", "limit_s", "ratio", "limit"]))
-        print(f"step / limit: {lim['ratio']:.2f}x (median of {lim['steps_in_median']} steps after the first)")
+        print("\n" + bench.table(lim["rows"], ["what", "step_s", "limit_s", "ratio", "step_tokens", "limit_tokens", "limit"]))
+        print(f"step {lim['step']} / limit on the same work: {lim['ratio']:.2f}x ("
+              + ("equal tokens" if lim["equal_work"] else "TOKENS DIFFER: the ratio does not compare equal work")
+              + f"; median step after the first {lim['median_step_s']:.3f} s)")
     if "speedup" in result:
         print("\n" + bench.table(result["speedup"], ["pass", "way", "median_tokens_per_s", "padding_fraction", "vs_padded"]))
     if "lora" in result:

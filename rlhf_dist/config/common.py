@@ -154,6 +154,12 @@ class ClusterConfig(Strict):
     phase_cores: int | None = Field(
         None, ge=1, description="CPU only: cores to split per phase; none: the driver's cores"
     )
+    node_gpus: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=list,
+        description="GPUs on each node of the cluster the job is for, e.g. [8, 8]: `rlhf-dist plan` and every "
+        "command's config check refuse pools that cannot be placed on them per node; empty: checked against Ray's "
+        "nodes at start-up only",
+    )
     gpu_memory_gb: float = Field(80, gt=0, description="memory per GPU, for `rlhf-dist plan`")
     host_memory_gb: float | None = Field(
         None, gt=0, description="host memory per node, for `rlhf-dist plan`; none: reported, not judged"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rlhf_dist.algorithms.registry import ADVANTAGE_ESTIMATORS
 from rlhf_dist.config.io import read_config_data, validate
-from rlhf_dist.config.layout import PoolLayout, pool_layout
+from rlhf_dist.config.layout import PoolLayout, check_tp_on_node, place_on_nodes, pool_layout
 from rlhf_dist.config.passes import reference_role
 from rlhf_dist.config.rl import Config
 from rlhf_dist.errors import ConfigError
@@ -25,6 +25,7 @@ class Derived:
     grad_accum_critic: int
     optimizer_steps_per_step: int
     rollout_gpus: int
+    logprob_diff_limit: float | None  # sync.max_logprob_diff, "auto" resolved from model.dtype; None: reported only
     layout: PoolLayout  # pools -> roles and reserved GPUs (rlhf_dist.layout, shared with every command)
     micro_batch: str = ""  # what one forward/backward holds: "4 samples" or "2048 tokens, packed"
     infer_micro_batch: str = ""  # the same for the passes without gradients
@@ -56,6 +57,7 @@ class Derived:
             ("grad accumulation (policy / critic)", self.grad_accumulation),
             ("optimizer steps per PPO step", self.optimizer_steps_per_step),
             ("rollout GPUs (engines x TP)", self.rollout_gpus),
+            ("engine/learner log-prob limit", "reported only" if self.logprob_diff_limit is None else f"{self.logprob_diff_limit:g}"),
         ]
         rows += [
             (f"pool {p}: GPUs reserved / roles", f"{self.gpus_per_pool[p]} / {', '.join(self.roles_per_pool[p])}")
@@ -71,6 +73,18 @@ CRITIC_ESTIMATORS = {n for n, e in ADVANTAGE_ESTIMATORS.items() if e.needs_criti
 GROUP_ESTIMATORS = {n for n, e in ADVANTAGE_ESTIMATORS.items() if e.needs_groups}
 # Estimators whose advantages come from sequence scores alone: a per-token KL reward would be ignored.
 SCORE_ONLY_ESTIMATORS = {n for n, e in ADVANTAGE_ESTIMATORS.items() if not e.uses_kl_reward}
+
+
+# sync.max_logprob_diff: auto, by model.dtype: the largest |engine - learner| log-prob allowed. fp32 engines and
+# learners agree to about 1e-5 on CPU (tests/test_lean_integration.py holds them within 1e-4); bf16 and fp16
+# round in every layer, so there only a gross difference (a wrong or stale tensor) is caught. The 16-bit values
+# are not measured here (no GPU run): bounds for what rounding gives, to be tightened from GPU runs.
+DEFAULT_LOGPROB_LIMITS = {"float32": 1e-3, "float16": 0.25, "bfloat16": 1.0}
+
+
+def logprob_diff_limit(cfg: Config) -> float | None:
+    limit = cfg.sync.max_logprob_diff
+    return DEFAULT_LOGPROB_LIMITS[cfg.model.dtype] if limit == "auto" else limit
 
 
 def uses_critic(cfg: Config) -> bool:
@@ -108,11 +122,9 @@ def derive(cfg: Config) -> Derived:
     roles = role_gpus(cfg)
     layout = pool_layout(p.pools, roles)
     tp = p.rollout.tensor_parallel_size
-    if tp > p.pools[p.rollout.pool].gpus_per_node:
-        raise ConfigError(
-            f"placement.rollout.tensor_parallel_size: {tp} exceeds the GPUs per node of pool {p.rollout.pool!r} "
-            f"({p.pools[p.rollout.pool].gpus_per_node}); a tensor-parallel engine must fit on one node"
-        )
+    check_tp_on_node("placement.rollout.tensor_parallel_size", tp, p.pools, p.rollout.pool)
+    if cfg.cluster.node_gpus:
+        place_on_nodes(p.pools, layout, cfg.cluster.node_gpus)
 
     def batch_check(role: str, ranks: int) -> int:
         if samples % ppo.mini_batch_size:
@@ -135,9 +147,14 @@ def derive(cfg: Config) -> Derived:
     ga_policy = batch_check("policy", p.policy.num_gpus)
     critic_ranks = p.critic.num_gpus if "critic" in roles else 0
     ga_critic = batch_check("critic", critic_ranks) if critic_ranks else 0
-    for role, ranks in (("reference", p.reference.num_gpus if "reference" in roles else 1), ("rollout", p.rollout.num_engines)):
+    # Every role that takes a share of the step's samples gets an equal one (the learners' shares follow from the
+    # batch checks above): a reward model on 3 ranks would otherwise score 16 samples as 6 + 5 + 5.
+    split_over = {"reference": ("num_gpus", p.reference.num_gpus), "rollout": ("num_engines", p.rollout.num_engines),
+                  "reward": ("num_gpus", p.reward.num_gpus if p.reward is not None else 1)}
+    for role, (field, ranks) in split_over.items():
         if role in roles and samples % ranks:
-            raise ConfigError(f"placement.{role}: {samples} samples per step do not split evenly over {ranks} ranks")
+            raise ConfigError(f"placement.{role}.{field}: {samples} samples per step ({ppo.rollout_batch_size} prompts x "
+                              f"{cfg.rollout.n_samples_per_prompt} samples) do not split evenly over {ranks} ranks")
     update_mb, infer_mb = micro_batch_budgets(cfg)
     return Derived(
         samples_per_step=samples,
@@ -148,6 +165,7 @@ def derive(cfg: Config) -> Derived:
         grad_accum_critic=ga_critic,
         optimizer_steps_per_step=ppo.epochs * samples // ppo.mini_batch_size,
         rollout_gpus=p.rollout.num_engines * tp,
+        logprob_diff_limit=logprob_diff_limit(cfg),
         layout=layout,
         micro_batch=update_mb,
         infer_micro_batch=infer_mb,

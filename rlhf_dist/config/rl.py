@@ -278,7 +278,7 @@ class RolloutRole(Strict):
 
 
 class PlacementConfig(Strict):
-    pools: dict[str, PoolConfig] = Field(description="name -> pool; each pool is one Ray placement group")
+    pools: dict[str, PoolConfig] = Field(description="name -> pool; a pool is one Ray placement group per node, packed on it")
     policy: LearnerRole = Field(description="the policy's learner ranks")
     critic: LearnerRole | None = Field(None, description="needed only by estimators with a critic (gae)")
     reference: InferenceRole | None = Field(
@@ -297,10 +297,17 @@ class PlacementConfig(Strict):
 class SyncConfig(Strict):
     bucket_mb: float = Field(64, gt=0, description="parameters travel in buckets of this size")
     verify_every: int = Field(1, ge=0, description="hash-check engines against the learner every N syncs; 0: off")
-    max_logprob_diff: float | None = Field(
-        None, gt=0,
-        description="stop the run when the engines' log-probs of their sampled tokens differ from the learner's by "
-        "more than this (the probe `rollout/engine_learner_logprob_diff_max`, every step); none: reported only",
+    max_logprob_diff: Annotated[float, Field(gt=0)] | Literal["auto"] | None = Field(
+        "auto",
+        description="stop the run when the engines' log-probs differ from the learner's by more than this: on the probe "
+        "set after every verified sync (`sync/probe_logprob_diff_max`) and on the sampled tokens of on-policy batches "
+        "(`rollout/engine_learner_logprob_diff_max`); auto: from model.dtype (float32 1e-3, float16 0.25, bfloat16 1.0); "
+        "none: reported only",
+    )
+    probe_prompts: int = Field(
+        4, ge=0, le=64,
+        description="sequences in the weight probe (rlhf_dist/sync/probe.py): training prompts (their first 16 tokens), "
+        "each followed by a fixed 8-token response; 0: no probe",
     )
     engine_load: Literal["auto", "vllm_reload"] = Field(
         "auto",

@@ -15,7 +15,7 @@ from rlhf_dist.config.common import (AttnImplementation, ChatTemplate, DType, Gr
 from rlhf_dist.config.io import read_config_data, validate
 from rlhf_dist.config.rl import DataConfig, InferenceRole, LearnerRole, PoolConfig, RewardFunction, RolloutConfig, RolloutRole
 from rlhf_dist.errors import ConfigError
-from rlhf_dist.config.layout import pool_layout
+from rlhf_dist.config.layout import check_tp_on_node, place_on_nodes, pool_layout
 
 
 class StageRun(RunOutput):
@@ -100,7 +100,7 @@ class DPOSettings(Strict):
 
 
 class StagePlacement(Strict):
-    pools: dict[str, PoolConfig] = Field(description="name -> pool; each pool is one Ray placement group")
+    pools: dict[str, PoolConfig] = Field(description="name -> pool; a pool is one Ray placement group per node, packed on it")
     learner: LearnerRole = Field(description="the trained model's learner ranks")
 
 
@@ -167,7 +167,7 @@ class JudgeConfig(Strict):
 
 
 class LabelPlacement(Strict):
-    pools: dict[str, PoolConfig] = Field(description="name -> pool; each pool is one Ray placement group")
+    pools: dict[str, PoolConfig] = Field(description="name -> pool; a pool is one Ray placement group per node, packed on it")
     rollout: RolloutRole = Field(description="the vLLM engines that sample the responses")
     judge: InferenceRole | None = Field(None, description="reward_model and llm judges: the judge's ranks")
 
@@ -227,7 +227,12 @@ STAGES = {"sft": SFTConfig, "rm": RMConfig, "dpo": DPOConfig, "label": LabelConf
 def load_stage_config(kind: str, path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None):
     """Read the YAML of stage `kind`, apply dotted overrides, validate; ConfigError names the field."""
     cfg = validate(STAGES[kind], read_config_data(path, overrides, base))
-    pool_layout(cfg.placement.pools, stage_roles(cfg))
+    layout = pool_layout(cfg.placement.pools, stage_roles(cfg))
+    if kind == "label":
+        r = cfg.placement.rollout
+        check_tp_on_node("placement.rollout.tensor_parallel_size", r.tensor_parallel_size, cfg.placement.pools, r.pool)
+    if cfg.cluster.node_gpus:
+        place_on_nodes(cfg.placement.pools, layout, cfg.cluster.node_gpus)
     if kind != "label":
         check_stage(kind, cfg)
     return cfg

@@ -53,7 +53,8 @@ class _Base:
     def ready(self) -> dict:
         import os
 
-        return {"role": self.role, "rank": self.rank, "ip": D.node_ip(), "device": str(self.device), "pid": os.getpid()}
+        return {"role": self.role, "rank": self.rank, "ip": D.node_ip(), "node": D.node_id(), "device": str(self.device),
+                "pid": os.getpid()}
 
     def set_threads(self, n: int) -> int:
         """CPU: torch threads for the next calls (rlhf_dist.runtime.threads sets them per phase)."""
@@ -301,6 +302,19 @@ class PolicyWorker(LearnerWorker):
         """The reference's log-probs from this model with its adapter off (model.lora): its base weights."""
         with lora.reference_weights(self.engine.module):
             return self.infer(batch, plan)
+
+    @torch.no_grad()
+    def probe_logprobs(self, seqs: list[list[int]], starts: list[int]) -> list[list[float]]:
+        """The weight probe (rlhf_dist.sync.probe): log-probs at temperature 1 of each sequence's tokens from its
+        start on, one sequence at a time (no padding). Every rank runs it: ZeRO-3's gathers need them all."""
+        self.engine.eval()
+        out = []
+        for ids, start in zip(seqs, starts):
+            x = torch.tensor([list(ids)], device=self.device)
+            R = x.shape[1] - start
+            batch = {"input_ids": x, "attention_mask": torch.ones_like(x), "mask": torch.ones(1, R, device=self.device)}
+            out.append(models.token_logprobs(models.response_logits(self.engine, batch), x[:, start:], 1.0)[0].tolist())
+        return out
 
     # --- weight sync (rlhf_dist.sync.sender: rank 0 broadcasts; every rank joins the ZeRO-3 gathers) ---
     def sync_plan(self, bucket_mb: float, payload: str | None = None) -> list[Bucket]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import time
 
-from rlhf_dist.dist import cpu_workers, node_ip, pin_cores
+from rlhf_dist.dist import cpu_workers, node_id, node_ip, pin_cores
 from rlhf_dist.errors import WeightSyncError, phase
 from rlhf_dist.config.specs import EngineSpec, SamplingSpec, process_spec
 
@@ -152,12 +152,13 @@ class RolloutEngine:
         kwargs = {}
         if tp > 1:
             # This actor holds no GPU; its TP workers use the bundles the runtime gave it (RLHF_DIST_BUNDLES,
-            # one per worker, distinct across engines). GPU only (not exercised by the CPU tests): vLLM starts
-            # the workers as Ray actors on exactly those bundles of this engine's placement group. The CPU
+            # one per worker, distinct across engines, all on this actor's node). GPU only (not exercised by the
+            # CPU tests): vLLM starts the workers as Ray actors on exactly those bundles of the node's placement
+            # group this actor runs in (RLHF_DIST_GROUP_BUNDLES: their indices there). The CPU
             # build has no Ray executor: the workers are child processes of this actor, and the runtime's
             # seats hold the same bundles' shares, so Ray's accounting matches a GPU run.
             if not os.environ.get("RLHF_DIST_SEATS"):  # the runtime left the bundles to vLLM's Ray workers
-                os.environ["VLLM_RAY_BUNDLE_INDICES"] = os.environ["RLHF_DIST_BUNDLES"]
+                os.environ["VLLM_RAY_BUNDLE_INDICES"] = os.environ["RLHF_DIST_GROUP_BUNDLES"]
                 os.environ["VLLM_RAY_PER_WORKER_GPUS"] = os.environ["RLHF_DIST_GPU_SHARE"]
                 kwargs["distributed_executor_backend"] = "ray"
             else:
@@ -194,8 +195,21 @@ class RolloutEngine:
     def ready(self) -> dict:
         import ray
 
-        return {"role": self.role, "rank": self.rank, "ip": node_ip(), "pid": os.getpid(),
+        return {"role": self.role, "rank": self.rank, "ip": node_ip(), "node": node_id(), "pid": os.getpid(),
                 "bundles": os.environ.get("RLHF_DIST_BUNDLES"), "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+
+    def score(self, seqs: list[list[int]], starts: list[int]) -> list[list[float]]:
+        """The weight probe (rlhf_dist.sync.probe): log-probs of each sequence's tokens from its start on, as vLLM
+        computes prompt log-probs (temperature 1: prompt tokens skip the sampling processors)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        # Adapter-only sync: the probe scores with the adapter the engine samples with (the version it holds).
+        held = self.llm.collective_rpc("rlhf_version") if self.settings.lora else None
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(s)) for s in seqs], params, use_tqdm=False,
+                                 lora_request=self._adapter(held[0] if held else -1))
+        return [[o.prompt_logprobs[i][s[i]].logprob for i in range(start, len(s))] for o, s, start in zip(outs, seqs, starts)]
 
     def generate(self, prompts: list[list[int]], seed: int | list[int], version: int | None = None,
                  sampling: dict | list[dict] | None = None) -> dict:

@@ -7,7 +7,8 @@ from typing import Any, Sequence
 
 from rlhf_dist.dist import CORES_ENV, LOCAL_IP_ENV, cpu_workers
 from rlhf_dist.errors import wait_all
-from rlhf_dist.runtime.placement import Slot, remove_pools
+from rlhf_dist.runtime.placement import PoolGroups, Slot, remove_pools
+from rlhf_dist.runtime.seats import BundleSeat
 
 
 def worker_env(device: str, threads: int) -> dict[str, str]:
@@ -58,31 +59,23 @@ def stop_all(groups, pools: dict) -> None:
     remove_pools(pools)
 
 
-class BundleSeat:
-    """Holds one tensor-parallel worker's GPU share on its bundle where the engine's TP workers are not Ray
-    actors (the CPU build runs them as child processes of the engine actor): the pool is then reserved exactly
-    as on GPUs, where vLLM's Ray workers take these bundles themselves."""
-
-    def __init__(self, role: str, rank: int, bundle: int):
-        self.where = {"role": role, "rank": rank, "bundle": bundle}
-
-    def gpus(self) -> dict:
-        import ray
-
-        return {**self.where, "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
-
-
-def start_actor(remote_cls, pg, bundle: int, num_gpus: float, env: dict, nice: int, args: tuple):
-    """One actor on a placement group's bundle, with its environment (and niceness, see YIELD_NICE)."""
+def on_bundle(pool: PoolGroups, bundle: int):
+    """The scheduling strategy of an actor on one of the pool's bundles (pool-wide index)."""
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+    pg, index = pool.locate(bundle)
+    return PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index)
+
+
+def start_actor(remote_cls, pool: PoolGroups, bundle: int, num_gpus: float, env: dict, nice: int, args: tuple):
+    """One actor on a pool's bundle, with its environment (and niceness, see YIELD_NICE)."""
     # Ray's documented way to wrap the worker interpreter: the process starts niced, before any import.
     launch = {"py_executable": f"nice -n {nice} {sys.executable}"} if nice else {}
     return remote_cls.options(
         # CPUs are not reserved: on small machines roles share cores (threads are capped instead).
         num_cpus=0,
         num_gpus=num_gpus,
-        scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=bundle),
+        scheduling_strategy=on_bundle(pool, bundle),
         runtime_env={"env_vars": env, **launch},
         max_restarts=0,
     ).remote(*args)
@@ -97,25 +90,28 @@ class ActorGroup:
     def __init__(self, role: str, worker_cls: type, slots: Sequence[Slot], pools: dict, args: tuple, env: dict[str, str],
                  seats: bool = False, nice: int = 0):
         import ray
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self.role = role
         remote_cls = ray.remote(worker_cls)
-        self.actors, self.seats = [], []
+        self.actors, self.seats, self.seat_bundles = [], [], []
         for rank, slot in enumerate(slots):
             tp = len(slot.bundles) > 1
+            pool = pools[slot.pool]
+            # RLHF_DIST_BUNDLES names the pool's bundles; vLLM's Ray workers (GPU) take them by their index inside
+            # the node's placement group the engine actor runs in (RLHF_DIST_GROUP_BUNDLES).
             bundles = {"RLHF_DIST_BUNDLES": ",".join(map(str, slot.bundles)), "RLHF_DIST_GPU_SHARE": str(slot.gpu_fraction),
+                       "RLHF_DIST_GROUP_BUNDLES": ",".join(str(pool.locate(b)[1]) for b in slot.bundles),
                        "RLHF_DIST_SEATS": "1" if tp and seats else ""}
-            self.actors.append(start_actor(remote_cls, pools[slot.pool], slot.bundle, 0 if tp else slot.gpu_fraction,
+            self.actors.append(start_actor(remote_cls, pool, slot.bundle, 0 if tp else slot.gpu_fraction,
                                            {**env, **bundles}, nice, (*args, rank, len(slots))))
             if tp and seats:
                 seat = ray.remote(BundleSeat)
                 self.seats += [
-                    seat.options(num_cpus=0, num_gpus=slot.gpu_fraction, max_restarts=0,
-                                 scheduling_strategy=PlacementGroupSchedulingStrategy(pools[slot.pool], placement_group_bundle_index=b))
+                    seat.options(num_cpus=0, num_gpus=slot.gpu_fraction, max_restarts=0, scheduling_strategy=on_bundle(pool, b))
                     .remote(role, rank, b)
                     for b in slot.bundles
                 ]
+                self.seat_bundles += [(rank, b) for b in slot.bundles]
         self.processes = [(role, rank) for rank in range(len(self.actors))]
 
     def __len__(self) -> int:
@@ -140,6 +136,11 @@ class ActorGroup:
         refs, labels = self.submit(method, *args, ranks=ranks, per_rank=per_rank)
         return wait_all(refs, labels, f"{self.role}.{method}", timeout_s)
 
+    def probes(self) -> list[tuple[str, object, str]]:
+        """(label, actor, method) to ask each rank and seat whether it is there (rlhf_dist.runtime.nodes)."""
+        ranks = [(f"{self.role} rank {r}", a, "ready") for r, a in enumerate(self.actors)]
+        return ranks + [(f"{self.role} rank {r} seat {b}", s, "gpus") for (r, b), s in zip(self.seat_bundles, self.seats)]
+
     def kill(self) -> None:
         import ray
 
@@ -151,7 +152,10 @@ class HostedGroup(ActorGroup):
     """A role whose ranks live in shared processes (rlhf_dist.runtime.hosts): calls go through RoleHost.call."""
 
     def __init__(self, role: str, hosts: list, processes: list):
-        self.role, self.actors, self.seats, self.processes = role, list(hosts), [], list(processes)
+        self.role, self.actors, self.seats, self.seat_bundles, self.processes = role, list(hosts), [], [], list(processes)
+
+    def probes(self) -> list[tuple[str, object, str]]:
+        return [(f"{self.role} rank {r}", a, "call") for r, a in enumerate(self.actors)]
 
     def _invoke(self, actor, method: str, args: tuple):
         return actor.call.remote(self.role, method, *args)

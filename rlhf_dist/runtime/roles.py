@@ -105,9 +105,13 @@ class Roles:
         early = {s.name: self.groups[s.name].submit("setup") for s in specs if not s.rendezvous}
         infos = self.wait(readies, "actor start", t.actor_start_s)
         self.device = infos[0].get("device", "cpu")
+        # Where each seat (a TP worker's bundle, CPU) really is, as the seat itself reports it.
+        seats = [(role, s) for role, g in self.groups.items() for s in g.seats]
+        where = wait_all([s.gpus.remote() for _, s in seats], [f"{role} seat" for role, _ in seats], "seat start", t.actor_start_s)
+        self.seat_nodes = {(w["role"], w["rank"], w["bundle"]): w["node"] for w in where}
         i = 0
         for role, g in self.groups.items():
-            where = ", ".join(f"rank {x['rank']} pid {x['pid']} on {x['ip']}" for x in infos[i : i + len(g)])
+            where = ", ".join(self._where(role, x) for x in infos[i : i + len(g)])
             self.log(f"{role}: {where}")
             i += len(g)
         # Roles with a DeepSpeed process group rendezvous; the others load their models meanwhile.
@@ -127,6 +131,35 @@ class Roles:
         for s in specs:
             out[s.name], i = done[i : i + s.ranks], i + s.ranks
         return out
+
+    def _where(self, role: str, info: dict) -> str:
+        """One rank's process and node; a rank owning several bundles (a TP engine) also names theirs."""
+        text = f"rank {info['rank']} pid {info['pid']} on {info['ip']}"
+        if info.get("node"):
+            text += f" node {info['node'][:12]}"
+        slot = self.slots[role][info["rank"]]
+        if len(slot.bundles) > 1:
+            pool = self.pools[slot.pool]
+            # A seat's own report where there are seats; else the node its bundle's group is pinned to (GPU: vLLM's
+            # workers take the bundles).
+            nodes = sorted({self.seat_nodes.get((role, info["rank"], b), pool.node_of(b))[:12] for b in slot.bundles})
+            text += f" (bundles {','.join(map(str, slot.bundles))} on node {', '.join(nodes)})"
+        return text
+
+    def placement(self) -> dict[str, list[dict]]:
+        """role -> per rank: its pool's bundles and the node id each is pinned to."""
+        return {role: [{"rank": r, "pool": s.pool, "bundles": list(s.bundles),
+                        "nodes": [self.pools[s.pool].node_of(b) for b in s.bundles]} for r, s in enumerate(slots)]
+                for role, slots in self.slots.items()}
+
+    def explain(self, error: Exception) -> Exception:
+        """After a failed call: the error, or which rank (and node) is gone (rlhf_dist.runtime.nodes)."""
+        from rlhf_dist.runtime.nodes import explain
+
+        try:
+            return explain(error, self.groups, self.placement(), self.log)
+        except Exception:  # noqa: BLE001 - the diagnosis must never hide the failure it explains
+            return error
 
     def __getitem__(self, role: str) -> ActorGroup:
         return self.groups[role]

@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from rlhf_dist.checkpoint import Checkpoint, complete_checkpoints, find_resume
-from rlhf_dist.errors import WorkerDied
+from rlhf_dist.errors import ConfigError, NodeLost, RLHFError, WorkerDied
 from rlhf_dist.metrics import RunLog, fresh_run_dir, write_config
 
 
@@ -70,18 +70,33 @@ def ray_session(cfg, derived, log=print):
 
 
 def with_restarts(session, resume: Checkpoint | None, run_dir: Path, max_restarts: int, log):
-    """Run `session(resume)`; when a worker dies and restarts are allowed, run it again (every actor group
-    started afresh) from the last complete checkpoint."""
-    restarts = 0
+    """Run `session(resume)`; when a worker dies (or its node is lost) and restarts are allowed, run it again
+    (every actor group started afresh, placed on the nodes alive now) from the last complete checkpoint. When no
+    restart is left, or the cluster can no longer hold the layout, stop with the command that resumes."""
+    restarts, died = 0, None
     while True:
         try:
             return session(resume)
         except WorkerDied as e:
-            log(f"worker died: {e}")
+            log(f"{'node lost' if isinstance(e, NodeLost) else 'worker died'}: {e}")
+            died = e
             if restarts >= max_restarts:
-                raise
+                raise type(e)(f"{e}; {resume_hint(run_dir)}") from e
             restarts += 1
             done = complete_checkpoints(run_dir)
             resume = done[-1] if done else None
             where = f"checkpoint step {resume.step}" if resume else "the start (no checkpoint yet)"
             log(f"restart {restarts}/{max_restarts}: restarting all actor groups, resuming from {where}")
+        except ConfigError as e:
+            if died is None:
+                raise
+            # The restart's fit check: the nodes left cannot hold the pools.
+            raise RLHFError(f"{died}; the cluster left cannot hold the layout ({e}); {resume_hint(run_dir)}") from e
+
+
+def resume_hint(run_dir: Path) -> str:
+    """How to continue once the cluster can hold the job again: no trained step is lost past the checkpoint."""
+    done = complete_checkpoints(run_dir)
+    if not done:
+        return "no checkpoint yet: run the same command again to start over"
+    return f"resume with the same command and resume={done[-1].path} (steps after {done[-1].step} run again)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from rlhf_dist.errors import WeightSyncError
+from rlhf_dist.sync.probe import ProbeSet, worst_difference
 
 
 class WeightSync:
@@ -13,6 +14,8 @@ class WeightSync:
         self.roles, self.timeouts, self.tp, self.payload = roles, timeouts, tp, payload
         self.policy, self.rollout = roles["policy"], roles["rollout"]
         self.version = None  # weights version last synced to the engines
+        self.probe: ProbeSet | None = None  # scored after every verified sync (set_probe)
+        self.probe_limit: float | None = None
         backend = "nccl" if device.startswith("cuda") else "gloo"
         if backend == "nccl" and same_pool:
             # NCCL refuses two ranks on one GPU. Until the CUDA-IPC handoff (benchmarks/ipc_buckets.py) is wired in, colocated
@@ -36,6 +39,11 @@ class WeightSync:
         total = sum(b.nbytes for b in self.buckets)
         log(f"weight sync: {len(self.buckets)} buckets, {total / 2**20:.1f} MiB ({payload} weights), {world} ranks over "
             f"{backend}; engines load through {' / '.join(self.engine_load)}")
+
+    def set_probe(self, probe: ProbeSet | None, limit: float | None) -> None:
+        """After every verified sync, the engines score `probe` and the learner too; with `limit` (sync.max_logprob_diff)
+        a larger difference stops the run at that sync."""
+        self.probe, self.probe_limit = probe, limit
 
     def replan(self, bucket_mb: float, payload: str | None = None) -> None:
         """Another bucket size (or payload) for learner and engines alike (the sync benchmark compares them)."""
@@ -70,9 +78,11 @@ class WeightSync:
                         f"weight sync v{version}: rollout engine {e} worker {w} received different bytes than the "
                         f"policy sent in bucket {bad} ({names[0]} .. {names[-1]})"
                     )
+        probed = self._check_probe(version) if verify and self.probe is not None else {}
         self.version = version  # every later generate() checks that the engines hold this version
         workers = [w for ws in engines for w in ws]
         return {
+            **probed,
             "sync/seconds": time.perf_counter() - t0,
             "sync/learner_gather_pack_s": sent["seconds"] - sent["broadcast_s"],
             "sync/learner_broadcast_s": sent["broadcast_s"],
@@ -81,6 +91,26 @@ class WeightSync:
             "sync/verified": bool(verify),
             "sync/version": version,
         }
+
+
+    def _check_probe(self, version: int) -> dict:
+        """Every engine and the policy score the probe set (the policy on all its ranks: ZeRO-3 gathers need them)."""
+        t0 = time.perf_counter()
+        p = self.probe
+        results = self.roles.wait([self.rollout.submit("score", p.seqs, p.starts), self.policy.submit("probe_logprobs", p.seqs, p.starts)],
+                                  f"weight probe v{version} ({len(p.seqs)} sequences)")
+        learner = results[len(self.rollout)]
+        worst = 0.0
+        for e, engine in enumerate(results[: len(self.rollout)]):
+            diff, seq, tok = worst_difference(engine, learner)
+            worst = max(worst, diff)
+            if self.probe_limit is not None and not diff <= self.probe_limit:
+                raise WeightSyncError(
+                    f"weight sync v{version}: rollout engine {e} scores the probe set up to {diff:.3g} away from the "
+                    f"policy's log-probs (sequence {seq}, response token {tok}), more than sync.max_logprob_diff="
+                    f"{self.probe_limit:g}: the engine does not compute with the weights the policy sent"
+                )
+        return {"sync/probe_logprob_diff_max": worst, "sync/probe_s": time.perf_counter() - t0}
 
 
 def _named(what: str, names: list[str]) -> str:

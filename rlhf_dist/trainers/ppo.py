@@ -15,6 +15,8 @@ from rlhf_dist.algorithms.losses import LOGPROB_PROBE, ClippedValueLoss, PolicyL
 from rlhf_dist import checkpoint
 from rlhf_dist.checkpoint import Checkpoint, load_trainer_state
 from rlhf_dist.config import Config, ConfigError, derive
+from rlhf_dist.config.derive import logprob_diff_limit
+from rlhf_dist.errors import WorkerDied, WorkerFailed
 from rlhf_dist.console import StepProgress, step_line
 from rlhf_dist.data.prompts import PromptLoader, PromptSet, load_prompts
 from rlhf_dist.rollout.evaluation import Evaluator
@@ -31,12 +33,15 @@ from rlhf_dist.envs.episode import Episode, EpisodeLimits
 from rlhf_dist.envs.registry import load_environment
 from rlhf_dist.envs.sandbox import Limits
 from rlhf_dist.runtime.scaffold import log_skipped, open_run, ray_session, with_restarts
+from rlhf_dist.sync.probe import probe_set
 from rlhf_dist.sync.weights import check_logprob_match
 from rlhf_dist.trainers.passes_run import reduce_ranks, run_passes, update_batch
 from rlhf_dist.trainers.rl_roles import RLRoles
 
 
-def train(cfg: Config, log=print) -> Path:
+def train(cfg: Config, log=print, before_step=None) -> Path:
+    """`before_step(step, roles, state, run_dir)`, if given, runs before each step (outside its timing): what
+    `bench step` uses to keep the last step's work for its limits."""
     # 1. Everything that can be checked without actors is checked first.
     derived = derive(cfg)
     tokenizer = prepare_model(cfg, log)
@@ -53,8 +58,8 @@ def train(cfg: Config, log=print) -> Path:
     data = (prompts.ids, prompts.texts, prompts.labels, tokenizer, rules)
 
     with ray_session(cfg, derived, log):
-        with_restarts(lambda resume: run_session(cfg, derived, run_dir, resume, data, log, evaluator, env), resume, run_dir,
-                      cfg.fault_tolerance.max_restarts, log)
+        with_restarts(lambda resume: run_session(cfg, derived, run_dir, resume, data, log, evaluator, env, before_step), resume,
+                      run_dir, cfg.fault_tolerance.max_restarts, log)
     return run_dir
 
 
@@ -80,7 +85,7 @@ def env_spec(cfg: Config, tokenizer, prompts: PromptSet) -> EnvSpec:
 
 
 def run_session(cfg: Config, derived, run_dir: Path, resume: Checkpoint | None, data, log, evaluator=None,
-                env: EnvSpec | None = None) -> None:
+                env: EnvSpec | None = None, before_step=None) -> None:
     """One life of the actor groups: start, optionally resume, train to the last step, save."""
     roles = writer = state = None
     try:
@@ -100,6 +105,8 @@ def run_session(cfg: Config, derived, run_dir: Path, resume: Checkpoint | None, 
             evaluator.before_training(roles, writer, log)
         progress = StepProgress(start + 1, cfg.run.steps, cfg.run.progress_bar, log)
         for step in range(start + 1, cfg.run.steps + 1):
+            if before_step is not None:
+                before_step(step, roles, state, run_dir)
             metrics = rl_step(cfg, roles, state, step)
             if evaluator is not None and evaluator.due(step):
                 metrics.update(evaluator.run(roles))
@@ -118,6 +125,14 @@ def run_session(cfg: Config, derived, run_dir: Path, resume: Checkpoint | None, 
                 roles.save_policy(str(final))
                 state.tokenizer.save_pretrained(str(final))
             log(f"saved HuggingFace policy to {run_dir / 'final'} in {time.perf_counter() - t0:.1f} s")
+    except (WorkerDied, WorkerFailed) as e:
+        # A peer's failed collective may be the first sign of a dead rank or a lost node: say which.
+        if roles is None:
+            raise
+        explained = roles.roles.explain(e)
+        if explained is e:
+            raise
+        raise explained from e
     finally:
         if writer is not None:
             writer.close()
@@ -142,6 +157,10 @@ class LoopState:
             score_before_passes=roles.reward is not None and r.max_staleness == 0, call_s=cfg.timeouts.call_s, env=env,
         )
         self.source = RolloutSource(spec, roles, self.loader, PromptSet(prompt_texts, prompt_ids, labels, []), tokenizer, scorer)
+        # The engines score a fixed probe set after every verified sync (rlhf_dist.sync.probe), the initial one too.
+        self.logprob_limit = logprob_diff_limit(cfg)
+        probe = probe_set(prompt_ids, cfg.sync.probe_prompts, min(16, cfg.data.max_prompt_tokens), min(8, r.max_new_tokens))
+        roles.sync.set_probe(probe, self.logprob_limit)
         self.kl_ctl = kl_controller(p.kl_coef, p.kl_target, p.kl_horizon)
         self.passes = step_passes(cfg)
         self.policy_loss = PolicyLoss(
@@ -185,7 +204,7 @@ def rl_step(cfg: Config, roles: RLRoles, state: LoopState, step: int) -> dict:
     staleness = roll_metrics["rollout/staleness"]
     if out.probe is not None and staleness == 0:
         # The engines sampled with the weights the policy just scored: their log-probs must agree.
-        check_logprob_match(out.probe, cfg.sync.max_logprob_diff, step)
+        check_logprob_match(out.probe, state.logprob_limit, step)
 
     # Off-policy correction of engine (behaviour) vs learner log-probs (weights None for "none"), and the mismatch
     # metrics, wherever the learner recomputed its log-probs (always so with stale batches or a correction).
@@ -221,7 +240,7 @@ def rl_step(cfg: Config, roles: RLRoles, state: LoopState, step: int) -> dict:
     timing["update"] = time.perf_counter() - t0
     policy_metrics = reduce_ranks(results[:n_policy])
     if out.probe is None:  # measured by the update's first forward
-        check_logprob_match(policy_metrics[LOGPROB_PROBE], cfg.sync.max_logprob_diff, step)
+        check_logprob_match(policy_metrics[LOGPROB_PROBE], state.logprob_limit, step)
 
     # 6. New weights to the engines, verified every `verify_every` syncs.
     verify = cfg.sync.verify_every > 0 and step % cfg.sync.verify_every == 0
