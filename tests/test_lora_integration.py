@@ -241,6 +241,7 @@ def test_merged_weights_reach_the_engine_as_the_adapter_did(async_roles):
     roles.sync.replan(0.25, "merged")
     assert "model.layers.0.self_attn.q_proj.weight" in roles.sync.names and not any("lora" in n for n in roles.sync.names)
     roles.sync_weights(8, verify=True)
+    assert roles.rollout.call("adapter_versions", timeout_s=60) == [[[]]]  # vLLM's reload removed the adapters
     merged = roles.rollout.call("sample_with", prompts, None, -1, timeout_s=120)[0]  # no adapter: the new base weights
     assert [[t for t, _ in s] for s in merged] == [[t for t, _ in s] for s in with_adapter]
     assert max(abs(a - b) for x, y in zip(merged, with_adapter) for (_, a), (_, b) in zip(x, y)) < 1e-4

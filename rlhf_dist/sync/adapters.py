@@ -77,3 +77,7 @@ class EngineAdapters:
 
     def versions(self) -> list[int]:
         return list(self.held)
+
+    def forget(self) -> None:
+        """After vLLM's reload_weights (a merged sync into this LoRA-enabled engine), which removes every adapter."""
+        self.held.clear()

@@ -122,6 +122,8 @@ class WeightReceiver:
         finally:
             del model.load_weights
         self._rlhf_packed.repack_tied()  # CPU: a tied LM head's packed copy is stale after reload_weights
+        if getattr(self, "_rlhf_adapters", None) is not None:
+            self._rlhf_adapters.forget()  # reload_weights removed every LoRA adapter the engine held
         return sorted(expected - written)
 
     def rlhf_version(self) -> int:
