@@ -43,7 +43,7 @@ def make_candidates(cfg: CandidatesConfig, log=print, source: str | None = None)
             with open_append(out) as f:  # a fresh run directory: a new file
                 for b, start in enumerate(range(0, len(prompts.texts), cfg.batch_size)):
                     idx = list(range(start, min(start + cfg.batch_size, len(prompts.texts))))
-                    samples, _ = generate(roles, prompts, idx, n, generation_seed(cfg.run.seed, b + 1, 1))
+                    samples, _, _ = generate(roles, prompts, idx, n, generation_seed(cfg.run.seed, b + 1, 1))
                     texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
                     for k, i in enumerate(idx):
                         # Ids carry the run directory's name, so candidates of later rounds join the same store.

@@ -149,7 +149,8 @@ def derive(cfg: Config) -> Derived:
     ga_critic = batch_check("critic", critic_ranks) if critic_ranks else 0
     # Every role that takes a share of the step's samples gets an equal one (the learners' shares follow from the
     # batch checks above): a reward model on 3 ranks would otherwise score 16 samples as 6 + 5 + 5.
-    split_over = {"reference": ("num_gpus", p.reference.num_gpus), "rollout": ("num_engines", p.rollout.num_engines),
+    split_over = {"reference": ("num_gpus", p.reference.num_gpus if p.reference is not None else 1),
+                  "rollout": ("num_engines", p.rollout.num_engines),
                   "reward": ("num_gpus", p.reward.num_gpus if p.reward is not None else 1)}
     for role, (field, ranks) in split_over.items():
         if role in roles and samples % ranks:
