@@ -205,10 +205,7 @@ class RolloutEngine:
         from vllm.inputs import TokensPrompt
 
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-        # Adapter-only sync: the probe scores with the adapter the engine samples with (the version it holds).
-        held = self.llm.collective_rpc("rlhf_version") if self.settings.lora else None
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(s)) for s in seqs], params, use_tqdm=False,
-                                 lora_request=self._adapter(held[0] if held else -1))
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(s)) for s in seqs], params, use_tqdm=False)
         return [[o.prompt_logprobs[i][s[i]].logprob for i in range(start, len(s))] for o, s, start in zip(outs, seqs, starts)]
 
     def generate(self, prompts: list[list[int]], seed: int | list[int], version: int | None = None,
