@@ -50,7 +50,17 @@ def atomic_dir(path: str | Path, field: str, force: bool = False):
     forced), on failure it is removed and `path` is left as it was."""
     out = check_output_dir(path, field, force)
     out.parent.mkdir(parents=True, exist_ok=True)
+    with _swapped_in(out) as tmp:
+        yield tmp
+
+
+@contextlib.contextmanager
+def _swapped_in(out: Path, mode: int | None = None):
+    """A new temporary sibling of `out`, yielded to be filled; it replaces `out` on success and is removed on
+    failure (leaving `out` as it was)."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    if mode is not None:
+        tmp.chmod(mode)
     try:
         yield tmp
     except BaseException:
@@ -88,14 +98,8 @@ def fresh_owned_dir(path: str | Path, owner: Path):
     if path.is_symlink():
         raise ConfigError(f"{path}: is a symbolic link; refusing to write into it (remove the link)")
     inside(path.parent, owner, str(path))
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
-    tmp.chmod(0o755)  # mkdtemp's 0700 would hide the saved model from the user's other accounts
-    try:
+    with _swapped_in(path, mode=0o755) as tmp:  # mkdtemp's 0700 would hide the saved model from other accounts
         yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    swap_in(tmp, path)
 
 
 # --- files: the one rule for every file the project writes ---
