@@ -25,6 +25,18 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return keys, value
 
 
+def overrides_by_prefix(overrides: list[str], names: tuple[str, ...], command: str, word: str) -> dict[str, list[str]]:
+    """'rm:train.epochs=2' -> {'rm': ['train.epochs=2'], ...} for a command made of several configs (`names`);
+    `word` names a part in the error (STAGE, STEP)."""
+    out: dict[str, list[str]] = {n: [] for n in names}
+    for text in overrides:
+        name, sep, rest = text.partition(":")
+        if not sep or name not in out:
+            raise ConfigError(f"{command} override {text!r} must look like {word}:dotted.key=value with {word} one of {', '.join(names)}")
+        out[name].append(rest)
+    return out
+
+
 def _yaml_problem(e: yaml.YAMLError) -> str:
     return " ".join(str(getattr(e, "problem", None) or e).split())
 

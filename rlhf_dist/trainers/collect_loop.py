@@ -19,13 +19,9 @@ STEPS = ("sft", "candidates", "rm", "ppo")
 
 def step_overrides(overrides: list[str]) -> dict[str, list[str]]:
     """'rm:train.epochs=2' -> {'rm': ['train.epochs=2'], ...}."""
-    out: dict[str, list[str]] = {s: [] for s in STEPS}
-    for text in overrides:
-        step, sep, rest = text.partition(":")
-        if not sep or step not in out:
-            raise ConfigError(f"collect override {text!r} must look like STEP:dotted.key=value with STEP one of {', '.join(STEPS)}")
-        out[step].append(rest)
-    return out
+    from rlhf_dist.config.io import overrides_by_prefix
+
+    return overrides_by_prefix(overrides, STEPS, "collect", "STEP")
 
 
 def _files(config_dir: str, names) -> dict[str, Path]:

@@ -11,13 +11,9 @@ STAGES = ("sft", "rm", "ppo")
 
 def stage_overrides(overrides: list[str]) -> dict[str, list[str]]:
     """'ppo:run.steps=10' -> {'ppo': ['run.steps=10']}."""
-    out: dict[str, list[str]] = {s: [] for s in STAGES}
-    for text in overrides:
-        stage, sep, rest = text.partition(":")
-        if not sep or stage not in out:
-            raise ConfigError(f"pipeline override {text!r} must look like STAGE:dotted.key=value with STAGE one of {', '.join(STAGES)}")
-        out[stage].append(rest)
-    return out
+    from rlhf_dist.config.io import overrides_by_prefix
+
+    return overrides_by_prefix(overrides, STAGES, "pipeline", "STAGE")
 
 
 def run_pipeline(config_dir: str, overrides: list[str], log=print) -> dict[str, Path]:
